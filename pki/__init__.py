@@ -1,0 +1,1 @@
+"""The bundled mini-CA: pure functions over `cryptography`, no SMTP."""

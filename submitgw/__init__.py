@@ -1,0 +1,1 @@
+"""submitgw: an authenticated SMTP submission gateway."""

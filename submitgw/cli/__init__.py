@@ -1,0 +1,5 @@
+"""Command line: `submitgw [--config PATH] COMMAND …`."""
+
+
+def main() -> None:
+    raise SystemExit("not yet")

@@ -1,0 +1,411 @@
+"""Typed configuration: one frozen object, loaded once from TOML, overridable by CLI flags.
+
+Every limit, timeout and default lives here and in the generated `submitgw.toml`
+(see `render_default_config`), so an admin can see and change each of them.
+Relative paths are resolved against the configuration file's folder so that a
+setup folder can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_NAME = "submitgw.toml"
+
+
+class ConfigError(Exception):
+    """A configuration file or flag that cannot be used; the text is shown to the admin."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, what: str = "address") -> Endpoint:
+        """Parse `HOST:PORT`, `[IPv6]:PORT` or `:PORT` (all addresses)."""
+        text = text.strip()
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not port_text.isdigit():
+            raise ConfigError(f"{what} {text!r} must look like HOST:PORT")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        port = int(port_text)
+        if not 0 < port < 65536:
+            raise ConfigError(f"{what} {text!r}: port out of range")
+        return cls(host or "0.0.0.0", port)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(value: str, what: str) -> Endpoint | None:
+    """A listener address, or None for the word `off`."""
+    if value.strip().lower() == "off":
+        return None
+    return Endpoint.parse(value, what)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    hostname: str = "localhost"
+    shutdown_grace: float = 30.0
+    hide_client_ip: bool = False
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    listen: Endpoint | None
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: Path = Path("tls/server.crt")
+    key: Path = Path("tls/server.key")
+    ca_cert: Path = Path("ca/ca.crt")
+    ca_key: Path = Path("ca/ca.key")
+    min_version: str = "1.2"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = "sqlite:///submitgw.db"
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    workers: int = 2
+    max_pending: int = 16
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    argon2_parallelism: int = 4
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_message_size: int = 26214400
+    max_recipients: int = 100
+    max_connections: int = 200
+    idle_timeout: float = 300.0
+    max_session_seconds: float = 1800.0
+    max_messages_per_session: int = 1000
+    max_junk_commands: int = 100
+    max_errors: int = 20
+    max_command_length: int = 512
+    max_auth_length: int = 12288
+
+
+@dataclass(frozen=True)
+class SmarthostServer:
+    host: str
+    port: int
+    starttls: bool = False
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    connect_timeout: float = 10.0
+    command_timeout: float = 60.0
+    data_timeout: float = 300.0
+
+    def __str__(self) -> str:
+        return str(Endpoint(self.host, self.port))
+
+
+@dataclass(frozen=True)
+class SmarthostConfig:
+    servers: tuple[SmarthostServer, ...] = (SmarthostServer("127.0.0.1", 25),)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "INFO"
+    format: str = "json"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None = None
+    server: ServerConfig = field(default_factory=ServerConfig)
+    submission: ListenerConfig = field(
+        default_factory=lambda: ListenerConfig(Endpoint("0.0.0.0", 587))
+    )
+    submissions: ListenerConfig = field(
+        default_factory=lambda: ListenerConfig(Endpoint("0.0.0.0", 465))
+    )
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    smarthost: SmarthostConfig = field(default_factory=SmarthostConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+_SMARTHOST_KEYS = {f.name for f in dataclasses.fields(SmarthostServer)} - {"host", "port"}
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    """Instantiate a config dataclass, checking key names and value types."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(f"[{section}]: unknown key(s) {', '.join(sorted(unknown))}")
+    defaults = cls() if section not in {"smarthost"} else None
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        expected = type(getattr(defaults, key)) if defaults is not None else None
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if expected is not None and expected is not Path and not isinstance(value, expected):
+            raise ConfigError(
+                f"[{section}] {key} must be {expected.__name__}, not {type(value).__name__}"
+            )
+        checked[key] = value
+    return cls(**checked)
+
+
+def _resolve(base: Path, value: str | Path | None) -> Path | None:
+    if value in (None, ""):
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _resolve_db_url(base: Path, url: str) -> str:
+    """Make a relative SQLite path relative to the config file, not the working directory."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        rest = url[len(prefix) :]
+        if rest and rest != ":memory:":
+            return prefix + str(base / rest)
+    return url
+
+
+def _smarthost(data: dict[str, Any], base: Path) -> SmarthostConfig:
+    shared = {k: v for k, v in data.items() if k != "servers"}
+    unknown = set(shared) - _SMARTHOST_KEYS
+    if unknown:
+        raise ConfigError(f"[smarthost]: unknown key(s) {', '.join(sorted(unknown))}")
+    entries = data.get("servers", ["127.0.0.1:25"])
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("[smarthost] servers must be a non-empty list")
+    servers = []
+    for entry in entries:
+        own: dict[str, Any]
+        if isinstance(entry, str):
+            own = {"address": entry}
+        elif isinstance(entry, dict):
+            own = dict(entry)
+        else:
+            raise ConfigError("[smarthost] servers entries must be strings or tables")
+        address = own.pop("address", None)
+        if not isinstance(address, str):
+            raise ConfigError("[smarthost] each server needs an address = 'HOST:PORT'")
+        bad = set(own) - _SMARTHOST_KEYS
+        if bad:
+            raise ConfigError(f"[smarthost] server {address}: unknown key(s) {sorted(bad)}")
+        servers.append(make_smarthost(address, {**shared, **own}, base))
+    return SmarthostConfig(tuple(servers))
+
+
+def make_smarthost(address: str, options: dict[str, Any], base: Path) -> SmarthostServer:
+    """One smarthost from `HOST:PORT` plus the shared `[smarthost]` options."""
+    ep = Endpoint.parse(address, "smarthost")
+    opts = dict(options)
+    for key in ("ca_file", "password_file"):
+        opts[key] = _resolve(base, opts.get(key))
+    if opts.get("username") == "":
+        opts["username"] = None
+    for key in ("connect_timeout", "command_timeout", "data_timeout"):
+        if key in opts:
+            opts[key] = float(opts[key])
+    return SmarthostServer(ep.host, ep.port, **opts)
+
+
+def load(path: Path) -> Config:
+    """Read and check a configuration file; every error names the key at fault."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"configuration file {path} not found (create one with 'submitgw init --dir DIR')"
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return from_dict(data, path.resolve().parent, path.resolve())
+
+
+def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Config:
+    known = {"server", "submission", "submissions", "tls", "database", "auth", "limits"}
+    known |= {"smarthost", "log"}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
+
+    listeners = {}
+    for name, default in (("submission", "0.0.0.0:587"), ("submissions", "0.0.0.0:465")):
+        sec = _section(data, name)
+        bad = set(sec) - {"listen"}
+        if bad:
+            raise ConfigError(f"[{name}]: unknown key(s) {', '.join(sorted(bad))}")
+        listeners[name] = ListenerConfig(parse_listen(sec.get("listen", default), name))
+
+    tls_values = _section(data, "tls")
+    tls = _build(TlsConfig, tls_values, "tls")
+    tls = dataclasses.replace(
+        tls,
+        cert=_resolve(base, tls.cert),
+        key=_resolve(base, tls.key),
+        ca_cert=_resolve(base, tls.ca_cert),
+        ca_key=_resolve(base, tls.ca_key),
+    )
+    if tls.min_version not in {"1.2", "1.3"}:
+        raise ConfigError('[tls] min_version must be "1.2" or "1.3"')
+
+    db = _build(DatabaseConfig, _section(data, "database"), "database")
+    db = DatabaseConfig(url=_resolve_db_url(base, db.url))
+
+    limits = _build(LimitsConfig, _section(data, "limits"), "limits")
+    auth = _build(AuthConfig, _section(data, "auth"), "auth")
+    log = _build(LogConfig, _section(data, "log"), "log")
+    if log.format not in {"json", "text"}:
+        raise ConfigError('[log] format must be "json" or "text"')
+    for name, value in dataclasses.asdict(limits).items():
+        if value <= 0:
+            raise ConfigError(f"[limits] {name} must be positive")
+    if auth.workers < 1 or auth.max_pending < 0:
+        raise ConfigError("[auth] workers must be >= 1 and max_pending >= 0")
+
+    return Config(
+        path=path,
+        server=_build(ServerConfig, _section(data, "server"), "server"),
+        submission=listeners["submission"],
+        submissions=listeners["submissions"],
+        tls=tls,
+        database=db,
+        auth=auth,
+        limits=limits,
+        smarthost=_smarthost(_section(data, "smarthost"), base),
+        log=log,
+    )
+
+
+def config_path(explicit: str | None, env: dict[str, str]) -> Path:
+    """`--config`, else `$SUBMITGW_CONFIG`, else `./submitgw.toml`."""
+    if explicit:
+        return Path(explicit)
+    if env.get("SUBMITGW_CONFIG"):
+        return Path(env["SUBMITGW_CONFIG"])
+    return Path(DEFAULT_CONFIG_NAME)
+
+
+DEFAULT_TEMPLATE = """\
+# submitgw configuration. Every key is listed with its default value.
+# Relative paths are relative to this file's folder.
+
+[server]
+# Name used in the greeting, EHLO reply and Received: header.
+hostname = "{hostname}"
+# Seconds to let in-flight messages finish after SIGTERM/SIGINT.
+shutdown_grace = 30.0
+# true: the client's IP address is left out of the Received: header.
+hide_client_ip = false
+
+[submission]
+# Message submission with STARTTLS (RFC 6409), "HOST:PORT" or "off".
+listen = "0.0.0.0:587"
+
+[submissions]
+# Submission over implicit TLS (RFC 8314), "HOST:PORT" or "off".
+listen = "0.0.0.0:465"
+
+[tls]
+# The gateway's certificate (with any intermediates) and private key, PEM.
+cert = "tls/server.crt"
+key = "tls/server.key"
+# The bundled CA that issued the server certificate (and, later, client certificates).
+ca_cert = "ca/ca.crt"
+ca_key = "ca/ca.key"
+# Lowest TLS version accepted from clients: "1.2" or "1.3".
+min_version = "1.2"
+
+[database]
+# Any SQLAlchemy URL: "sqlite:///file.db" (relative to this file) or
+# "postgresql+psycopg://user:password@host/dbname" when several gateways share it.
+url = "sqlite:///submitgw.db"
+
+[auth]
+# Threads that verify argon2id hashes off the event loop.
+workers = 2
+# Logins allowed to wait for a worker; beyond it clients get "454 4.7.0".
+max_pending = 16
+# argon2id parameters for new hashes; older hashes are upgraded at the next login.
+argon2_time_cost = 3
+argon2_memory_kib = 65536
+argon2_parallelism = 4
+
+[limits]
+# Largest message in bytes, advertised as SIZE; larger gets "552 5.3.4".
+max_message_size = 26214400
+# Recipients per message; beyond it "452 4.5.3".
+max_recipients = 100
+# Simultaneous client connections over all listeners; beyond it "421 4.7.0".
+max_connections = 200
+# Seconds a client may stay silent (also between DATA lines).
+idle_timeout = 300.0
+# Seconds a session may last in all.
+max_session_seconds = 1800.0
+# Messages per session.
+max_messages_per_session = 1000
+# NOOP, RSET, VRFY, EXPN, HELP, HELO/EHLO per session.
+max_junk_commands = 100
+# Error replies per session before "421 4.7.0" and disconnect.
+max_errors = 20
+# Longest command line in bytes (RFC 5321 4.5.3.1.4), CRLF included.
+max_command_length = 512
+# Longest AUTH command or AUTH response line in bytes (RFC 4954 section 4).
+max_auth_length = 12288
+
+[smarthost]
+# The internal MTA(s) that receive accepted mail, tried in order on connection failure.
+# Each entry is "HOST:PORT" or an inline table with an address and any key below, e.g.
+# {{ address = "10.0.0.2:25", starttls = true, username = "gw" }}.
+servers = ["{smarthost}"]
+# Issue STARTTLS to the smarthost.
+starttls = false
+# Verify the smarthost's certificate (against ca_file, or the system store if empty).
+tls_verify = true
+ca_file = ""
+# Authenticate to the smarthost; the password is the first line of password_file.
+username = ""
+password_file = ""
+# Seconds to connect, to wait for each reply, and to upload a message.
+connect_timeout = 10.0
+command_timeout = 60.0
+data_timeout = 300.0
+
+[log]
+# DEBUG, INFO, WARNING or ERROR.
+level = "INFO"
+# "json": one JSON object a line; "text": plain text.
+format = "json"
+"""
+
+
+def render_default_config(hostname: str, smarthost: str = "127.0.0.1:25") -> str:
+    return DEFAULT_TEMPLATE.format(hostname=hostname, smarthost=smarthost)
