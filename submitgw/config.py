@@ -165,13 +165,15 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
     unknown = set(values) - set(known)
     if unknown:
         raise ConfigError(f"[{section}]: unknown key(s) {', '.join(sorted(unknown))}")
-    defaults = cls() if section not in {"smarthost"} else None
+    defaults = cls()
     checked: dict[str, Any] = {}
     for key, value in values.items():
-        expected = type(getattr(defaults, key)) if defaults is not None else None
+        expected = type(getattr(defaults, key))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if expected is not None and expected is not Path and not isinstance(value, expected):
+        if issubclass(expected, Path):
+            expected = str
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ConfigError(
                 f"[{section}] {key} must be {expected.__name__}, not {type(value).__name__}"
             )

@@ -1,0 +1,126 @@
+"""Structured logging: one line per session and per message, never a secret.
+
+Events are plain dictionaries; the formatter renders them as JSON (one object a
+line, for log shippers) or as `key=value` text. Callers pass only the fields
+listed in the event functions, so no AUTH payload can slip into a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from submitgw.config import LogConfig
+
+log = logging.getLogger("submitgw.audit")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        event = getattr(record, "event", None)
+        if isinstance(event, dict):
+            entry.update(event)
+        else:
+            entry["msg"] = record.getMessage()
+        if record.exc_info and record.levelno >= logging.ERROR:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event = getattr(record, "event", None)
+        when = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        if isinstance(event, dict):
+            body = " ".join(f"{k}={v}" for k, v in event.items())
+        else:
+            body = record.getMessage()
+        return f"{when} {record.levelname.lower()} {record.name}: {body}"
+
+
+def setup_logging(cfg: LogConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if cfg.format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(cfg.level.upper())
+    # aiosmtpd logs every command line (AUTH payloads included) at INFO/DEBUG.
+    logging.getLogger("mail.log").setLevel(logging.CRITICAL)
+
+
+def emit(event: dict[str, Any], level: int = logging.INFO) -> None:
+    log.log(level, "%s", event.get("event"), extra={"event": event})
+
+
+def session_event(
+    *,
+    session: str,
+    listener: str,
+    client: str,
+    tls: str | None,
+    user: str | None,
+    messages: int,
+    seconds: float,
+    end: str,
+) -> None:
+    emit(
+        {
+            "event": "session",
+            "session": session,
+            "listener": listener,
+            "client": client,
+            "tls": tls,
+            "user": user,
+            "messages": messages,
+            "seconds": round(seconds, 3),
+            "end": end,
+        }
+    )
+
+
+def message_event(
+    *,
+    session: str,
+    client: str,
+    user: str,
+    sender: str,
+    recipients: int,
+    size: int,
+    smarthost: str | None,
+    reply: str,
+) -> None:
+    emit(
+        {
+            "event": "message",
+            "session": session,
+            "client": client,
+            "user": user,
+            "sender": sender,
+            "recipients": recipients,
+            "size": size,
+            "smarthost": smarthost,
+            "reply": reply,
+        }
+    )
+
+
+def auth_event(*, session: str, client: str, mechanism: str, user: str | None, ok: bool) -> None:
+    emit(
+        {
+            "event": "auth",
+            "session": session,
+            "client": client,
+            "mechanism": mechanism,
+            "user": user,
+            "result": "ok" if ok else "failed",
+        },
+        logging.INFO if ok else logging.WARNING,
+    )

@@ -1,0 +1,74 @@
+"""`submitgw init`: a complete, movable setup folder in one step."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import click
+
+import pki
+from submitgw.config import DEFAULT_CONFIG_NAME, render_default_config
+from submitgw.store import Database
+
+LAYOUT = {
+    "config": Path(DEFAULT_CONFIG_NAME),
+    "database": Path("submitgw.db"),
+    "ca_cert": Path("ca/ca.crt"),
+    "ca_key": Path("ca/ca.key"),
+    "server_cert": Path("tls/server.crt"),
+    "server_key": Path("tls/server.key"),
+}
+
+
+@click.command("init")
+@click.option("--dir", "directory", required=True, type=click.Path(path_type=Path))
+@click.option("--hostname", help="Name of this gateway (default: this machine's FQDN).")
+@click.option(
+    "--smarthost", default="127.0.0.1:25", show_default=True, help="Internal MTA, HOST:PORT."
+)
+def init_command(directory: Path, hostname: str | None, smarthost: str) -> None:
+    """Create DIR: commented config, migrated SQLite database, CA and server certificate."""
+    hostname = (hostname or socket.getfqdn() or "localhost").lower()
+    if directory.exists() and not directory.is_dir():
+        raise click.ClickException(f"{directory} exists and is not a folder")
+    targets = {name: directory / rel for name, rel in LAYOUT.items()}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing:
+        raise click.ClickException(
+            f"{directory} already holds a submitgw setup ({existing[0]}); refusing to overwrite it"
+        )
+    for sub in ("ca", "tls"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    (directory / "ca").chmod(0o700)
+
+    ca_cert, ca_key = pki.create_ca(f"submitgw CA for {hostname}")
+    pki.write_private_key(targets["ca_key"], ca_key)
+    pki.write_certificate(targets["ca_cert"], ca_cert)
+    names = list(dict.fromkeys([hostname, "localhost", "127.0.0.1"]))
+    cert, key = pki.issue_server_cert(ca_cert, ca_key, names)
+    pki.write_private_key(targets["server_key"], key)
+    pki.write_certificate(targets["server_cert"], cert)
+
+    targets["config"].write_text(render_default_config(hostname, smarthost), encoding="utf-8")
+    db = Database(f"sqlite:///{targets['database'].resolve()}")
+    try:
+        db.upgrade()
+    finally:
+        db.dispose()
+
+    click.echo(f"Created a submitgw setup in {directory}:")
+    for label, name in (
+        ("configuration", "config"),
+        ("database", "database"),
+        ("CA certificate (give it to mail clients)", "ca_cert"),
+        ("CA private key", "ca_key"),
+        ("server certificate", "server_cert"),
+        ("server private key", "server_key"),
+    ):
+        click.echo(f"  {label}: {targets[name]}")
+    click.echo(f"Next: submitgw --config {targets['config']} user add you@example.org")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(init_command)

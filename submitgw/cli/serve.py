@@ -1,0 +1,64 @@
+"""`submitgw serve`: run the gateway in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import click
+
+from submitgw import audit, runner
+from submitgw.cli import Context, pass_context
+from submitgw.config import Config, ConfigError, ListenerConfig, make_smarthost, parse_listen
+
+
+def apply_flags(
+    cfg: Config, listen: str | None, listen_tls: str | None, smarthosts: tuple[str, ...]
+) -> Config:
+    """Flags override the file; a flag smarthost takes the file's shared [smarthost] options."""
+    try:
+        if listen is not None:
+            cfg = cfg.replace(submission=ListenerConfig(parse_listen(listen, "--listen")))
+        if listen_tls is not None:
+            cfg = cfg.replace(submissions=ListenerConfig(parse_listen(listen_tls, "--listen-tls")))
+        if smarthosts:
+            template = cfg.smarthost.servers[0]
+            shared = {
+                f.name: getattr(template, f.name)
+                for f in dataclasses.fields(template)
+                if f.name not in {"host", "port"}
+            }
+            servers = tuple(make_smarthost(a, shared, Path.cwd()) for a in smarthosts)
+            cfg = cfg.replace(smarthost=dataclasses.replace(cfg.smarthost, servers=servers))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return cfg
+
+
+@click.command("serve")
+@click.option("--listen", metavar="HOST:PORT|off", help="Submission listener (STARTTLS).")
+@click.option("--listen-tls", metavar="HOST:PORT|off", help="Implicit-TLS listener (RFC 8314).")
+@click.option(
+    "--smarthost", "smarthosts", multiple=True, metavar="HOST:PORT", help="Repeatable; in order."
+)
+@pass_context
+def serve_command(
+    ctx: Context, listen: str | None, listen_tls: str | None, smarthosts: tuple[str, ...]
+) -> None:
+    """Run the gateway until SIGTERM or SIGINT."""
+    cfg = apply_flags(ctx.config, listen, listen_tls, smarthosts)
+    for path in (cfg.tls.cert, cfg.tls.key):
+        if not path.is_file():
+            raise click.ClickException(f"TLS file {path} not found (see [tls] in {ctx.path})")
+    db = ctx.database()
+    audit.setup_logging(cfg.log)
+    try:
+        code = asyncio.run(runner.serve(cfg, db))
+    finally:
+        db.dispose()
+    raise SystemExit(code)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(serve_command)

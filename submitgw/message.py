@@ -1,0 +1,83 @@
+"""What the gateway does to a message between the client's final dot and the smarthost.
+
+Line endings are normalised to CRLF before anything else, so a bare CR or LF can
+never make the smarthost see an end-of-data the gateway did not see (SMTP
+smuggling); the relay then dot-stuffs the normalised text.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from submitgw.errors import SmtpReply
+
+_BARE_EOL = re.compile(rb"\r\n|\r|\n")
+_HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Trace:
+    """What the Received header says about the session."""
+
+    helo: str
+    client_ip: str | None
+    hostname: str
+    user: str
+    session_id: str
+    tls: str | None
+    recipient: str | None
+
+
+def normalise(data: bytes, *, eight_bit_declared: bool) -> bytes:
+    """Reject what cannot be relayed faithfully, then make every line end in CRLF."""
+    if b"\x00" in data:
+        raise SmtpReply(554, "5.6.0", "Message contains NUL characters")
+    if not eight_bit_declared and not data.isascii():
+        raise SmtpReply(554, "5.6.0", "8-bit message data requires BODY=8BITMIME")
+    return _BARE_EOL.sub(b"\r\n", data)
+
+
+def _split(data: bytes) -> tuple[bytes, bytes]:
+    """Header block (ending in CRLF) and the rest (starting with the blank line, if any)."""
+    if data.startswith(b"\r\n"):
+        return b"", data
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return data, b""
+    return data[: end + 2], data[end + 2 :]
+
+
+def _has_header(headers: bytes, name: bytes) -> bool:
+    return any(m.group(1).lower() == name for m in _HEADER_NAME.finditer(headers))
+
+
+def received_header(trace: Trace, now: datetime) -> bytes:
+    client = f" ([{trace.client_ip}])" if trace.client_ip else ""
+    tls = f"\r\n\t(using {trace.tls})" if trace.tls else ""
+    rcpt = f"\r\n\tfor <{trace.recipient}>" if trace.recipient else ""
+    text = (
+        f"Received: from {trace.helo}{client}\r\n"
+        f"\t(authenticated sender: {trace.user})\r\n"
+        f"\tby {trace.hostname} with ESMTPSA id {trace.session_id}{tls}{rcpt};\r\n"
+        f"\t{format_datetime(now)}\r\n"
+    )
+    return text.encode("utf-8")
+
+
+def prepare(data: bytes, trace: Trace, now: datetime | None = None) -> bytes:
+    """Add Received:, and Message-ID:/Date: when missing (RFC 6409 section 8)."""
+    now = now or datetime.now(UTC)
+    headers, rest = _split(data)
+    extra = b""
+    if not _has_header(headers, b"message-id"):
+        token = secrets.token_hex(12)
+        extra += f"Message-ID: <{token}@{trace.hostname}>\r\n".encode("ascii")
+    if not _has_header(headers, b"date"):
+        extra += f"Date: {format_datetime(now)}\r\n".encode("ascii")
+    if extra and not rest:
+        rest = b"\r\n"
+    return received_header(trace, now) + headers + extra + rest

@@ -1,0 +1,171 @@
+"""Pass-through relay: one smarthost session mirrors one client transaction.
+
+The smarthost session opens at MAIL FROM, sees each RCPT as the client sends it
+and receives the message before the client is told anything about it, so the
+client's 250 is always the smarthost's 250 (nothing lost, nothing faked).
+Commands are sent with the exact addresses the gateway checked.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from submitgw.config import SmarthostServer
+from submitgw.errors import RelayError, SmtpReply, smarthost_unavailable
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT = (
+    aiosmtplib.SMTPServerDisconnected,
+    aiosmtplib.SMTPTimeoutError,
+    aiosmtplib.SMTPConnectError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+
+@dataclass(frozen=True)
+class UpstreamReply:
+    code: int
+    text: str
+
+    @property
+    def line(self) -> str:
+        first = self.text.splitlines()[0] if self.text else ""
+        return f"{self.code} {first}".rstrip()
+
+
+def _tls_context(server: SmarthostServer) -> ssl.SSLContext:
+    if not server.tls_verify:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    cafile = str(server.ca_file) if server.ca_file else None
+    return ssl.create_default_context(cafile=cafile)
+
+
+def _password(server: SmarthostServer) -> str | None:
+    if not server.password_file:
+        return None
+    return server.password_file.read_text(encoding="utf-8").splitlines()[0]
+
+
+def _reply(error: aiosmtplib.SMTPResponseException) -> UpstreamReply:
+    return UpstreamReply(error.code, error.message)
+
+
+class Upstream:
+    """An open smarthost connection in the middle of a transaction."""
+
+    def __init__(self, client: aiosmtplib.SMTP, server: SmarthostServer) -> None:
+        self._client = client
+        self.server = server
+
+    @classmethod
+    async def connect(cls, servers: tuple[SmarthostServer, ...], helo_name: str) -> Upstream:
+        """Try each smarthost in order; only connection-level failures move to the next."""
+        last = "no smarthost configured"
+        for server in servers:
+            client = aiosmtplib.SMTP(
+                hostname=server.host,
+                port=server.port,
+                local_hostname=helo_name,
+                timeout=server.command_timeout,
+                start_tls=False,
+                use_tls=False,
+            )
+            try:
+                await client.connect(timeout=server.connect_timeout)
+                await client.ehlo()
+                if server.starttls:
+                    await client.starttls(tls_context=_tls_context(server))
+                    await client.ehlo()
+                if server.username:
+                    await client.login(server.username, _password(server) or "")
+            except (*_TRANSIENT, aiosmtplib.SMTPException) as exc:
+                last = f"{server}: {type(exc).__name__}: {exc}"
+                log.warning("smarthost %s unusable: %s", server, last)
+                client.close()
+                continue
+            return cls(client, server)
+        log.error("no smarthost reachable (%s)", last)
+        raise smarthost_unavailable()
+
+    async def _command(self, *args: bytes) -> UpstreamReply:
+        try:
+            response = await self._client.execute_command(*args)
+        except _TRANSIENT as exc:
+            log.warning("smarthost %s lost: %s", self.server, type(exc).__name__)
+            self.close()
+            raise smarthost_unavailable() from exc
+        return UpstreamReply(response.code, response.message)
+
+    async def mail(self, sender: str, options: list[str]) -> UpstreamReply:
+        args = [b"MAIL", b"FROM:<" + sender.encode("utf-8") + b">"]
+        args += [o.encode("ascii") for o in options]
+        return await self._command(*args)
+
+    async def rcpt(self, recipient: str) -> UpstreamReply:
+        return await self._command(b"RCPT", b"TO:<" + recipient.encode("utf-8") + b">")
+
+    async def data(self, message: bytes) -> UpstreamReply:
+        """Send the message; a lost or silent smarthost after the dot is reported as such."""
+        try:
+            response = await self._client.data(message, timeout=self.server.data_timeout)
+        except aiosmtplib.SMTPDataError as exc:
+            return _reply(exc)
+        except _TRANSIENT as exc:
+            log.error(
+                "smarthost %s: %s during DATA; it may or may not have queued the message",
+                self.server,
+                type(exc).__name__,
+            )
+            self.close()
+            raise RelayError(
+                451,
+                "4.4.2",
+                "Smarthost did not confirm the message; it may or may not have been queued",
+            ) from exc
+        return UpstreamReply(response.code, response.message)
+
+    async def reset(self) -> None:
+        """Abandon the current transaction upstream (client RSET, EHLO, or a failed MAIL)."""
+        try:
+            await self._client.execute_command(b"RSET")
+        except Exception:
+            self.close()
+
+    @property
+    def usable(self) -> bool:
+        return self._client.is_connected
+
+    def close(self) -> None:
+        self._client.close()
+
+    async def quit(self) -> None:
+        try:
+            await self._client.quit(timeout=5)
+        except Exception:
+            self._client.close()
+
+
+def as_client_reply(reply: UpstreamReply, fallback_status: str) -> SmtpReply:
+    """Turn a smarthost refusal into the reply we pass on (its code, its enhanced status)."""
+    text = reply.text.splitlines()[0] if reply.text else ""
+    first, _, rest = text.partition(" ")
+    parts = first.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        return SmtpReply(reply.code, first, rest or "Refused by smarthost")
+    if reply.code >= 500:
+        status = fallback_status
+    elif reply.code >= 400:
+        status = "4" + fallback_status[1:]
+    else:
+        status = fallback_status
+    return SmtpReply(reply.code, status, text or "Refused by smarthost")

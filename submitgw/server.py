@@ -1,0 +1,569 @@
+"""The SMTP session: aiosmtpd's transport and STARTTLS plumbing, our command loop.
+
+aiosmtpd's own command loop answers without enhanced status codes, leaks
+exception text, times out only between commands and reads AUTH synchronously,
+so the session replaces the loop and every command handler while keeping the
+library's connection and TLS-upgrade machinery. This module is the only place
+where an `SmtpReply` becomes bytes on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import secrets
+import ssl
+import time
+from asyncio import sslproto
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from aiosmtpd.smtp import SMTP
+
+from submitgw import audit, message, policy
+from submitgw.address import MailParams, normalise_login, parse_mail_from, parse_rcpt_to
+from submitgw.auth import Identity, PasswordAuthenticator, decode_sasl, split_plain
+from submitgw.config import Config
+from submitgw.errors import RelayError, SmtpReply
+from submitgw.relay import Upstream, as_client_reply
+from submitgw.tls import describe
+
+log = logging.getLogger(__name__)
+
+PRE_TLS_COMMANDS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
+JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "EHLO", "HELO"})
+DATA_LINE_LIMIT = 1001  # RFC 5321 4.5.3.1.6: 998 + CRLF, plus one stuffed dot
+
+
+class _Closed(Exception):
+    """The client went away or the session must end now."""
+
+
+class _LineTooLong(Exception):
+    pass
+
+
+@dataclass
+class Transaction:
+    sender: str
+    params: MailParams
+    recipients: list[str] = field(default_factory=list)
+
+
+class Gateway:
+    """State shared by all sessions: configuration, services, and the live-session set."""
+
+    def __init__(
+        self, cfg: Config, authenticator: PasswordAuthenticator, tls_context: ssl.SSLContext
+    ) -> None:
+        self.cfg = cfg
+        self.authenticator = authenticator
+        self.tls_context = tls_context
+        self.sessions: set[Session] = set()
+        self.stopping = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[object, object, None]) -> None:
+        """Run clean-up work that must outlive the session that started it."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def session_factory(self, listener: str, implicit_tls: bool) -> Callable[[], Session]:
+        return lambda: Session(self, listener, implicit_tls)
+
+    async def drain(self, grace: float) -> None:
+        """Shutdown: idle sessions get 421 now, busy ones may finish within `grace`."""
+        self.stopping = True
+        for session in list(self.sessions):
+            session.request_stop()
+        deadline = time.monotonic() + grace
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.abort("421 4.3.2 Service shutting down, closing connection")
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+
+
+class Session(SMTP):
+    def __init__(self, gateway: Gateway, listener: str, implicit_tls: bool) -> None:
+        cfg = gateway.cfg
+        self.line_length_limit = max(cfg.limits.max_auth_length, DATA_LINE_LIMIT) + 2
+        super().__init__(
+            handler=object(),
+            hostname=cfg.server.hostname,
+            ident="",
+            tls_context=None if implicit_tls else gateway.tls_context,
+            data_size_limit=cfg.limits.max_message_size,
+            # A backstop only: the command loop enforces idle and lifetime limits itself.
+            timeout=cfg.limits.max_session_seconds + cfg.limits.idle_timeout,
+        )
+        self.gw = gateway
+        self.cfg = cfg
+        self.listener = listener
+        self.id = secrets.token_hex(6)
+        self.tls_info: str | None = None
+        self.helo: str | None = None
+        self.esmtp = False
+        self.identity: Identity | None = None
+        self.txn: Transaction | None = None
+        self.upstream: Upstream | None = None
+        self.messages = 0
+        self.errors = 0
+        self.junk = 0
+        self.client_ip = "?"
+        self.started = time.monotonic()
+        self.deadline = self.started + cfg.limits.max_session_seconds
+        self.waiting_for_command = False
+        self.stop_requested = False
+        self.end_reason = "disconnect"
+
+    # --- connection lifecycle -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        upgrading = self._original_transport is not None
+        super().connection_made(transport)
+        if upgrading:
+            self.tls_info = describe(transport.get_extra_info("ssl_object"))
+            return
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else "?"
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.tls_info = describe(ssl_object)
+        self.gw.sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.gw.sessions.discard(self)
+        super().connection_lost(error)
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+        if self.waiting_for_command and self.txn is None:
+            self.abort("421 4.3.2 Service shutting down, closing connection")
+
+    def abort(self, line: str) -> None:
+        """End the session from outside the command loop (shutdown)."""
+        self.end_reason = "shutdown"
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(line.encode("ascii") + b"\r\n")
+            transport.close()
+
+    async def reply(self, line: str) -> None:
+        await self.push(line)
+
+    async def _error(self, err: SmtpReply) -> None:
+        if err.code >= 400:
+            self.errors += 1
+        await self.push(err.line)
+        if err.close:
+            raise _Closed(err.text)
+        if self.errors >= self.cfg.limits.max_errors:
+            await self.push("421 4.7.0 Too many errors, closing connection")
+            self.end_reason = "errors"
+            raise _Closed("too many errors")
+
+    # --- reading --------------------------------------------------------------------
+
+    async def _readline(self, limit: int) -> bytes:
+        """One line including its LF; idle timeout and session lifetime both apply."""
+        remaining = self.deadline - time.monotonic()
+        timeout = min(self.cfg.limits.idle_timeout, remaining)
+        if timeout <= 0:
+            await self._timeout("Session lifetime exceeded")
+        try:
+            line = await asyncio.wait_for(self._reader.readuntil(b"\n"), timeout)
+        except TimeoutError:
+            await self._timeout("Idle timeout" if remaining > timeout else "Session too long")
+        except asyncio.IncompleteReadError as exc:
+            raise _Closed("eof") from exc
+        except asyncio.LimitOverrunError as exc:
+            await self._discard_line(exc.consumed)
+            raise _LineTooLong() from exc
+        if len(line) > limit:
+            raise _LineTooLong()
+        return line
+
+    async def _discard_line(self, consumed: int) -> None:
+        await self._reader.readexactly(consumed)
+        while True:
+            try:
+                await asyncio.wait_for(self._reader.readuntil(b"\n"), self.cfg.limits.idle_timeout)
+                return
+            except asyncio.LimitOverrunError as exc:
+                await self._reader.readexactly(exc.consumed)
+            except TimeoutError:
+                await self._timeout("Idle timeout")
+            except asyncio.IncompleteReadError as exc:
+                raise _Closed("eof") from exc
+
+    async def _timeout(self, why: str) -> None:
+        self.end_reason = "timeout"
+        await self.push(f"421 4.4.2 {self.hostname} {why}, closing connection")
+        raise _Closed(why)
+
+    # --- the command loop -----------------------------------------------------------
+
+    async def _handle_client(self) -> None:
+        try:
+            if len(self.gw.sessions) > self.cfg.limits.max_connections or self.gw.stopping:
+                self.end_reason = "too-many-connections"
+                await self.push("421 4.7.0 Too many connections, try again later")
+                return
+            await self.push(f"220 {self.hostname} ESMTP ready")
+            while self.transport is not None:
+                await self._one_command()
+                if self.stop_requested and self.txn is None:
+                    self.end_reason = "shutdown"
+                    await self.push("421 4.3.2 Service shutting down, closing connection")
+                    return
+        except _Closed:
+            pass
+        except (ConnectionError, ssl.SSLError):
+            self.end_reason = "connection-error"
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("session %s: internal error", self.id)
+            self.end_reason = "internal-error"
+            with contextlib.suppress(Exception):
+                await self.push("421 4.3.0 Internal error, closing connection")
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Synchronous on purpose: it also runs while the task is being cancelled."""
+        if self.upstream is not None:
+            upstream, self.upstream = self.upstream, None
+            self.gw.spawn(upstream.quit())
+        if self.transport is not None:
+            self.transport.close()
+        audit.session_event(
+            session=self.id,
+            listener=self.listener,
+            client=self.client_ip,
+            tls=self.tls_info,
+            user=self.identity.user if self.identity else None,
+            messages=self.messages,
+            seconds=time.monotonic() - self.started,
+            end=self.end_reason,
+        )
+
+    async def _one_command(self) -> None:
+        self.waiting_for_command = True
+        try:
+            raw = await self._readline(self.cfg.limits.max_auth_length)
+        except _LineTooLong:
+            await self._error(SmtpReply(500, "5.5.2", "Line too long"))
+            return
+        finally:
+            self.waiting_for_command = False
+        line = raw.rstrip(b"\r\n")
+        if b"\x00" in line or b"\r" in line or not raw.endswith(b"\r\n"):
+            await self._error(SmtpReply(500, "5.5.2", "Syntax error: bare CR, LF or NUL"))
+            return
+        verb_bytes, _, arg_bytes = line.partition(b" ")
+        verb = verb_bytes.decode("ascii", "replace").upper()
+        limit = (
+            self.cfg.limits.max_auth_length
+            if verb == "AUTH"
+            else self.cfg.limits.max_command_length
+        )
+        if len(raw) > limit:
+            await self._error(SmtpReply(500, "5.5.2", "Line too long"))
+            return
+        try:
+            arg = arg_bytes.decode("utf-8").strip() or None
+        except UnicodeDecodeError:
+            await self._error(SmtpReply(500, "5.5.2", "Syntax error: invalid UTF-8"))
+            return
+        handler = self._commands.get(verb)
+        try:
+            if handler is None:
+                raise SmtpReply(500, "5.5.1", "Command not recognized")
+            if verb in JUNK_COMMANDS:
+                self.junk += 1
+                if self.junk > self.cfg.limits.max_junk_commands:
+                    self.end_reason = "junk-commands"
+                    raise SmtpReply(
+                        421, "4.7.0", "Too many commands, closing connection", close=True
+                    )
+            if not self.tls_info and verb not in PRE_TLS_COMMANDS:
+                raise SmtpReply(530, "5.7.0", "Must issue a STARTTLS command first")
+            await handler(self, arg)
+        except _LineTooLong:
+            await self._error(SmtpReply(500, "5.5.2", "Line too long"))
+        except SmtpReply as err:
+            await self._error(err)
+
+    # --- commands -------------------------------------------------------------------
+
+    async def _ehlo(self, arg: str | None, extended: bool) -> None:
+        if not arg:
+            raise SmtpReply(501, "5.5.4", f"Syntax: {'EHLO' if extended else 'HELO'} hostname")
+        await self._reset_transaction()
+        self.helo = arg.split()[0][:255]
+        self.esmtp = extended
+        if not extended:
+            await self.push(f"250 {self.hostname}")
+            return
+        lines = [
+            self.hostname,
+            "PIPELINING",
+            f"SIZE {self.cfg.limits.max_message_size}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if self.tls_info:
+            lines.append("AUTH PLAIN LOGIN")
+        else:
+            lines.append("STARTTLS")
+        for text in lines[:-1]:
+            await self.push(f"250-{text}")
+        await self.push(f"250 {lines[-1]}")
+
+    async def smtp_EHLO(self, arg: str | None) -> None:
+        await self._ehlo(arg, extended=True)
+
+    async def smtp_HELO(self, arg: str | None) -> None:
+        await self._ehlo(arg, extended=False)
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        if self.tls_info:
+            raise SmtpReply(554, "5.5.1", "TLS already active")
+        if arg:
+            raise SmtpReply(501, "5.5.4", "Syntax: STARTTLS")
+        assert self.tls_context is not None
+        await self.push("220 2.0.0 Ready to start TLS")
+        waiter = self.loop.create_future()
+        self._tls_protocol = sslproto.SSLProtocol(
+            self.loop, self, self.tls_context, waiter, server_side=True
+        )
+        self._original_transport = self.transport
+        assert self._original_transport is not None
+        self._original_transport.set_protocol(self._tls_protocol)
+        self.transport = self._tls_protocol._app_transport
+        self._tls_protocol.connection_made(self._original_transport)
+        try:
+            await asyncio.wait_for(waiter, self.cfg.limits.idle_timeout)
+        except (TimeoutError, ConnectionError, ssl.SSLError, OSError) as exc:
+            self.end_reason = "tls-failed"
+            raise _Closed("TLS handshake failed") from exc
+        # RFC 3207 4.2: forget everything learnt before TLS.
+        self.helo = None
+        self.esmtp = False
+        await self._reset_transaction()
+
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        if not self.esmtp:
+            raise SmtpReply(503, "5.5.1", "Send EHLO first")
+        if self.identity is not None:
+            raise SmtpReply(503, "5.5.1", "Already authenticated")
+        if self.txn is not None:
+            raise SmtpReply(503, "5.5.1", "AUTH not allowed during a mail transaction")
+        words = (arg or "").split()
+        if not words or len(words) > 2:
+            raise SmtpReply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+        mechanism = words[0].upper()
+        initial = words[1] if len(words) == 2 else None
+        if mechanism == "PLAIN":
+            payload = decode_sasl(initial if initial is not None else await self._challenge(""))
+            authzid, authcid, password = split_plain(payload)
+        elif mechanism == "LOGIN":
+            authzid = b""
+            if initial is not None:
+                authcid = decode_sasl(initial)
+            else:
+                authcid = decode_sasl(await self._challenge("Username:"))
+            password = decode_sasl(await self._challenge("Password:"))
+        else:
+            raise SmtpReply(504, "5.5.4", "Unrecognized authentication mechanism")
+        try:
+            self.identity = await self.gw.authenticator.login(authcid, password, authzid, mechanism)
+        except SmtpReply:
+            attempted = normalise_login(authcid.decode("utf-8", "replace"))
+            audit.auth_event(
+                session=self.id,
+                client=self.client_ip,
+                mechanism=mechanism,
+                user=attempted,
+                ok=False,
+            )
+            raise
+        audit.auth_event(
+            session=self.id,
+            client=self.client_ip,
+            mechanism=mechanism,
+            user=self.identity.user,
+            ok=True,
+        )
+        await self.push("235 2.7.0 Authentication successful")
+
+    async def _challenge(self, prompt: str) -> str:
+        await self.push("334 " + base64.b64encode(prompt.encode()).decode())
+        raw = await self._readline(self.cfg.limits.max_auth_length)
+        return raw.decode("ascii", "replace")
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if self.helo is None:
+            raise SmtpReply(503, "5.5.1", "Send EHLO first")
+        identity = policy.require_identity(self.identity)
+        if self.txn is not None:
+            raise SmtpReply(503, "5.5.1", "Nested MAIL command")
+        if self.messages >= self.cfg.limits.max_messages_per_session:
+            raise SmtpReply(421, "4.7.0", "Too many messages in one session", close=True)
+        sender, params = parse_mail_from(arg, max_size=self.cfg.limits.max_message_size)
+        policy.check_sender(identity, sender)
+        if self.upstream is None or not self.upstream.usable:
+            self.upstream = await Upstream.connect(self.cfg.smarthost.servers, self.hostname)
+        upstream = self.upstream
+        reply = await upstream.mail(sender, params.upstream_options())
+        if not 200 <= reply.code < 300:
+            await upstream.reset()
+            raise as_client_reply(reply, "5.1.0")
+        self.txn = Transaction(sender, params)
+        await self.push("250 2.1.0 Sender OK")
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        txn = self.txn
+        if txn is None or self.upstream is None:
+            raise SmtpReply(503, "5.5.1", "Need MAIL command first")
+        if len(txn.recipients) >= self.cfg.limits.max_recipients:
+            raise SmtpReply(452, "4.5.3", "Too many recipients")
+        recipient = parse_rcpt_to(arg, smtputf8=txn.params.smtputf8)
+        reply = await self.upstream.rcpt(recipient)
+        if not 200 <= reply.code < 300:
+            raise as_client_reply(reply, "5.1.0")
+        txn.recipients.append(recipient)
+        await self.push("250 2.1.5 Recipient OK")
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        txn = self.txn
+        if txn is None or self.upstream is None:
+            raise SmtpReply(503, "5.5.1", "Need MAIL command first")
+        if not txn.recipients:
+            raise SmtpReply(503, "5.5.1", "Need RCPT command first")
+        if arg:
+            raise SmtpReply(501, "5.5.4", "Syntax: DATA")
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            data = await self._read_data()
+            content = message.normalise(data, eight_bit_declared=txn.params.body == "8BITMIME")
+        except SmtpReply:
+            await self._reset_transaction()
+            raise
+        trace = message.Trace(
+            helo=self.helo or "unknown",
+            client_ip=None if self.cfg.server.hide_client_ip else self.client_ip,
+            hostname=self.hostname,
+            user=self.identity.user if self.identity else "",
+            session_id=self.id,
+            tls=self.tls_info,
+            recipient=txn.recipients[0] if len(txn.recipients) == 1 else None,
+        )
+        upstream = self.upstream
+        self.txn = None
+        try:
+            result = await upstream.data(message.prepare(content, trace))
+        except RelayError as err:
+            self._log_message(txn, len(content), err.line)
+            raise
+        if 200 <= result.code < 300:
+            self.messages += 1
+            self._log_message(txn, len(content), result.line)
+            await self.push(f"250 2.0.0 Message accepted ({result.line[:200]})")
+            return
+        self._log_message(txn, len(content), result.line)
+        raise as_client_reply(result, "5.6.0")
+
+    async def _read_data(self) -> bytes:
+        """Read up to CRLF.CRLF; over-size and over-long lines are drained, then refused."""
+        limit = self.cfg.limits.max_message_size
+        chunks: list[bytes] = []
+        size = 0
+        at_line_start = True
+        problem: SmtpReply | None = None
+        while True:
+            try:
+                line = await self._readline(DATA_LINE_LIMIT)
+            except _LineTooLong:
+                problem = problem or SmtpReply(500, "5.5.2", "Line too long")
+                at_line_start = False
+                continue
+            if at_line_start and line == b".\r\n":
+                break
+            if at_line_start and line.startswith(b"."):
+                line = line[1:]
+            at_line_start = line.endswith(b"\r\n")
+            size += len(line)
+            if size > limit:
+                problem = problem or SmtpReply(
+                    552, "5.3.4", f"Message too big; the limit is {limit} bytes"
+                )
+            if problem is None:
+                chunks.append(line)
+            else:
+                chunks.clear()
+        if problem is not None:
+            raise problem
+        return b"".join(chunks)
+
+    def _log_message(self, txn: Transaction, size: int, reply: str) -> None:
+        audit.message_event(
+            session=self.id,
+            client=self.client_ip,
+            user=self.identity.user if self.identity else "",
+            sender=txn.sender,
+            recipients=len(txn.recipients),
+            size=size,
+            smarthost=str(self.upstream.server) if self.upstream else None,
+            reply=reply,
+        )
+
+    async def _reset_transaction(self) -> None:
+        if self.txn is not None and self.upstream is not None:
+            await self.upstream.reset()
+        self.txn = None
+
+    async def smtp_RSET(self, arg: str | None) -> None:
+        await self._reset_transaction()
+        await self.push("250 2.0.0 OK")
+
+    async def smtp_NOOP(self, arg: str | None) -> None:
+        await self.push("250 2.0.0 OK")
+
+    async def smtp_QUIT(self, arg: str | None) -> None:
+        self.end_reason = "quit"
+        await self.push("221 2.0.0 Bye")
+        raise _Closed("quit")
+
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        await self.push("252 2.5.0 Cannot verify users; send mail and delivery will be attempted")
+
+    async def smtp_EXPN(self, arg: str | None) -> None:
+        raise SmtpReply(502, "5.5.1", "EXPN not supported")
+
+    async def smtp_HELP(self, arg: str | None) -> None:
+        await self.push("214 2.0.0 See RFC 5321 and RFC 6409")
+
+    _commands: ClassVar[dict[str, Callable[[Session, str | None], Awaitable[None]]]] = {
+        "EHLO": smtp_EHLO,
+        "HELO": smtp_HELO,
+        "STARTTLS": smtp_STARTTLS,
+        "AUTH": smtp_AUTH,
+        "MAIL": smtp_MAIL,
+        "RCPT": smtp_RCPT,
+        "DATA": smtp_DATA,
+        "RSET": smtp_RSET,
+        "NOOP": smtp_NOOP,
+        "QUIT": smtp_QUIT,
+        "VRFY": smtp_VRFY,
+        "EXPN": smtp_EXPN,
+        "HELP": smtp_HELP,
+    }

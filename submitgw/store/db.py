@@ -1,0 +1,115 @@
+"""Engine, sessions and the schema version check.
+
+The schema is owned by Alembic alone (never `create_all`), so a database is
+either at the head revision or the admin is told exactly what to run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+import migrations
+
+UPGRADE_HINT = "run 'submitgw db upgrade'"
+
+
+class MigrationRequired(Exception):
+    """The database schema does not match this version; the text is shown to the admin."""
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """Per-connection SQLite settings: pragmas other than journal_mode do not persist.
+
+    WAL lets readers proceed while a login is being recorded; busy_timeout makes a
+    second writer wait instead of failing at once.
+    """
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=5000")
+    finally:
+        cursor.close()
+
+
+def _is_known(scripts: ScriptDirectory, revision: str) -> bool:
+    try:
+        return scripts.get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+class Database:
+    """One engine per process; sessions are short and used from worker threads."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction: committed if the block succeeds, else rolled back."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def _alembic_config(self) -> Config:
+        config = Config()
+        config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+        return config
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest revision shipped with this version."""
+        config = self._alembic_config()
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def current_revision(self) -> str | None:
+        """The revision stamped in the database, or None if it was never migrated."""
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def _scripts(self) -> ScriptDirectory:
+        return ScriptDirectory.from_config(self._alembic_config())
+
+    def head_revision(self) -> str:
+        head = self._scripts().get_current_head()
+        if head is None:
+            raise RuntimeError("no migrations found in the migrations package")
+        return head
+
+    def check_current(self) -> None:
+        """Refuse to run against a schema this version was not written for."""
+        current = self.current_revision()
+        head = self.head_revision()
+        if current == head:
+            return
+        if current is None:
+            raise MigrationRequired(
+                f"database is not initialised (this version needs revision {head}): {UPGRADE_HINT}"
+            )
+        if not _is_known(self._scripts(), current):
+            raise MigrationRequired(
+                f"database is at revision {current}, which this version does not know "
+                f"(it needs {head}): was it upgraded by a newer submitgw?"
+            )
+        raise MigrationRequired(
+            f"database is at revision {current} but this version needs {head}: {UPGRADE_HINT}"
+        )
+
+    def dispose(self) -> None:
+        """Close pooled connections (at shutdown, and in tests before dropping a database)."""
+        self.engine.dispose()

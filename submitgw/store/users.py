@@ -1,0 +1,123 @@
+"""User accounts: the only place that reads or writes the `users` table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from submitgw.store.db import Database
+from submitgw.store.models import User, utcnow
+
+
+class UserExists(Exception):
+    def __init__(self, email: str) -> None:
+        super().__init__(f"user {email} already exists")
+        self.email = email
+
+
+class UserNotFound(Exception):
+    def __init__(self, email: str) -> None:
+        super().__init__(f"no user {email}")
+        self.email = email
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """A detached snapshot of a user, safe to hand across threads."""
+
+    id: int
+    email: str
+    # Kept out of repr so that logging a record never prints the hash.
+    password_hash: str = field(repr=False)
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+    last_login_at: datetime | None
+
+
+def _record(user: User) -> UserRecord:
+    return UserRecord(
+        id=user.id,
+        email=user.email,
+        password_hash=user.password_hash,
+        enabled=user.enabled,
+        created_at=user.created_at,
+        updated_at=user.updated_at,
+        last_login_at=user.last_login_at,
+    )
+
+
+def normalise_email(email: str) -> str:
+    """Addresses are compared case-insensitively, so they are stored in one case."""
+    return email.lower()
+
+
+class UserStore:
+    """Synchronous CRUD on users; the server calls it from worker threads."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def add(self, email: str, password_hash: str) -> UserRecord:
+        email = normalise_email(email)
+        now = utcnow()
+        user = User(email=email, password_hash=password_hash, created_at=now, updated_at=now)
+        try:
+            with self._db.session() as session:
+                session.add(user)
+                session.flush()
+                return _record(user)
+        except IntegrityError as exc:
+            raise UserExists(email) from exc
+
+    def get(self, email: str) -> UserRecord | None:
+        with self._db.session() as session:
+            user = session.scalars(select(User).where(User.email == normalise_email(email))).first()
+            return _record(user) if user is not None else None
+
+    def set_password(self, email: str, password_hash: str) -> None:
+        self._update(email, password_hash=password_hash, updated_at=utcnow())
+
+    def set_enabled(self, email: str, enabled: bool) -> None:
+        self._update(email, enabled=enabled, updated_at=utcnow())
+
+    def record_login(self, email: str, new_hash: str | None = None) -> None:
+        """Note a successful login; `new_hash` replaces a hash made with outdated parameters.
+
+        A rehash keeps the same password, so it is not an account change and
+        leaves `updated_at` alone.
+        """
+        values: dict[str, Any] = {"last_login_at": utcnow()}
+        if new_hash is not None:
+            values["password_hash"] = new_hash
+        self._update(email, **values)
+
+    def delete(self, email: str) -> None:
+        email = normalise_email(email)
+        with self._db.session() as session:
+            if _rowcount(session, delete(User).where(User.email == email)) == 0:
+                raise UserNotFound(email)
+
+    def _update(self, email: str, **values: Any) -> None:
+        """One UPDATE statement: no read-modify-write window between concurrent logins."""
+        email = normalise_email(email)
+        with self._db.session() as session:
+            statement = update(User).where(User.email == email).values(**values)
+            if _rowcount(session, statement) == 0:
+                raise UserNotFound(email)
+
+    def list(self) -> list[UserRecord]:
+        """All users by email, sorted in Python so the order is the same on every backend."""
+        with self._db.session() as session:
+            records = [_record(user) for user in session.scalars(select(User))]
+        return sorted(records, key=lambda record: record.email)
+
+
+def _rowcount(session: Session, statement: Any) -> int:
+    """Rows hit by a bulk UPDATE/DELETE; zero means the user does not exist."""
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
