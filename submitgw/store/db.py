@@ -16,7 +16,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import create_engine, event
+from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
@@ -28,12 +28,14 @@ class MigrationRequired(Exception):
     """The database schema does not match this version; the text is shown to the admin."""
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """Per-connection SQLite settings: pragmas other than journal_mode do not persist.
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Per-connection SQLite settings (only journal_mode persists in the file).
 
     WAL lets readers proceed while a login is being recorded; busy_timeout makes a
-    second writer wait instead of failing at once.
+    second writer wait instead of failing at once. Driver autocommit hands BEGIN
+    over to `_sqlite_begin`; the pragmas must run outside a transaction anyway.
     """
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -41,6 +43,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA busy_timeout=5000")
     finally:
         cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    """Begin every transaction explicitly, DDL included.
+
+    Python's sqlite3 module opens transactions only before DML, so a failing
+    migration would otherwise leave a half-changed schema behind.
+    """
+    connection.exec_driver_sql("BEGIN")
 
 
 def _is_known(scripts: ScriptDirectory, revision: str) -> bool:
@@ -56,7 +67,8 @@ class Database:
     def __init__(self, url: str) -> None:
         self.engine = create_engine(url)
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _sqlite_begin)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

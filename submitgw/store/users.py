@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy import CursorResult, Delete, Update, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -111,13 +112,13 @@ class UserStore:
             if _rowcount(session, statement) == 0:
                 raise UserNotFound(email)
 
-    def list(self) -> list[UserRecord]:
+    def list(self) -> builtins.list[UserRecord]:
         """All users by email, sorted in Python so the order is the same on every backend."""
         with self._db.session() as session:
             records = [_record(user) for user in session.scalars(select(User))]
         return sorted(records, key=lambda record: record.email)
 
 
-def _rowcount(session: Session, statement: Any) -> int:
+def _rowcount(session: Session, statement: Update | Delete) -> int:
     """Rows hit by a bulk UPDATE/DELETE; zero means the user does not exist."""
     return cast(CursorResult[Any], session.execute(statement)).rowcount
