@@ -1,0 +1,83 @@
+"""Throwaway PostgreSQL databases, one per test, and the `db_url` backend matrix.
+
+Needs a server reachable with the admin URL below (override with SUBMITGW_TEST_PG).
+Unreachable means skip on a workstation but fail in CI, where nothing may be skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
+
+DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def _admin_url() -> str:
+    return os.environ.get("SUBMITGW_TEST_PG", DEFAULT_ADMIN_URL)
+
+
+def _unreachable(url: str, reason: str) -> NoReturn:
+    message = f"PostgreSQL not reachable at {url}: {reason}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs PostgreSQL, so `-m "not postgres"` deselects them."""
+    for item in items:
+        if "pg_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[Engine]:
+    """An autocommit engine on the maintenance database (CREATE/DROP DATABASE need it)."""
+    url = _admin_url()
+    engine = create_engine(
+        url,
+        isolation_level="AUTOCOMMIT",
+        poolclass=NullPool,
+        connect_args={"connect_timeout": 5},
+    )
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        engine.dispose()
+        _unreachable(shown, str(exc.orig).strip().splitlines()[0])
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_admin: Engine) -> Iterator[str]:
+    """URL of a new, empty database that is dropped (connections and all) after the test."""
+    name = f"sgw_test_{secrets.token_hex(6)}"
+    with pg_admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(_admin_url()).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with pg_admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on each supported backend: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'submitgw.db'}"
+    return str(request.getfixturevalue("pg_url"))
