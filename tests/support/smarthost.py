@@ -1,0 +1,231 @@
+"""The capture smarthost as a pytest resource: a real SMTP server process on loopback.
+
+Tests need a smarthost they can inspect and misconfigure at will; running the same script as the
+quick start (in its own process, over a real socket) means the gateway is tested against exactly
+what a newcomer sees, and a hung or crashed sink cannot take the test process down with it.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = REPO_ROOT / "scripts" / "capture_smarthost.py"
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+POLL_INTERVAL = 0.05
+LISTENING = re.compile(rb"capture-smarthost listening on (\S+):(\d+)")
+# Debian keeps daemons such as postfix in sbin, which a non-login PATH may lack.
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+# Option name -> how it becomes command-line arguments.
+FLAGS = {"reject_data", "drop_after_data", "smtputf8", "verbose"}
+REPEATED = {"reject_rcpt", "tempfail_rcpt"}
+VALUED = {"data_delay", "tls_cert", "tls_key", "auth", "hostname", "max_size"}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago; only for servers that cannot report the port they
+    bound themselves (Postfix). The capture sink binds port 0 instead, which cannot race."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return cast(int, s.getsockname()[1])
+
+
+def require_tool(name: str) -> str:
+    """Path of an external program; a missing one skips the test locally but fails it in CI,
+    where scripts/test.sh must have installed everything."""
+    path = shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN_DIRS))
+    if path:
+        return path
+    message = f"{name} is not installed (scripts/test.sh installs it)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@dataclass(frozen=True)
+class CapturedMessage:
+    """One message as the smarthost received it."""
+
+    seq: str
+    envelope: dict[str, Any]
+    raw: bytes
+
+    @property
+    def mail_from(self) -> str:
+        return cast(str, self.envelope["mail_from"])
+
+    @property
+    def rcpt_tos(self) -> list[str]:
+        return cast(list[str], self.envelope["rcpt_tos"])
+
+    @property
+    def message(self) -> EmailMessage:
+        return cast(EmailMessage, email.message_from_bytes(self.raw, policy=email.policy.default))
+
+
+def behaviour_args(behaviour: dict[str, Any]) -> list[str]:
+    """Translate keyword behaviours (``reject_rcpt=["bad"]``) into the script's options, refusing
+    unknown ones so that a typo cannot silently produce a well-behaved sink."""
+    args: list[str] = []
+    for key, value in behaviour.items():
+        option = "--" + key.replace("_", "-")
+        if key in FLAGS:
+            if value:
+                args.append(option)
+        elif key in REPEATED:
+            items = [value] if isinstance(value, str) else list(value)
+            for item in items:
+                args += [option, str(item)]
+        elif key in VALUED:
+            if value is None:
+                continue
+            if key == "auth" and not isinstance(value, str):
+                value = ":".join(value)
+            args += [option, str(value)]
+        else:
+            raise TypeError(f"unknown capture smarthost behaviour: {key}")
+    return args
+
+
+class CaptureSmarthost:
+    """Runs scripts/capture_smarthost.py and reads what it stored."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self.dir = base_dir / "mail"
+        self.log_path = base_dir / "smarthost.log"
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.returncode: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, **behaviour: Any) -> CaptureSmarthost:
+        """Start on a port the OS picks; may be called again after stop() (same mail dir)."""
+        if self.running:
+            raise RuntimeError("capture smarthost already running")
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        cmd = [sys.executable, str(SCRIPT), "--listen", f"{self.host}:0", "--dir", str(self.dir)]
+        cmd += behaviour_args(behaviour)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        self.returncode = None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            found = LISTENING.search(self.log_path.read_bytes()[offset:])
+            if found:
+                self.port = int(found.group(2))
+                return self
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"capture smarthost exited at start:\n{self.log_text()}")
+            time.sleep(POLL_INTERVAL)
+        self.stop()
+        log = self.log_text()
+        raise RuntimeError(f"capture smarthost did not start in {START_TIMEOUT}s:\n{log}")
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it will not go; returns the exit status."""
+        proc = self._proc
+        if proc is None:
+            return self.returncode
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(STOP_TIMEOUT)
+        self.returncode = proc.returncode
+        self._proc = None
+        return self.returncode
+
+    def log_text(self) -> str:
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def messages(self) -> list[CapturedMessage]:
+        """Every stored message, oldest first; only complete ones (those with a .json)."""
+        if not self.dir.is_dir():
+            return []
+        found = []
+        for meta in sorted(self.dir.glob("*.json")):
+            envelope = json.loads(meta.read_text(encoding="utf-8"))
+            raw = meta.with_suffix(".eml").read_bytes()
+            found.append(CapturedMessage(seq=meta.stem, envelope=envelope, raw=raw))
+        return found
+
+    def wait_for_messages(self, n: int, timeout: float = 10.0) -> list[CapturedMessage]:
+        """All stored messages once there are at least ``n``; fails after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.messages()
+            if len(found) >= n:
+                return found
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"expected {n} message(s) at the capture smarthost within {timeout}s, "
+                    f"got {len(found)}; its log:\n{self.log_text()}"
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def __enter__(self) -> CaptureSmarthost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@pytest.fixture
+def smarthost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CaptureSmarthost]:
+    """A capture smarthost that accepts everything."""
+    with CaptureSmarthost(tmp_path_factory.mktemp("smarthost")) as sink:
+        yield sink.start()
+
+
+@pytest.fixture
+def smarthost_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., CaptureSmarthost]]:
+    """Call with behaviours (``reject_rcpt=["bad"]``, ``tls_cert=...``) for a started sink."""
+    started: list[CaptureSmarthost] = []
+
+    def make(**behaviour: Any) -> CaptureSmarthost:
+        sink = CaptureSmarthost(tmp_path_factory.mktemp("smarthost"))
+        started.append(sink)
+        return sink.start(**behaviour)
+
+    yield make
+    for sink in started:
+        sink.stop()
