@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.support.postgres"]
+pytest_plugins = [
+    "tests.support.postgres",
+    "tests.support.smarthost",
+    "tests.support.postfix",
+    "tests.support.gateway",
+]

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# The one command that runs the whole test suite, on a developer's machine or in CI (.ci/run):
+# it installs what the tests talk to (Debian packages, services, the Python environment) so
+# that a fresh Debian machine with Python 3.11 needs nothing else. Arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DEB_PACKAGES=(swaks msmtp postfix curl openssl ca-certificates)
+VENV=.venv
+STAMP="$VENV/.pyproject.sha256"
+PG_WAIT_SECONDS=30
+
+say() { printf '==> %s\n' "$*"; }
+warn() { printf 'WARNING: %s\n' "$*" >&2; }
+in_ci() { [ "${CI:-}" = "true" ]; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo -n "$@"
+    else
+        return 1
+    fi
+}
+
+can_be_root() { as_root true 2>/dev/null; }
+
+deb_installed() {
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = "installed" ]
+}
+
+install_debian_packages() {
+    if ! command -v dpkg-query >/dev/null 2>&1; then
+        warn "not a Debian system: cannot check ${DEB_PACKAGES[*]}; tests needing them will skip"
+        return 0
+    fi
+    local missing=() pkg
+    for pkg in "${DEB_PACKAGES[@]}"; do
+        deb_installed "$pkg" || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        say "Debian packages present: ${DEB_PACKAGES[*]}"
+        return 0
+    fi
+    if ! can_be_root; then
+        warn "cannot install ${missing[*]} (not root, no password-less sudo);" \
+            "the tests that need them will be skipped (and fail in CI)"
+        return 0
+    fi
+    say "installing Debian packages: ${missing[*]}"
+    # Without this, the postfix package asks which kind of mail system to set up.
+    echo "postfix postfix/main_mailer_type select No configuration" |
+        as_root debconf-set-selections
+    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq ||
+        ! as_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+        warn "apt-get could not install ${missing[*]}; the tests that need them will tell"
+        return 0
+    fi
+    # The tests start private Postfix instances; a system one would only hold port 25.
+    if [[ " ${missing[*]} " == *" postfix "* ]] && as_root postfix status >/dev/null 2>&1; then
+        say "stopping the system Postfix that the package just started"
+        as_root postfix stop >/dev/null 2>&1 || warn "could not stop the system Postfix"
+    fi
+}
+
+postgres_ready() {
+    command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 -p 5432
+}
+
+ensure_postgres() {
+    if postgres_ready; then
+        say "PostgreSQL is reachable on 127.0.0.1:5432"
+        return 0
+    fi
+    if ! in_ci; then
+        warn "PostgreSQL is not reachable on 127.0.0.1:5432; its tests will be skipped"
+        return 0
+    fi
+    if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+        local version
+        version="$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)"
+        say "starting PostgreSQL $version"
+        as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start ||
+            warn "pg_ctlcluster could not start PostgreSQL $version"
+    fi
+    local i
+    for ((i = 0; i < PG_WAIT_SECONDS; i++)); do
+        if postgres_ready; then
+            say "PostgreSQL is reachable on 127.0.0.1:5432"
+            return 0
+        fi
+        sleep 1
+    done
+    warn "PostgreSQL is still not reachable on 127.0.0.1:5432 after ${PG_WAIT_SECONDS}s"
+}
+
+find_python() {
+    local candidate
+    for candidate in python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+ensure_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        local python
+        python="$(find_python)" || {
+            echo "ERROR: Python 3.11 or newer is needed (python3.11 or python3)" >&2
+            exit 1
+        }
+        say "creating $VENV with $python"
+        rm -rf "$VENV"
+        "$python" -m venv "$VENV"
+    fi
+    local want
+    want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+    if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+        say "installing submitgw and its test dependencies into $VENV"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+        echo "$want" >"$STAMP"
+    else
+        say "$VENV is up to date with pyproject.toml"
+    fi
+}
+
+install_debian_packages
+ensure_postgres
+ensure_venv
+say "running pytest $*"
+exec "$VENV/bin/python" -m pytest "$@"
