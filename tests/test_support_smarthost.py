@@ -19,7 +19,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tests.support.postfix import PostfixSmarthost
 from tests.support.smarthost import CaptureSmarthost, behaviour_args, require_tool
 
-
 SinkFactory = Callable[..., CaptureSmarthost]
 
 RAW = (
