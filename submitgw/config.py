@@ -150,6 +150,18 @@ class Config:
 
 
 _SMARTHOST_KEYS = {f.name for f in dataclasses.fields(SmarthostServer)} - {"host", "port"}
+# The TOML types of the [smarthost] options (paths are strings there). Checked
+# because a truthy string or a 0 would otherwise silently switch TLS on or off.
+_SMARTHOST_TYPES: dict[str, type] = {
+    "starttls": bool,
+    "tls_verify": bool,
+    "ca_file": str,
+    "username": str,
+    "password_file": str,
+    "connect_timeout": float,
+    "command_timeout": float,
+    "data_timeout": float,
+}
 
 
 def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
@@ -198,11 +210,22 @@ def _resolve_db_url(base: Path, url: str) -> str:
     return url
 
 
+def _check_smarthost_types(values: dict[str, Any], where: str) -> None:
+    for key, value in values.items():
+        expected = _SMARTHOST_TYPES[key]
+        accepted: tuple[type, ...] = (int, float) if expected is float else (expected,)
+        if not isinstance(value, accepted) or (expected is not bool and isinstance(value, bool)):
+            raise ConfigError(
+                f"{where} {key} must be {expected.__name__}, not {type(value).__name__}"
+            )
+
+
 def _smarthost(data: dict[str, Any], base: Path) -> SmarthostConfig:
     shared = {k: v for k, v in data.items() if k != "servers"}
     unknown = set(shared) - _SMARTHOST_KEYS
     if unknown:
         raise ConfigError(f"[smarthost]: unknown key(s) {', '.join(sorted(unknown))}")
+    _check_smarthost_types(shared, "[smarthost]")
     entries = data.get("servers", ["127.0.0.1:25"])
     if not isinstance(entries, list) or not entries:
         raise ConfigError("[smarthost] servers must be a non-empty list")
@@ -221,6 +244,7 @@ def _smarthost(data: dict[str, Any], base: Path) -> SmarthostConfig:
         bad = set(own) - _SMARTHOST_KEYS
         if bad:
             raise ConfigError(f"[smarthost] server {address}: unknown key(s) {sorted(bad)}")
+        _check_smarthost_types(own, f"[smarthost] server {address}:")
         servers.append(make_smarthost(address, {**shared, **own}, base))
     return SmarthostConfig(tuple(servers))
 
@@ -265,7 +289,10 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
         bad = set(sec) - {"listen"}
         if bad:
             raise ConfigError(f"[{name}]: unknown key(s) {', '.join(sorted(bad))}")
-        listeners[name] = ListenerConfig(parse_listen(sec.get("listen", default), name))
+        listen = sec.get("listen", default)
+        if not isinstance(listen, str):
+            raise ConfigError(f'[{name}] listen must be "HOST:PORT" or "off"')
+        listeners[name] = ListenerConfig(parse_listen(listen, name))
 
     tls_values = _section(data, "tls")
     tls = _build(TlsConfig, tls_values, "tls")
@@ -285,6 +312,8 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
     limits = _build(LimitsConfig, _section(data, "limits"), "limits")
     auth = _build(AuthConfig, _section(data, "auth"), "auth")
     log = _build(LogConfig, _section(data, "log"), "log")
+    if log.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError("[log] level must be DEBUG, INFO, WARNING or ERROR")
     if log.format not in {"json", "text"}:
         raise ConfigError('[log] format must be "json" or "text"')
     for name, value in dataclasses.asdict(limits).items():

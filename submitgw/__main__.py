@@ -1,0 +1,3 @@
+from submitgw.cli import main
+
+main()
