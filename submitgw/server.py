@@ -494,7 +494,7 @@ class Session(SMTP):
                 line = await self._readline(DATA_LINE_LIMIT)
             except _LineTooLong:
                 problem = problem or SmtpReply(500, "5.5.2", "Line too long")
-                at_line_start = False
+                at_line_start = True
                 continue
             if at_line_start and line == b".\r\n":
                 break
