@@ -420,10 +420,19 @@ class Session(SMTP):
             raise SmtpReply(421, "4.7.0", "Too many messages in one session", close=True)
         sender, params = parse_mail_from(arg, max_size=self.cfg.limits.max_message_size)
         policy.check_sender(identity, sender)
-        if self.upstream is None or not self.upstream.usable:
+        reused = self.upstream is not None and self.upstream.usable
+        if not reused:
             self.upstream = await Upstream.connect(self.cfg.smarthost.servers, self.hostname)
+        assert self.upstream is not None
+        try:
+            reply = await self.upstream.mail(sender, params.upstream_options())
+        except RelayError:
+            if not reused:
+                raise
+            # The smarthost may have closed a connection kept from the last message.
+            self.upstream = await Upstream.connect(self.cfg.smarthost.servers, self.hostname)
+            reply = await self.upstream.mail(sender, params.upstream_options())
         upstream = self.upstream
-        reply = await upstream.mail(sender, params.upstream_options())
         if not 200 <= reply.code < 300:
             await upstream.reset()
             raise as_client_reply(reply, "5.1.0")

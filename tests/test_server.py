@@ -659,3 +659,16 @@ def test_gateway_on_postgresql(
     client.quit()
     assert len(smarthost.wait_for_messages(1)) == 1
     assert json.loads(run_cli(gw.config, "user", "list", "--json").stdout)[0]["last_login_at"]
+
+
+def test_smarthost_restart_between_messages_of_one_session(
+    gateway: GatewayProcess, smarthost: CaptureSmarthost
+) -> None:
+    client = gateway.smtp()
+    client.sendmail(USER, ["first@example.net"], MSG)
+    port = smarthost.port
+    smarthost.stop()
+    smarthost.start(port=port)
+    client.sendmail(USER, ["second@example.net"], MSG)
+    client.quit()
+    assert len(smarthost.wait_for_messages(2)) == 2

@@ -127,13 +127,23 @@ class CaptureSmarthost:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, **behaviour: Any) -> CaptureSmarthost:
-        """Start on a port the OS picks; may be called again after stop() (same mail dir)."""
+    def start(self, port: int = 0, **behaviour: Any) -> CaptureSmarthost:
+        """Start on `port` or one the OS picks; may be called again after stop() (same mail dir).
+
+        Restarting on the old port plays a smarthost that restarted under the gateway.
+        """
         if self.running:
             raise RuntimeError("capture smarthost already running")
         self.base_dir.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        cmd = [sys.executable, str(SCRIPT), "--listen", f"{self.host}:0", "--dir", str(self.dir)]
+        cmd = [
+            sys.executable,
+            str(SCRIPT),
+            "--listen",
+            f"{self.host}:{port}",
+            "--dir",
+            str(self.dir),
+        ]
         cmd += behaviour_args(behaviour)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("ab") as log:
