@@ -121,7 +121,8 @@ def parse_mail_from(arg: str | None, *, max_size: int) -> tuple[str, MailParams]
     smtputf8 = False
     for key, value in params.items():
         if key == "SIZE":
-            if value is None or not value.isdigit() or len(value) > 20:
+            # isascii: str.isdigit() also accepts digits like "²" that int() refuses.
+            if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
                 raise SmtpReply(501, "5.5.4", "SIZE needs a number")
             size = int(value)
             if size > max_size:
