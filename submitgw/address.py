@@ -109,6 +109,8 @@ def _params(words: list[str]) -> dict[str, str | None]:
         key, eq, value = word.partition("=")
         if not key or not key.replace("-", "").isalnum() or (eq and not value):
             raise SmtpReply(501, "5.5.4", f"Invalid parameter {word[:40]!r}")
+        if key.upper() in params:
+            raise SmtpReply(501, "5.5.4", f"Parameter {key.upper()[:20]} given twice")
         params[key.upper()] = value if eq else None
     return params
 

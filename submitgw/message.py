@@ -30,6 +30,7 @@ class Trace:
     session_id: str
     tls: str | None
     recipient: str | None
+    cert_serial: str | None = None
 
 
 def normalise(data: bytes, *, eight_bit_declared: bool) -> bytes:
@@ -59,9 +60,10 @@ def received_header(trace: Trace, now: datetime) -> bytes:
     client = f" ([{trace.client_ip}])" if trace.client_ip else ""
     tls = f"\r\n\t(using {trace.tls})" if trace.tls else ""
     rcpt = f"\r\n\tfor <{trace.recipient}>" if trace.recipient else ""
+    cert = f", certificate serial {trace.cert_serial}" if trace.cert_serial else ""
     text = (
         f"Received: from {trace.helo}{client}\r\n"
-        f"\t(authenticated sender: {trace.user})\r\n"
+        f"\t(authenticated sender: {trace.user}{cert})\r\n"
         f"\tby {trace.hostname} with ESMTPSA id {trace.session_id}{tls}{rcpt};\r\n"
         f"\t{format_datetime(now)}\r\n"
     )
@@ -71,6 +73,8 @@ def received_header(trace: Trace, now: datetime) -> bytes:
 def prepare(data: bytes, trace: Trace, now: datetime | None = None) -> bytes:
     """Add Received:, and Message-ID:/Date: when missing (RFC 6409 section 8)."""
     now = now or datetime.now(UTC)
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
     headers, rest = _split(data)
     extra = b""
     if not _has_header(headers, b"message-id"):

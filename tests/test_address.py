@@ -331,3 +331,9 @@ def test_the_address_returned_is_the_one_between_the_brackets(address: str) -> N
 def test_normalise_login(text: str, expected: str | None) -> None:
     """Logins are stored lower-case, and only plain ASCII addresses can be logins."""
     assert normalise_login(text) == expected
+
+
+def test_a_parameter_given_twice_is_refused() -> None:
+    with pytest.raises(SmtpReply) as err:
+        parse_mail_from("FROM:<a@example.org> SIZE=10 SIZE=99999", max_size=1000)
+    assert err.value.line.startswith("501 5.5.4")

@@ -269,3 +269,8 @@ def test_prepare_keeps_everything_crlf() -> None:
 
     assert out.replace(b"\r\n", b"").count(b"\r") == 0
     assert out.replace(b"\r\n", b"").count(b"\n") == 0
+
+
+def test_prepare_ends_a_last_line_without_crlf() -> None:
+    out = prepare(b"Subject: x", trace())
+    assert b"Subject: x\r\nMessage-ID:" in out
