@@ -4,14 +4,12 @@
 # that a fresh Debian machine with Python 3.11 needs nothing else. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source-path=SCRIPTDIR/..
+source scripts/lib.sh
 
 DEB_PACKAGES=(swaks msmtp postfix curl openssl ca-certificates)
-VENV=.venv
-STAMP="$VENV/.pyproject.sha256"
 PG_WAIT_SECONDS=30
 
-say() { printf '==> %s\n' "$*"; }
-warn() { printf 'WARNING: %s\n' "$*" >&2; }
 in_ci() { [ "${CI:-}" = "true" ]; }
 
 as_root() {
@@ -94,40 +92,6 @@ ensure_postgres() {
         sleep 1
     done
     warn "PostgreSQL is still not reachable on 127.0.0.1:5432 after ${PG_WAIT_SECONDS}s"
-}
-
-find_python() {
-    local candidate
-    for candidate in python3.11 python3; do
-        if command -v "$candidate" >/dev/null 2>&1 &&
-            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-            command -v "$candidate"
-            return 0
-        fi
-    done
-    return 1
-}
-
-ensure_venv() {
-    if [ ! -x "$VENV/bin/python" ]; then
-        local python
-        python="$(find_python)" || {
-            echo "ERROR: Python 3.11 or newer is needed (python3.11 or python3)" >&2
-            exit 1
-        }
-        say "creating $VENV with $python"
-        rm -rf "$VENV"
-        "$python" -m venv "$VENV"
-    fi
-    local want
-    want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
-    if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
-        say "installing submitgw and its test dependencies into $VENV"
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
-        echo "$want" >"$STAMP"
-    else
-        say "$VENV is up to date with pyproject.toml"
-    fi
 }
 
 install_debian_packages

@@ -1,0 +1,45 @@
+# shellcheck shell=bash
+# Functions shared by the scripts in this folder (scripts/test.sh, scripts/quickstart.sh).
+# Source it from the repository root: the venv path below is relative to it.
+
+VENV=.venv
+STAMP="$VENV/.pyproject.sha256"
+
+say() { printf '==> %s\n' "$*"; }
+warn() { printf 'WARNING: %s\n' "$*" >&2; }
+
+find_python() {
+    local candidate
+    for candidate in python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Create $VENV if needed and (re)install submitgw with its test extras whenever pyproject.toml
+# changed since the last install. One venv serves the tests and the quick start alike.
+ensure_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        local python
+        python="$(find_python)" || {
+            echo "ERROR: Python 3.11 or newer is needed (python3.11 or python3)" >&2
+            exit 1
+        }
+        say "creating $VENV with $python"
+        rm -rf "$VENV"
+        "$python" -m venv "$VENV"
+    fi
+    local want
+    want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+    if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+        say "installing submitgw and its test dependencies into $VENV"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+        echo "$want" >"$STAMP"
+    else
+        say "$VENV is up to date with pyproject.toml"
+    fi
+}
