@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Quick start: see mail flow through submitgw on this machine with nothing else installed.
+#
+# Sets up (once) a gateway in quickstart/setup with a demo user, starts the capture smarthost
+# (scripts/capture_smarthost.py) as the "internal MTA" storing every relayed message in
+# quickstart/mail, prints how to send a test message, then runs the gateway in the foreground.
+# Ctrl-C (or SIGTERM) stops the gateway and the capture smarthost. Re-runs reuse the setup and
+# the demo password; delete quickstart/ to start afresh. Everything listens on 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source-path=SCRIPTDIR/..
+source scripts/lib.sh
+
+QS_DIR=quickstart
+SETUP="$QS_DIR/setup"
+CONFIG="$SETUP/submitgw.toml"
+PASSWORD_FILE="$QS_DIR/demo-password.txt"
+MAIL_DIR="$QS_DIR/mail"
+SINK_OUT="$QS_DIR/capture-smarthost.out"
+DEMO_USER=demo@example.org
+SUBMISSION=127.0.0.1:2587
+SUBMISSIONS=127.0.0.1:2465
+SMARTHOST=127.0.0.1:2525
+START_WAIT_SECONDS=15
+
+SINK_PID=""
+GATEWAY_PID=""
+
+# Stop a child process we started and wait for it; a no-op if it already ended.
+stop_child() {
+    local pid="$1" name="$2"
+    [ -n "$pid" ] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        say "stopping the $name (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    stop_child "$GATEWAY_PID" gateway
+    GATEWAY_PID=""
+    stop_child "$SINK_PID" "capture smarthost"
+    SINK_PID=""
+}
+trap cleanup EXIT
+# Exiting runs the EXIT trap, which stops both children.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+demo_user_exists() {
+    "$VENV/bin/submitgw" --config "$CONFIG" user list | cut -f1 | grep -qx "$DEMO_USER"
+}
+
+ensure_setup() {
+    if [ ! -f "$CONFIG" ]; then
+        say "creating the gateway setup in $SETUP"
+        "$VENV/bin/submitgw" init --dir "$SETUP" --hostname localhost --smarthost "$SMARTHOST"
+    else
+        say "reusing the gateway setup in $SETUP"
+    fi
+    local new_password=false
+    if [ ! -s "$PASSWORD_FILE" ]; then
+        (
+            umask 077
+            "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(12))' \
+                >"$PASSWORD_FILE"
+        )
+        chmod 600 "$PASSWORD_FILE"
+        new_password=true
+    fi
+    if ! demo_user_exists; then
+        say "creating the demo user $DEMO_USER"
+        "$VENV/bin/submitgw" --config "$CONFIG" user add "$DEMO_USER" --password-stdin \
+            <"$PASSWORD_FILE"
+    elif [ "$new_password" = true ]; then
+        say "setting a new password for $DEMO_USER"
+        "$VENV/bin/submitgw" --config "$CONFIG" user passwd "$DEMO_USER" --password-stdin \
+            <"$PASSWORD_FILE"
+    fi
+}
+
+start_sink() {
+    mkdir -p "$MAIL_DIR"
+    : >"$SINK_OUT"
+    # Its "stored ..." log lines go to the terminal (stderr); stdout only announces the port.
+    "$VENV/bin/python" scripts/capture_smarthost.py --listen "$SMARTHOST" --dir "$MAIL_DIR" \
+        >"$SINK_OUT" &
+    SINK_PID=$!
+    local i
+    for ((i = 0; i < START_WAIT_SECONDS * 10; i++)); do
+        if grep -q 'capture-smarthost listening on' "$SINK_OUT"; then
+            return 0
+        fi
+        if ! kill -0 "$SINK_PID" 2>/dev/null; then
+            SINK_PID=""
+            echo "ERROR: the capture smarthost did not start (is $SMARTHOST in use?)" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "ERROR: the capture smarthost did not start within ${START_WAIT_SECONDS}s" >&2
+    exit 1
+}
+
+banner() {
+    local password ca mail smtplib_cmd
+    password="$(head -n 1 "$PASSWORD_FILE")"
+    ca="$(realpath "$SETUP/ca/ca.crt")"
+    mail="$(realpath "$MAIL_DIR")"
+    smtplib_cmd="import smtplib, ssl; s = smtplib.SMTP('127.0.0.1', ${SUBMISSION##*:});"
+    smtplib_cmd+=" s.starttls(context=ssl.create_default_context(cafile='$ca'));"
+    smtplib_cmd+=" s.login('$DEMO_USER', '$password');"
+    smtplib_cmd+=" s.sendmail('$DEMO_USER', ['someone@example.net'],"
+    smtplib_cmd+=" 'Subject: hello\\r\\n\\r\\nHello from submitgw.\\r\\n'); s.quit()"
+    cat <<EOF
+
+========================================================================================
+ submitgw quick start
+   submission (STARTTLS):  $SUBMISSION
+   submissions (TLS):      $SUBMISSIONS
+   demo user:              $DEMO_USER
+   demo password:          $password   (saved in $PASSWORD_FILE)
+   CA certificate:         $ca
+   relayed mail lands in:  $mail/<seq>.eml (+ .json envelope)
+
+ Send a test message from another terminal with swaks:
+   swaks --server $SUBMISSION --tls --tls-verify --tls-ca-path '$ca' --auth PLAIN --auth-user $DEMO_USER --auth-password '$password' --from $DEMO_USER --to someone@example.net
+
+ or with Python alone:
+   python3 -c "$smtplib_cmd"
+
+ Ctrl-C stops the gateway and the capture smarthost.
+========================================================================================
+
+EOF
+}
+
+ensure_venv
+ensure_setup
+say "starting the capture smarthost on $SMARTHOST, storing mail in $MAIL_DIR"
+start_sink
+banner
+say "starting submitgw (JSON log lines follow)"
+# In the background so that a signal to this script runs its trap at once; `wait` returns then.
+"$VENV/bin/submitgw" --config "$CONFIG" serve \
+    --listen "$SUBMISSION" --listen-tls "$SUBMISSIONS" --smarthost "$SMARTHOST" &
+GATEWAY_PID=$!
+status=0
+wait "$GATEWAY_PID" || status=$?
+GATEWAY_PID=""
+if [ "$status" -ne 0 ]; then
+    echo "ERROR: submitgw exited with status $status (are $SUBMISSION and $SUBMISSIONS free?)" >&2
+fi
+cleanup
+exit "$status"
