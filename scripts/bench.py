@@ -1,0 +1,846 @@
+#!/usr/bin/env python3
+"""Benchmark: messages per second through a real gateway process, per connection and batched.
+
+Starts its own capture smarthost and `submitgw serve` on free loopback ports in a temporary
+folder (`submitgw init` + `user add`), then drives them with an asyncio SMTP client:
+
+* per-connection: every message on a new connection (connect, EHLO, STARTTLS, EHLO,
+  AUTH PLAIN, MAIL, RCPT, DATA, QUIT), as a mail client does;
+* batched: --batch-size messages per connection, STARTTLS and AUTH once.
+
+Every message must get its 250 and the smarthost must have stored exactly the messages that
+got one (checked by a per-message header), else the run is reported with errors. Prints each
+run, the median msgs/s per scenario, the batched/per-connection ratio, and the gateway's peak
+RSS and CPU time per message. Argon2 uses the production defaults unless --cheap-argon2 is
+given (time_cost=1, 8 MiB, parallelism=1: isolates the protocol and TLS cost).
+
+Every run stops after --messages or --max-seconds, whichever comes first. This is not a test:
+it prints figures; the exit status is 1 when a run had errors or the gateway stopped badly.
+Run it with the project's venv: `.venv/bin/python scripts/bench.py [--cheap-argon2]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import platform
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import argon2
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SINK_SCRIPT = REPO_ROOT / "scripts" / "capture_smarthost.py"
+HOST = "127.0.0.1"
+TLS_NAME = "localhost"  # in the certificate `submitgw init` issues
+USER = "bench@example.org"
+RECIPIENT = "sink@example.net"
+CLIENT_NAME = "bench.client.test"
+CHEAP_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 8192, "argon2_parallelism": 1}
+SCENARIOS = ("per-connection", "batched")
+DEFAULT_MESSAGES = {"per-connection": 200, "batched": 2000}
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 45.0  # the gateway's shutdown_grace (30 s) plus margin
+CANCEL_MARGIN = 5.0  # a run is cancelled this long after --max-seconds
+MAX_ERRORS_SHOWN = 5
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BENCH_HEADER = re.compile(rb"^X-Bench: (\S+) (\d+)\r?$", re.MULTILINE)
+
+
+class SmtpFailure(Exception):
+    """An unexpected reply or a broken connection, for one message."""
+
+
+# --- processes --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/PID/stat."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text.rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def status_kib(pid: int, key: str) -> int:
+    """A `kB` line of /proc/PID/status, such as VmHWM (peak RSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def set_toml_keys(text: str, section: str, values: dict[str, Any]) -> str:
+    """Replace `key = value` lines of one section of the generated config."""
+    out, current, left = [], "", dict(values)
+    for line in text.splitlines():
+        header = re.fullmatch(r"\s*\[([A-Za-z0-9_.]+)\]\s*", line)
+        if header:
+            current = header.group(1)
+        else:
+            key = line.split("=", 1)[0].strip()
+            if current == section and "=" in line and key in left:
+                line = f"{key} = {json.dumps(left.pop(key))}"
+        out.append(line)
+    if left:
+        raise KeyError(f"[{section}] has no key(s) {sorted(left)} in the generated config")
+    return "\n".join(out) + "\n"
+
+
+def run_cli(*args: str, stdin: str | None = None) -> str:
+    cmd = [sys.executable, "-m", "submitgw", *args]
+    result = subprocess.run(
+        cmd, input=stdin, capture_output=True, text=True, timeout=120, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:4])} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+@dataclass
+class Sink:
+    """The capture smarthost, on a port it picks itself."""
+
+    directory: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, str(SINK_SCRIPT), "--listen", f"{HOST}:0", "--dir"]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [*args, str(self.directory)],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
+        assert self.proc.stdout is not None
+        # The sink prints one line once it listens; a dead sink closes stdout (EOF).
+        line = self.proc.stdout.readline().decode(errors="replace")
+        match = re.search(r"listening on \S+:(\d+)", line)
+        if not match:
+            raise RuntimeError(f"capture smarthost did not start:\n{self.log_text()}")
+        self.port = int(match.group(1))
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+
+@dataclass
+class Gateway:
+    setup: Path
+    smarthost: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    tls_port: int = 0
+
+    @property
+    def config(self) -> Path:
+        return self.setup / "submitgw.toml"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.setup / "ca" / "ca.crt"
+
+    def start(self, attempts: int = 3) -> None:
+        """Start on two free ports; another attempt if a port was taken in between."""
+        for attempt in range(1, attempts + 1):
+            self.port, self.tls_port = free_port(), free_port()
+            args = [sys.executable, "-m", "submitgw", "--config", str(self.config), "serve"]
+            args += ["--listen", f"{HOST}:{self.port}", "--listen-tls", f"{HOST}:{self.tls_port}"]
+            args += ["--smarthost", self.smarthost]
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            with self.log_path.open("ab") as log:
+                self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if self.log_text()[offset:].count('"event": "listening"') >= 2:
+                    return
+                time.sleep(0.05)
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(5)
+            if attempt == attempts or "address already in use" not in self.log_text()[offset:]:
+                raise RuntimeError(f"gateway did not start:\n{self.log_text()[offset:]}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; the exit code (0 is a clean stop), None if never started."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                return -9
+        return self.proc.returncode
+
+    def log_problems(self) -> dict[str, int]:
+        """Warning and error log lines of the gateway, counted by message."""
+        counts: dict[str, int] = {}
+        for line in self.log_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                key = f"(not JSON) {line[:120]}"
+            else:
+                if entry.get("level") not in {"warning", "error", "critical"}:
+                    continue
+                key = f"{entry['level']}: {entry.get('msg') or entry.get('event')}"[:160]
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+# --- the SMTP client ----------------------------------------------------------------------
+
+
+class Client:
+    """A minimal SMTP client on asyncio streams: one command, one reply, no pipelining."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.timeout = timeout
+
+    @classmethod
+    async def connect(cls, port: int, timeout: float) -> Client:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), timeout)
+        client = cls(reader, writer, timeout)
+        await client.expect(220, "greeting")
+        return client
+
+    async def expect(self, code: int, what: str) -> None:
+        lines: list[bytes] = []
+        while True:
+            line = await asyncio.wait_for(self.reader.readline(), self.timeout)
+            if not line:
+                raise SmtpFailure(f"{what}: connection closed after {lines!r}")
+            lines.append(line)
+            if line[3:4] != b"-":
+                break
+        if not lines[-1][:3].isdigit() or int(lines[-1][:3]) != code:
+            text = b" | ".join(x.rstrip() for x in lines).decode(errors="replace")
+            raise SmtpFailure(f"{what}: {text[:200]}")
+
+    async def command(self, line: bytes, code: int) -> None:
+        self.writer.write(line + b"\r\n")
+        await self.expect(code, line.split(b" ", 1)[0].decode(errors="replace"))
+
+    async def login(self, tls: ssl.SSLContext, password: str) -> None:
+        await self.command(b"EHLO " + CLIENT_NAME.encode(), 250)
+        await self.command(b"STARTTLS", 220)
+        await asyncio.wait_for(self.writer.start_tls(tls, server_hostname=TLS_NAME), self.timeout)
+        await self.command(b"EHLO " + CLIENT_NAME.encode(), 250)
+        token = base64.b64encode(b"\0" + USER.encode() + b"\0" + password.encode())
+        await self.command(b"AUTH PLAIN " + token, 235)
+
+    async def send(self, payload: bytes) -> None:
+        """One transaction; `payload` is dot-stuffed and ends with CRLF.CRLF."""
+        await self.command(f"MAIL FROM:<{USER}> SIZE={len(payload)}".encode(), 250)
+        await self.command(f"RCPT TO:<{RECIPIENT}>".encode(), 250)
+        await self.command(b"DATA", 354)
+        self.writer.write(payload)
+        await self.expect(250, "end of DATA")
+
+    async def quit(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.command(b"QUIT", 221)
+        self.close()
+
+    def close(self) -> None:
+        """Drop the connection at once (also when cancelled): a session left open in the middle
+        of a transaction would hold up the gateway's graceful stop for its whole grace period."""
+        with contextlib.suppress(Exception):
+            self.writer.transport.abort()
+
+
+def make_body(size: int) -> bytes:
+    """Printable body lines; no line starts with a dot, so no stuffing is needed."""
+    line = (b"The quick brown fox jumps over the lazy dog 0123456789 " * 2)[:76] + b"\r\n"
+    return (line * (size // len(line) + 1))[: max(size, 2)].rstrip(b"\r\n") + b"\r\n"
+
+
+def make_payload(run_id: str, index: int, body: bytes, now: str) -> bytes:
+    headers = (
+        f"From: Bench <{USER}>\r\nTo: <{RECIPIENT}>\r\nSubject: bench {run_id} #{index}\r\n"
+        f"Date: {now}\r\nMessage-ID: <{run_id}.{index}@bench.test>\r\n"
+        f"X-Bench: {run_id} {index}\r\n\r\n"
+    ).encode()
+    return headers + body + b".\r\n"
+
+
+# --- one run --------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    run: int
+    planned: int
+    ok: int = 0
+    failed: int = 0
+    not_sent: int = 0
+    connections: int = 0
+    seconds: float = 0.0
+    msgs_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    gateway_cpu_ms_per_msg: float = 0.0
+    sink_cpu_ms_per_msg: float = 0.0
+    client_cpu_ms_per_msg: float = 0.0
+    gateway_cpu_s: float = 0.0
+    gateway_peak_rss_kib: int = 0
+    sink_stored: int = 0
+    sink_check: str = ""
+    timed_out: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return (
+            self.ok == self.planned and not self.failed and self.sink_check == "ok"
+        ) and not self.timed_out
+
+
+@dataclass
+class Load:
+    """Shared state of the workers of one run."""
+
+    scenario: str
+    run_id: str
+    gateway_port: int
+    tls: ssl.SSLContext
+    password: str
+    body: bytes
+    batches: Iterator[list[int]]
+    deadline: float
+    io_timeout: float
+    ok: set[int] = field(default_factory=set)
+    failed: dict[int, str] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    connections: int = 0
+
+
+async def one_connection(load: Load, indexes: list[int]) -> None:
+    """A session: log in once, send each message of `indexes` (until the deadline), QUIT."""
+    started = time.perf_counter()
+    load.connections += 1
+    client: Client | None = None
+    now = format_datetime(datetime.now(UTC))
+    pending = list(indexes)
+    try:
+        client = await Client.connect(load.gateway_port, load.io_timeout)
+        await client.login(load.tls, load.password)
+        while pending and time.monotonic() < load.deadline:
+            index = pending[0]
+            message_start = started if load.scenario == "per-connection" else time.perf_counter()
+            await client.send(make_payload(load.run_id, index, load.body, now))
+            load.latencies.append(time.perf_counter() - message_start)
+            load.ok.add(index)
+            pending.pop(0)
+        await client.quit()
+    except (SmtpFailure, OSError, ssl.SSLError, TimeoutError) as exc:
+        text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, SmtpFailure) else str(exc)
+        if pending:
+            load.failed[pending[0]] = text
+    finally:
+        if client is not None:
+            client.close()
+
+
+async def worker(load: Load) -> None:
+    for batch in load.batches:
+        if time.monotonic() >= load.deadline:
+            return
+        await one_connection(load, batch)
+
+
+def batches_of(count: int, size: int) -> Iterator[list[int]]:
+    for start in range(0, count, size):
+        yield list(range(start, min(start + size, count)))
+
+
+async def drive(load: Load, concurrency: int, hard_limit: float) -> bool:
+    """Run the workers; False if they had to be cancelled at the hard time limit."""
+    tasks = [asyncio.create_task(worker(load)) for _ in range(concurrency)]
+    done, pending = await asyncio.wait(tasks, timeout=hard_limit)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        error = task.exception()
+        if error is not None:
+            raise error
+    return not pending
+
+
+def check_sink(sink_dir: Path, run_id: str, ok: set[int]) -> tuple[int, str]:
+    """Compare what the sink stored with what got 250, then delete the run's files."""
+    seen: dict[int, int] = {}
+    strays = 0
+    for meta in sink_dir.glob("*.json"):
+        eml = meta.with_suffix(".eml")
+        match = BENCH_HEADER.search(eml.read_bytes()) if eml.exists() else None
+        if match and match.group(1).decode() == run_id:
+            index = int(match.group(2))
+            seen[index] = seen.get(index, 0) + 1
+        else:
+            strays += 1
+        meta.unlink()
+        eml.unlink(missing_ok=True)
+    stored = sum(seen.values())
+    problems = []
+    if missing := ok - set(seen):
+        problems.append(f"{len(missing)} accepted but not stored")
+    if extra := set(seen) - ok:
+        problems.append(f"{len(extra)} stored without a 250")
+    if dups := [i for i, n in seen.items() if n > 1]:
+        problems.append(f"{len(dups)} stored more than once")
+    if strays:
+        problems.append(f"{strays} unknown message(s)")
+    return stored, "; ".join(problems) or "ok"
+
+
+def run_once(
+    scenario: str,
+    run: int,
+    count: int,
+    args: argparse.Namespace,
+    gateway: Gateway,
+    sink: Sink,
+    password: str,
+    tls: ssl.SSLContext,
+) -> RunResult:
+    assert gateway.proc is not None and sink.proc is not None
+    batch = 1 if scenario == "per-connection" else args.batch_size
+    run_id = secrets.token_hex(4)
+    start = time.monotonic()
+    load = Load(
+        scenario=scenario,
+        run_id=run_id,
+        gateway_port=gateway.port,
+        tls=tls,
+        password=password,
+        body=make_body(args.size),
+        batches=batches_of(count, batch),
+        deadline=start + args.max_seconds,
+        io_timeout=args.io_timeout,
+    )
+    gw_cpu, sink_cpu, own_cpu = (
+        cpu_seconds(gateway.proc.pid),
+        cpu_seconds(sink.proc.pid),
+        own_cpu_seconds(),
+    )
+    t0 = time.perf_counter()
+    finished = asyncio.run(drive(load, args.concurrency, args.max_seconds + CANCEL_MARGIN))
+    elapsed = time.perf_counter() - t0
+    gw_cpu = cpu_seconds(gateway.proc.pid) - gw_cpu
+    sink_cpu = cpu_seconds(sink.proc.pid) - sink_cpu
+    own_cpu = own_cpu_seconds() - own_cpu
+    if load.failed or not finished:
+        time.sleep(1.0)  # let a message the gateway was still relaying land in the sink
+    stored, sink_check = check_sink(sink.directory, run_id, load.ok)
+
+    ok = len(load.ok)
+    per_msg = 1000.0 / ok if ok else 0.0
+    lat = sorted(load.latencies)
+    result = RunResult(
+        scenario=scenario,
+        run=run,
+        planned=count,
+        ok=ok,
+        failed=len(load.failed),
+        not_sent=count - ok - len(load.failed),
+        connections=load.connections,
+        seconds=elapsed,
+        msgs_per_s=ok / elapsed if elapsed > 0 else 0.0,
+        p50_ms=1000 * lat[len(lat) // 2] if lat else 0.0,
+        p95_ms=1000 * lat[min(len(lat) - 1, int(len(lat) * 0.95))] if lat else 0.0,
+        gateway_cpu_ms_per_msg=gw_cpu * per_msg,
+        sink_cpu_ms_per_msg=sink_cpu * per_msg,
+        client_cpu_ms_per_msg=own_cpu * per_msg,
+        gateway_cpu_s=gw_cpu,
+        gateway_peak_rss_kib=status_kib(gateway.proc.pid, "VmHWM"),
+        sink_stored=stored,
+        sink_check=sink_check,
+        timed_out=not finished
+        or (ok + len(load.failed) < count and time.monotonic() >= load.deadline),
+    )
+    reasons: dict[str, int] = {}
+    for text in load.failed.values():
+        reasons[text] = reasons.get(text, 0) + 1
+    result.errors = [f"{n} x {text}" for text, n in sorted(reasons.items(), key=lambda x: -x[1])]
+    if result.timed_out:
+        result.errors.append(f"stopped by --max-seconds {args.max_seconds:g}")
+    return result
+
+
+# --- setup, report ------------------------------------------------------------------------------
+
+
+def machine_context() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    try:
+        argon2_version = version("argon2-cffi")
+    except PackageNotFoundError:
+        argon2_version = "?"
+    return {
+        "cpu_model": model or platform.processor() or "?",
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "openssl": ssl.OPENSSL_VERSION,
+        "argon2_cffi": argon2_version,
+        "platform": platform.platform(),
+    }
+
+
+def argon2_verify_ms(auth: dict[str, Any], rounds: int = 5) -> float:
+    """CPU milliseconds of one argon2id verification with these parameters, in this process:
+    what each per-connection login costs the gateway before any protocol work."""
+    hasher = argon2.PasswordHasher(
+        time_cost=auth["argon2_time_cost"],
+        memory_cost=auth["argon2_memory_kib"],
+        parallelism=auth["argon2_parallelism"],
+        type=argon2.Type.ID,
+    )
+    digest = hasher.hash("bench")
+    costs = []
+    for _ in range(rounds):
+        start = time.process_time()
+        hasher.verify(digest, "bench")
+        costs.append(1000 * (time.process_time() - start))
+    return statistics.median(costs)
+
+
+def prepare_setup(base: Path, cheap_argon2: bool) -> tuple[Path, str, dict[str, Any]]:
+    setup = base / "setup"
+    run_cli("init", "--dir", str(setup), "--hostname", "bench.test")
+    config = setup / "submitgw.toml"
+    if cheap_argon2:
+        # Before `user add`: the stored hash uses these parameters, so no rehash at login.
+        config.write_text(set_toml_keys(config.read_text(), "auth", CHEAP_ARGON2))
+    settings = tomllib.loads(config.read_text())
+    password = secrets.token_urlsafe(16)
+    run_cli("--config", str(config), "user", "add", USER, "--password-stdin", stdin=password)
+    return setup, password, settings
+
+
+def format_table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def summarise(results: list[RunResult]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for scenario in SCENARIOS:
+        runs = [r for r in results if r.scenario == scenario]
+        if not runs:
+            continue
+        msgs = sum(r.ok for r in runs)
+        summary[scenario] = {
+            "median_msgs_per_s": statistics.median(r.msgs_per_s for r in runs),
+            "min_msgs_per_s": min(r.msgs_per_s for r in runs),
+            "max_msgs_per_s": max(r.msgs_per_s for r in runs),
+            "gateway_cpu_ms_per_msg": 1000 * sum(r.gateway_cpu_s for r in runs) / msgs
+            if msgs
+            else 0.0,
+            "clean_runs": sum(r.clean for r in runs),
+            "runs": len(runs),
+        }
+    if "per-connection" in summary and "batched" in summary:
+        base = summary["per-connection"]["median_msgs_per_s"]
+        summary["ratio_batched_per_connection"] = (
+            summary["batched"]["median_msgs_per_s"] / base if base else None
+        )
+    return summary
+
+
+def print_report(report: dict[str, Any], out: Any) -> None:
+    m, s = report["machine"], report["settings"]
+    print("submitgw benchmark", file=out)
+    print(
+        f"  machine:  {m['cpu_model']}, {m['cores']} cores ({m['usable_cores']} usable), "
+        f"load average {m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end",
+        file=out,
+    )
+    print(
+        f"  software: Python {m['python']}, {m['openssl']}, argon2-cffi {m['argon2_cffi']}",
+        file=out,
+    )
+    print(
+        f"  argon2:   time_cost={s['argon2_time_cost']} memory={s['argon2_memory_kib']} KiB "
+        f"parallelism={s['argon2_parallelism']} ({s['argon2_label']}), "
+        f"auth workers={s['auth_workers']}; "
+        f"one verify costs {s['argon2_verify_cpu_ms']:.1f} ms CPU",
+        file=out,
+    )
+    print(
+        f"  load:     concurrency {s['concurrency']}, message {s['size']} bytes body, "
+        f"batch {s['batch_size']}, max {s['max_seconds']:g} s per run, {s['repeats']} run(s)",
+        file=out,
+    )
+    print(file=out)
+    header = ["scenario", "run", "ok", "not ok", "conns", "seconds", "msgs/s", "p50 ms"]
+    header += ["p95 ms", "gw cpu ms/msg", "sink cpu", "client cpu", "gw VmHWM", "sink check"]
+    rows = [
+        [
+            r["scenario"],
+            str(r["run"]),
+            f"{r['ok']}/{r['planned']}",
+            str(r["failed"] + r["not_sent"]),
+            str(r["connections"]),
+            f"{r['seconds']:.2f}",
+            f"{r['msgs_per_s']:.1f}",
+            f"{r['p50_ms']:.1f}",
+            f"{r['p95_ms']:.1f}",
+            f"{r['gateway_cpu_ms_per_msg']:.2f}",
+            f"{r['sink_cpu_ms_per_msg']:.2f}",
+            f"{r['client_cpu_ms_per_msg']:.2f}",
+            f"{r['gateway_peak_rss_kib'] / 1024:.1f} MiB",
+            r["sink_check"],
+        ]
+        for r in report["runs"]
+    ]
+    print(format_table(rows, header), file=out)
+    print(
+        "  p50/p95: per-connection from connect to the 250 after DATA, batched from MAIL to it;"
+        " cpu: ms per message; VmHWM: gateway peak RSS so far",
+        file=out,
+    )
+    for r in report["runs"]:
+        for text in r["errors"][:MAX_ERRORS_SHOWN]:
+            print(f"  {r['scenario']} run {r['run']}: {text}", file=out)
+    print(file=out)
+    summary = report["summary"]
+    for scenario in SCENARIOS:
+        if scenario in summary:
+            x = summary[scenario]
+            print(
+                f"{scenario:>15}: median {x['median_msgs_per_s']:8.1f} msgs/s "
+                f"(min {x['min_msgs_per_s']:.1f}, max {x['max_msgs_per_s']:.1f}), "
+                f"gateway CPU {x['gateway_cpu_ms_per_msg']:.2f} ms/msg, "
+                f"{x['clean_runs']}/{x['runs']} clean run(s)",
+                file=out,
+            )
+    if summary.get("ratio_batched_per_connection") is not None:
+        print(f"{'batched/per-conn':>15}: {summary['ratio_batched_per_connection']:.1f}x", file=out)
+    g = report["gateway"]
+    print(
+        f"{'gateway':>15}: peak RSS (VmHWM) {g['peak_rss_kib'] / 1024:.1f} MiB, "
+        f"RSS at the end {g['rss_kib'] / 1024:.1f} MiB, "
+        f"{g['cpu_seconds']:.2f} CPU s in all, exit code {g['exit_code']}",
+        file=out,
+    )
+    for text, n in list(g["log_problems"].items())[:MAX_ERRORS_SHOWN]:
+        print(f"{'':>15}  log: {n} x {text}", file=out)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Messages per second through a real submitgw process (loopback only).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--concurrency", type=int, default=4, help="simultaneous client sessions")
+    p.add_argument(
+        "--messages",
+        type=int,
+        help="messages per run and scenario (default: 200 per-connection, 2000 batched)",
+    )
+    p.add_argument("--batch-size", type=int, default=100, help="messages per batched session")
+    p.add_argument("--repeats", type=int, default=3, help="runs per scenario")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="time cap of one run")
+    p.add_argument("--size", type=int, default=2048, help="message body bytes")
+    p.add_argument("--io-timeout", type=float, default=30.0, help="seconds per SMTP reply")
+    p.add_argument("--scenario", choices=[*SCENARIOS, "both"], default="both")
+    p.add_argument(
+        "--cheap-argon2",
+        action="store_true",
+        help="argon2 time_cost=1, 8 MiB, parallelism=1 instead of the production defaults",
+    )
+    p.add_argument("--warmup", type=int, default=4, help="unreported messages before the runs")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    args = p.parse_args(argv)
+    for name in ("concurrency", "batch_size", "repeats", "size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.messages is not None and args.messages < 1:
+        p.error("--messages must be at least 1")
+    if args.max_seconds <= 0 or args.io_timeout <= 0 or args.warmup < 0:
+        p.error("--max-seconds and --io-timeout must be positive, --warmup not negative")
+    return args
+
+
+def say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def benchmark(args: argparse.Namespace, base: Path, report: dict[str, Any]) -> None:
+    """Set up, run every scenario, and stop everything, filling `report` as it goes."""
+    sink = Sink(base / "mail", base / "sink.log")
+    gateway: Gateway | None = None
+    results: list[RunResult] = []
+    report["runs"] = results
+    report["gateway"] = {"peak_rss_kib": 0, "rss_kib": 0, "cpu_seconds": 0.0, "exit_code": None}
+    try:
+        say(f"setting up in {base}")
+        setup, password, settings = prepare_setup(base, args.cheap_argon2)
+        limits, auth = settings["limits"], settings["auth"]
+        report["settings"] = {
+            "argon2_time_cost": auth["argon2_time_cost"],
+            "argon2_memory_kib": auth["argon2_memory_kib"],
+            "argon2_parallelism": auth["argon2_parallelism"],
+            "argon2_label": "cheap" if args.cheap_argon2 else "production defaults",
+            "auth_workers": auth["workers"],
+            "concurrency": args.concurrency,
+            "size": args.size,
+            "batch_size": args.batch_size,
+            "max_seconds": args.max_seconds,
+            "repeats": args.repeats,
+            "argon2_verify_cpu_ms": argon2_verify_ms(auth),
+        }
+        if args.batch_size > limits["max_messages_per_session"]:
+            raise RuntimeError(
+                f"--batch-size {args.batch_size} exceeds [limits] max_messages_per_session "
+                f"{limits['max_messages_per_session']}"
+            )
+        sink.start()
+        gateway = Gateway(setup, f"{HOST}:{sink.port}", base / "gateway.log")
+        gateway.start()
+        assert gateway.proc is not None
+        say(f"gateway pid {gateway.proc.pid} on {HOST}:{gateway.port}, sink on {sink.port}")
+        tls = ssl.create_default_context(cafile=str(gateway.ca_file))
+        if args.warmup:
+            warm = run_once("per-connection", 0, args.warmup, args, gateway, sink, password, tls)
+            if not warm.clean:
+                raise RuntimeError(f"warm-up failed: {warm.errors or warm.sink_check}")
+        scenarios = SCENARIOS if args.scenario == "both" else (args.scenario,)
+        for scenario in scenarios:
+            count = args.messages or DEFAULT_MESSAGES[scenario]
+            for run in range(1, args.repeats + 1):
+                say(f"{scenario} run {run}/{args.repeats}: {count} messages")
+                result = run_once(scenario, run, count, args, gateway, sink, password, tls)
+                say(
+                    f"  {result.ok}/{count} ok in {result.seconds:.2f} s: "
+                    f"{result.msgs_per_s:.1f} msgs/s, sink {result.sink_check}"
+                )
+                results.append(result)
+        report["gateway"]["peak_rss_kib"] = status_kib(gateway.proc.pid, "VmHWM")
+        report["gateway"]["rss_kib"] = status_kib(gateway.proc.pid, "VmRSS")
+        report["gateway"]["cpu_seconds"] = cpu_seconds(gateway.proc.pid)
+    finally:
+        if gateway is not None:
+            code = gateway.stop()
+            report["gateway"]["exit_code"] = code
+            report["gateway"]["log_problems"] = gateway.log_problems()
+            if code != 0:
+                say(f"gateway exit code {code}; end of its log:\n{gateway.log_text()[-2000:]}")
+        sink.stop()
+
+
+def stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM ends the benchmark like Ctrl-C does: through the `finally` that stops the
+    gateway and the sink (Python's default would leave both running)."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    base = Path(tempfile.mkdtemp(prefix="submitgw-bench-"))
+    report: dict[str, Any] = {"machine": machine_context()}
+    try:
+        benchmark(args, base, report)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        say(f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted; the gateway and the sink were stopped")
+        return 130
+    finally:
+        if args.keep:
+            say(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results: list[RunResult] = report["runs"]
+    report["runs"] = [asdict(r) for r in results]
+    report["summary"] = summarise(results)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report, sys.stdout)
+    clean = report["gateway"]["exit_code"] == 0 and all(r.clean for r in results)
+    return 0 if clean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
