@@ -29,8 +29,21 @@ BACKDATE = timedelta(minutes=5)
 CN_MAX_LENGTH = 64
 
 
+KEY_TYPES = ("ec", "rsa")
+RSA_KEY_BITS = 2048
+
+
 def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
+
+
+def _new_client_key(key_type: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    """P-256 by default; RSA for the few mail clients and smart cards that cannot use EC."""
+    if key_type == "ec":
+        return _new_key()
+    if key_type == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
+    raise ValueError(f"key type must be one of {', '.join(KEY_TYPES)}: {key_type!r}")
 
 
 def _name(common_name: str) -> x509.Name:
@@ -90,10 +103,12 @@ def _key_usage(*, digital_signature: bool = False, cert_sign: bool = False) -> x
 def _end_entity(
     ca_cert: x509.Certificate,
     subject: x509.Name,
-    public_key: ec.EllipticCurvePublicKey,
+    public_key: CertificateIssuerPublicKeyTypes,
     days: int,
 ) -> x509.CertificateBuilder:
     """A non-CA certificate signed by `ca_cert`, never outliving it."""
+    if days < 1:
+        raise ValueError(f"a certificate must be valid for at least one day, not {days}")
     not_after = min(datetime.now(UTC) + timedelta(days=days), ca_cert.not_valid_after_utc)
     return (
         _base(subject, ca_cert.subject, public_key, not_after)
@@ -103,23 +118,45 @@ def _end_entity(
     )
 
 
+def _domain_subtrees(domains: list[str]) -> list[x509.GeneralName]:
+    """Both RFC 5280 forms per domain: `d` covers mailboxes at d, `.d` those at subdomains."""
+    if not domains:
+        raise ValueError("permitted_domains must name at least one domain (or be None)")
+    subtrees: list[x509.GeneralName] = []
+    for text in domains:
+        domain = text.strip().lower().lstrip(".")
+        if not domain or not domain.isascii() or any(c in domain for c in "@ \t"):
+            raise ValueError(f"not a mail domain: {text!r}")
+        subtrees += [x509.RFC822Name(domain), x509.RFC822Name("." + domain)]
+    return subtrees
+
+
 def create_ca(
-    common_name: str, *, days: int = 3650
+    common_name: str, *, days: int = 3650, permitted_domains: list[str] | None = None
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A self-signed CA that may sign end-entity certificates only (path length 0)."""
+    """A self-signed CA that may sign end-entity certificates only (path length 0).
+
+    `permitted_domains` adds critical NameConstraints, so even a stolen CA key
+    cannot mint client certificates that verifiers accept for other mail domains.
+    Only rfc822Name is constrained; server certificates' DNS names are unaffected.
+    """
     key = _new_key()
     name = _name(common_name)
     public_key = key.public_key()
-    cert = (
+    builder = (
         _base(name, name, public_key, datetime.now(UTC) + timedelta(days=days))
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), critical=False
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(cert_sign=True), critical=True)
-        .sign(key, _hash_for(key))
     )
-    return cert, key
+    if permitted_domains is not None:
+        constraints = x509.NameConstraints(
+            permitted_subtrees=_domain_subtrees(permitted_domains), excluded_subtrees=None
+        )
+        builder = builder.add_extension(constraints, critical=True)
+    return builder.sign(key, _hash_for(key)), key
 
 
 def _san_entry(hostname: str) -> x509.GeneralName:
@@ -151,6 +188,85 @@ def issue_server_cert(
     return cert, key
 
 
+def _mailbox(email: str) -> str:
+    """Light shape check only: full address rules belong to the caller (submitgw.address)."""
+    address = email.strip().lower()
+    local, at, domain = address.rpartition("@")
+    if not (at and local and domain) or not address.isascii() or any(c.isspace() for c in address):
+        raise ValueError(f"not a plain local@domain address: {email!r}")
+    return address
+
+
+def _rfc822_matches(constraint: str, address: str) -> bool:
+    """RFC 5280 4.2.1.10: a mailbox, a host (`example.org`) or a domain (`.example.org`)."""
+    constraint = constraint.lower()
+    domain = address.rpartition("@")[2]
+    if "@" in constraint:
+        return address == constraint
+    if constraint.startswith("."):
+        return domain.endswith(constraint)
+    return domain == constraint
+
+
+def _check_name_constraints(ca_cert: x509.Certificate, address: str) -> None:
+    """Refuse to issue what every verifier would reject anyway, with a clearer reason."""
+    try:
+        constraints = ca_cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return
+    excluded = [
+        n.value for n in constraints.excluded_subtrees or [] if isinstance(n, x509.RFC822Name)
+    ]
+    permitted = [
+        n.value for n in constraints.permitted_subtrees or [] if isinstance(n, x509.RFC822Name)
+    ]
+    if any(_rfc822_matches(c, address) for c in excluded) or (
+        permitted and not any(_rfc822_matches(c, address) for c in permitted)
+    ):
+        allowed = ", ".join(c for c in permitted if not c.startswith(".")) or "none"
+        raise ValueError(f"the CA may not certify {address} (permitted domains: {allowed})")
+
+
+def issue_client_cert(
+    ca_cert: x509.Certificate,
+    ca_key: PrivateKey,
+    email: str,
+    *,
+    days: int = 365,
+    key_type: str = "ec",
+) -> tuple[x509.Certificate, PrivateKey]:
+    """A TLS client (and S/MIME-capable) certificate binding a new key to one mailbox.
+
+    The mailbox is the rfc822Name SAN, which is what verifiers check against
+    NameConstraints; CN repeats it for humans reading certificate lists.
+    """
+    address = _mailbox(email)
+    _check_name_constraints(ca_cert, address)
+    key = _new_client_key(key_type)
+    cert = (
+        _end_entity(ca_cert, _name(address), key.public_key(), days)
+        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(address)]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.EMAIL_PROTECTION]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, _hash_for(ca_key))
+    )
+    return cert, key
+
+
+def certificate_email(cert: x509.Certificate) -> str | None:
+    """The mailbox a certificate is for (first rfc822Name SAN, lower-cased), if any."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    addresses = san.get_values_for_type(x509.RFC822Name)
+    return addresses[0].lower() if addresses else None
+
+
 def _write_new(path: FilePath, data: bytes, mode: int) -> None:
     """Create `path` with `mode` from the first byte on; never replace an existing file.
 
@@ -177,6 +293,11 @@ def write_private_key(path: FilePath, key: PrivateKey, passphrase: bytes | None 
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
     _write_new(path, pem, 0o600)
+
+
+def write_secret_file(path: FilePath, data: bytes) -> None:
+    """Key material in another encoding (PKCS#12): mode 0600, never replacing a file."""
+    _write_new(path, data, 0o600)
 
 
 def write_certificate(path: FilePath, cert: x509.Certificate) -> None:

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import re
 import stat
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store
 
 from pki import (
+    REVOCATION_REASONS,
+    PrivateKey,
+    build_crl,
+    certificate_email,
     create_ca,
+    fingerprint_sha256,
+    format_serial,
+    issue_client_cert,
     issue_server_cert,
     load_certificate,
     load_private_key,
+    parse_serial,
+    pkcs12_bundles,
     write_certificate,
     write_private_key,
 )
@@ -285,3 +298,438 @@ def test_loaded_ca_key_issues_verifiable_certificates(tmp_path: Path, ca: Issued
     cert, _key = issue_server_cert(ca_cert, ca_key, ["mail.example.org"])
 
     cert.verify_directly_issued_by(ca[0])
+
+
+# --- CA with name constraints ----------------------------------------------------------------
+
+
+def test_ca_name_constraints_permit_each_domain_and_its_subdomains() -> None:
+    cert, _key = create_ca("constrained CA", permitted_domains=["Example.ORG", ".example.net"])
+
+    constraints = extension(cert, x509.NameConstraints)
+    assert constraints.critical is True
+    assert constraints.value.permitted_subtrees == [
+        x509.RFC822Name("example.org"),
+        x509.RFC822Name(".example.org"),
+        x509.RFC822Name("example.net"),
+        x509.RFC822Name(".example.net"),
+    ]
+    assert constraints.value.excluded_subtrees is None
+    # Everything else is the plain CA's.
+    assert extension(cert, x509.BasicConstraints).value.path_length == 0
+    assert extension(cert, x509.KeyUsage).value.key_cert_sign is True
+    cert.verify_directly_issued_by(cert)
+
+
+def test_ca_without_domains_has_no_name_constraints(ca: Issued) -> None:
+    with pytest.raises(x509.ExtensionNotFound):
+        extension(ca[0], x509.NameConstraints)
+
+
+@pytest.mark.parametrize("domains", [[], [""], ["."], ["alice@example.org"], ["exa mple.org"]])
+def test_ca_refuses_unusable_domains(domains: list[str]) -> None:
+    with pytest.raises(ValueError):
+        create_ca("constrained CA", permitted_domains=domains)
+
+
+@pytest.fixture(scope="module")
+def constrained_ca() -> Issued:
+    return create_ca("constrained CA", permitted_domains=["example.org"])
+
+
+@pytest.mark.parametrize("email", ["a@example.org", "b@mail.example.org"])
+def test_constrained_ca_issues_inside_its_domains(
+    tmp_path: Path, constrained_ca: Issued, email: str
+) -> None:
+    cert, _key = issue_client_cert(constrained_ca[0], constrained_ca[1], email)
+    ca_path, cert_path = tmp_path / "ca.crt", tmp_path / "client.crt"
+    write_certificate(ca_path, constrained_ca[0])
+    write_certificate(cert_path, cert)
+
+    result = openssl_verify(ca_path, cert_path, "-purpose", "sslclient")
+
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("email", ["a@example.net", "a@notexample.org", "a@example.org.evil"])
+def test_constrained_ca_refuses_other_domains(constrained_ca: Issued, email: str) -> None:
+    with pytest.raises(ValueError, match=r"may not certify .*permitted domains: example\.org"):
+        issue_client_cert(constrained_ca[0], constrained_ca[1], email)
+
+
+def test_verifiers_reject_what_a_constrained_ca_key_signs_outside_its_domains(
+    tmp_path: Path, constrained_ca: Issued
+) -> None:
+    """The constraint protects even against our own refusal being bypassed (a stolen key)."""
+    ca_cert, ca_key = constrained_ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    forged = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a@example.net")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("a@example.net")]), False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path = tmp_path / "ca.crt", tmp_path / "forged.crt"
+    write_certificate(ca_path, ca_cert)
+    write_certificate(cert_path, forged)
+
+    result = openssl_verify(ca_path, cert_path, "-purpose", "sslclient")
+
+    assert result.returncode != 0
+    assert "permitted subtree violation" in result.stderr + result.stdout
+
+
+# --- client certificates ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client(ca: Issued) -> tuple[x509.Certificate, PrivateKey]:
+    return issue_client_cert(ca[0], ca[1], "Alice@Example.ORG")
+
+
+def test_client_certificate_fields(ca: Issued, client: tuple[x509.Certificate, PrivateKey]) -> None:
+    ca_cert, _ca_key = ca
+    cert, key = client
+
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert key.curve.name == "secp256r1"
+    assert cert.public_key() == key.public_key()
+    assert cert.issuer == ca_cert.subject
+    assert cert.subject.rfc4514_string() == "CN=alice@example.org"
+    assert_recent_validity(cert, 365)
+
+    san = extension(cert, x509.SubjectAlternativeName)
+    assert san.critical is False
+    assert list(san.value) == [x509.RFC822Name("alice@example.org")]
+
+    eku = extension(cert, x509.ExtendedKeyUsage)
+    assert eku.critical is False
+    assert list(eku.value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        ExtendedKeyUsageOID.EMAIL_PROTECTION,
+    ]
+
+    usage = extension(cert, x509.KeyUsage)
+    assert usage.critical is True
+    assert usage.value.digital_signature is True
+    for bit in (
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "key_cert_sign",
+        "crl_sign",
+    ):
+        assert getattr(usage.value, bit) is False, bit
+
+    constraints = extension(cert, x509.BasicConstraints)
+    assert constraints.critical is True
+    assert constraints.value.ca is False
+
+    ski = extension(cert, x509.SubjectKeyIdentifier).value
+    aki = extension(cert, x509.AuthorityKeyIdentifier).value
+    assert ski == x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    assert aki.key_identifier == extension(ca_cert, x509.SubjectKeyIdentifier).value.digest
+
+    cert.verify_directly_issued_by(ca_cert)
+
+
+def test_client_certificate_with_rsa_key(ca: Issued) -> None:
+    cert, key = issue_client_cert(ca[0], ca[1], "bob@example.org", key_type="rsa", days=30)
+
+    assert isinstance(key, rsa.RSAPrivateKey)
+    assert key.key_size == 2048
+    assert key.public_key().public_numbers().e == 65537
+    assert cert.public_key() == key.public_key()
+    assert_recent_validity(cert, 30)
+    cert.verify_directly_issued_by(ca[0])
+
+
+def test_client_serials_are_random_and_at_least_64_bits(ca: Issued) -> None:
+    serials = [issue_client_cert(ca[0], ca[1], "s@example.org")[0].serial_number for _ in range(8)]
+
+    assert len(set(serials)) == len(serials)
+    # 159 random bits: below 2**57 with probability 2**-102 per sample.
+    assert all(serial.bit_length() > 56 for serial in serials)
+
+
+def test_client_certificate_never_outlives_its_ca() -> None:
+    ca_cert, ca_key = create_ca("short-lived CA", days=30)
+
+    cert, _key = issue_client_cert(ca_cert, ca_key, "a@example.org", days=365)
+
+    assert cert.not_valid_after_utc == ca_cert.not_valid_after_utc
+
+
+@pytest.mark.parametrize(
+    ("email", "options"),
+    [
+        ("alice", {}),
+        ("@example.org", {}),
+        ("alice@", {}),
+        ("a b@example.org", {}),
+        ("jürgen@example.org", {}),
+        ("a" * 60 + "@example.org", {}),  # longer than a CN may be
+        ("a@example.org", {"key_type": "dsa"}),
+        ("a@example.org", {"days": 0}),
+    ],
+)
+def test_client_certificate_refuses_unusable_requests(
+    ca: Issued, email: str, options: dict[str, Any]
+) -> None:
+    with pytest.raises(ValueError):
+        issue_client_cert(ca[0], ca[1], email, **options)
+
+
+def test_openssl_accepts_client_certificate_for_clients_and_mail_only(
+    tmp_path: Path, ca: Issued, client: tuple[x509.Certificate, PrivateKey], server: Issued
+) -> None:
+    ca_path, client_path, server_path = tmp_path / "ca.crt", tmp_path / "c.crt", tmp_path / "s.crt"
+    write_certificate(ca_path, ca[0])
+    write_certificate(client_path, client[0])
+    write_certificate(server_path, server[0])
+
+    for purpose in ("sslclient", "smimesign"):
+        result = openssl_verify(ca_path, client_path, "-purpose", purpose)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"{client_path}: OK"
+    assert openssl_verify(ca_path, client_path, "-purpose", "sslserver").returncode != 0
+    # And the other way round: a server certificate is no client certificate.
+    assert openssl_verify(ca_path, server_path, "-purpose", "sslclient").returncode != 0
+
+
+def test_certificate_email(client: tuple[x509.Certificate, PrivateKey], server: Issued) -> None:
+    assert certificate_email(client[0]) == "alice@example.org"
+    assert certificate_email(server[0]) is None
+
+
+# --- fingerprints and serials ----------------------------------------------------------------
+
+
+def openssl_x509(cert_path: Path, *flags: str) -> str:
+    result = subprocess.run(
+        ["openssl", "x509", "-in", str(cert_path), "-noout", *flags],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+def test_fingerprint_is_sha256_of_der_as_openssl_shows_it(
+    tmp_path: Path, client: tuple[x509.Certificate, PrivateKey]
+) -> None:
+    cert = client[0]
+    der = cert.public_bytes(serialization.Encoding.DER)
+    path = tmp_path / "c.crt"
+    write_certificate(path, cert)
+
+    fingerprint = fingerprint_sha256(cert)
+
+    assert fingerprint == hashlib.sha256(der).hexdigest()
+    assert fingerprint_sha256(der) == fingerprint
+    assert re.fullmatch(r"[0-9a-f]{64}", fingerprint)
+    shown = openssl_x509(path, "-fingerprint", "-sha256").split("=", 1)[1]
+    assert shown.replace(":", "").lower() == fingerprint
+
+
+def test_serial_text_round_trips_and_accepts_openssl_spellings(
+    tmp_path: Path, client: tuple[x509.Certificate, PrivateKey]
+) -> None:
+    serial = client[0].serial_number
+    path = tmp_path / "c.crt"
+    write_certificate(path, client[0])
+    text = format_serial(serial)
+
+    assert text == f"{serial:X}"
+    assert re.fullmatch(r"[1-9A-F][0-9A-F]*", text)
+    assert parse_serial(text) == serial
+    assert parse_serial(text.lower()) == serial
+    assert parse_serial(":".join(text[i : i + 2] for i in range(0, len(text), 2))) == serial
+    assert parse_serial(openssl_x509(path, "-serial").split("=", 1)[1]) == serial
+    assert parse_serial("00:" + text) == serial
+    assert parse_serial(" 1a ") == 0x1A
+
+
+@pytest.mark.parametrize("text", ["", ":", "0", "00:00", "0x1A", "1G", "12 34", "F" * 41])
+def test_parse_serial_refuses_what_is_not_a_serial(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a certificate serial number"):
+        parse_serial(text)
+
+
+def test_format_serial_refuses_non_positive_numbers() -> None:
+    with pytest.raises(ValueError):
+        format_serial(0)
+
+
+# --- PKCS#12 ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundles(ca: Issued, client: tuple[x509.Certificate, PrivateKey]) -> tuple[bytes, bytes]:
+    return pkcs12_bundles(client[0], client[1], ca[0], b"correct horse")
+
+
+def test_both_pkcs12_files_open_with_cryptography(
+    ca: Issued, client: tuple[x509.Certificate, PrivateKey], bundles: tuple[bytes, bytes]
+) -> None:
+    for data in bundles:
+        loaded = pkcs12.load_pkcs12(data, b"correct horse")
+
+        assert loaded.key is not None
+        assert loaded.key.public_key() == client[1].public_key()
+        assert loaded.cert is not None
+        assert loaded.cert.certificate == client[0]
+        assert loaded.cert.friendly_name == b"alice@example.org"
+        assert [c.certificate for c in loaded.additional_certs] == [ca[0]]
+        with pytest.raises(ValueError):
+            pkcs12.load_key_and_certificates(data, b"wrong horse")
+
+
+def openssl_pkcs12_info(path: Path, password: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["openssl", "pkcs12", "-info", "-noout", "-in", str(path), "-passin", f"pass:{password}"],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_both_pkcs12_files_open_with_openssl_and_use_their_schemes(
+    tmp_path: Path, bundles: tuple[bytes, bytes]
+) -> None:
+    """Recorded on OpenSSL 3.0: the legacy file opens without `-legacy` (3DES is no RC2)."""
+    modern_path, legacy_path = tmp_path / "a.p12", tmp_path / "a.legacy.p12"
+    modern_path.write_bytes(bundles[0])
+    legacy_path.write_bytes(bundles[1])
+
+    modern = openssl_pkcs12_info(modern_path, "correct horse")
+    legacy = openssl_pkcs12_info(legacy_path, "correct horse")
+
+    assert modern.returncode == 0, modern.stderr
+    assert "MAC: sha256" in modern.stderr
+    assert "Shrouded Keybag: PBES2, PBKDF2, AES-256-CBC" in modern.stderr
+    assert "PRF hmacWithSHA256" in modern.stderr
+    assert legacy.returncode == 0, legacy.stderr
+    assert "MAC: sha1" in legacy.stderr
+    assert "Shrouded Keybag: pbeWithSHA1And3-KeyTripleDES-CBC" in legacy.stderr
+    for path in (modern_path, legacy_path):
+        wrong = openssl_pkcs12_info(path, "wrong horse")
+        assert wrong.returncode != 0
+        assert "invalid password" in wrong.stderr
+
+
+def test_pkcs12_refuses_an_empty_password_or_a_foreign_key(
+    ca: Issued, client: tuple[x509.Certificate, PrivateKey]
+) -> None:
+    with pytest.raises(ValueError, match="must not be empty"):
+        pkcs12_bundles(client[0], client[1], ca[0], b"")
+    with pytest.raises(ValueError, match="does not belong"):
+        pkcs12_bundles(client[0], ca[1], ca[0], b"pw")
+
+
+# --- CRL -------------------------------------------------------------------------------------
+
+
+def crl_entries(ca: Issued, count: int) -> list[tuple[int, datetime, str | None]]:
+    """Serials of freshly issued certificates, with each kind of reason."""
+    reasons: list[str | None] = ["keyCompromise", "superseded", None, "unspecified"]
+    at = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    return [
+        (issue_client_cert(ca[0], ca[1], f"u{n}@example.org")[0].serial_number, at, reasons[n])
+        for n in range(count)
+    ]
+
+
+def test_crl_fields_and_signature(ca: Issued) -> None:
+    entries = crl_entries(ca, 4)
+
+    crl = build_crl(ca[0], ca[1], entries)
+
+    assert crl.issuer == ca[0].subject
+    assert crl.is_signature_valid(ca[0].public_key())
+    assert not crl.is_signature_valid(create_ca("another CA")[0].public_key())
+    now = datetime.now(UTC)
+    assert crl.last_update_utc <= now
+    assert crl.next_update_utc is not None
+    assert abs(crl.next_update_utc - (now + timedelta(days=7))) < timedelta(minutes=1)
+    aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier == extension(ca[0], x509.SubjectKeyIdentifier).value.digest
+    assert len(crl) == 4
+    for serial, at, reason in entries:
+        entry = crl.get_revoked_certificate_by_serial_number(serial)
+        assert entry is not None
+        assert entry.revocation_date_utc == at
+        if reason in (None, "unspecified"):
+            # RFC 5280 5.3.1: no reason code rather than "unspecified".
+            with pytest.raises(x509.ExtensionNotFound):
+                entry.extensions.get_extension_for_class(x509.CRLReason)
+        else:
+            reason_ext = entry.extensions.get_extension_for_class(x509.CRLReason)
+            assert reason_ext.value.reason.value == reason
+
+
+def test_crl_numbers_increase_between_builds(ca: Issued) -> None:
+    numbers = [
+        build_crl(ca[0], ca[1], [])
+        .extensions.get_extension_for_class(x509.CRLNumber)
+        .value.crl_number
+        for _ in range(3)
+    ]
+
+    assert numbers == sorted(numbers)
+    assert len(set(numbers)) == 3
+
+
+def test_crl_next_update_days(ca: Issued) -> None:
+    crl = build_crl(ca[0], ca[1], [], next_update_days=1)
+
+    assert crl.next_update_utc is not None
+    assert abs(crl.next_update_utc - (datetime.now(UTC) + timedelta(days=1))) < timedelta(minutes=1)
+    with pytest.raises(ValueError):
+        build_crl(ca[0], ca[1], [], next_update_days=0)
+
+
+def test_crl_refuses_unknown_reasons(ca: Issued) -> None:
+    with pytest.raises(ValueError, match="unknown revocation reason 'stolen'"):
+        build_crl(ca[0], ca[1], [(1234, datetime.now(UTC), "stolen")])
+    assert set(REVOCATION_REASONS) >= {
+        "unspecified",
+        "keyCompromise",
+        "superseded",
+        "cessationOfOperation",
+        "affiliationChanged",
+    }
+
+
+def test_openssl_verifies_the_crl_and_honours_it(tmp_path: Path, ca: Issued) -> None:
+    revoked, _ = issue_client_cert(ca[0], ca[1], "gone@example.org")
+    kept, _ = issue_client_cert(ca[0], ca[1], "kept@example.org")
+    crl = build_crl(ca[0], ca[1], [(revoked.serial_number, datetime.now(UTC), "keyCompromise")])
+    ca_path, crl_path = tmp_path / "ca.crt", tmp_path / "ca.crl"
+    write_certificate(ca_path, ca[0])
+    crl_path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    paths = {}
+    for name, cert in (("revoked", revoked), ("kept", kept)):
+        paths[name] = tmp_path / f"{name}.crt"
+        write_certificate(paths[name], cert)
+
+    checked = subprocess.run(
+        ["openssl", "crl", "-in", str(crl_path), "-CAfile", str(ca_path), "-verify", "-noout"],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "verify OK" in checked.stdout + checked.stderr
+
+    crl_check = ["-crl_check", "-CRLfile", str(crl_path), "-purpose", "sslclient"]
+    assert openssl_verify(ca_path, paths["kept"], *crl_check).returncode == 0
+    refused = openssl_verify(ca_path, paths["revoked"], *crl_check)
+    assert refused.returncode != 0
+    assert "certificate revoked" in refused.stdout + refused.stderr
