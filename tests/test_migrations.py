@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, MetaData, String, inspect
+from sqlalchemy.exc import IntegrityError
 
 import migrations
-from submitgw.store import Database, MigrationRequired
+from submitgw.store import Database, MigrationRequired, UserStore
 from submitgw.store.models import Base
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
@@ -48,9 +50,9 @@ def test_upgrade_on_empty_database_reaches_head(db: Database) -> None:
 
     db.upgrade()
 
-    assert db.head_revision() == "0001"
-    assert db.current_revision() == "0001"
-    assert "users" in table_names(db)
+    assert db.head_revision() == "0002"
+    assert db.current_revision() == "0002"
+    assert {"users", "certificates"} <= table_names(db)
     db.check_current()
 
 
@@ -101,6 +103,20 @@ def test_constraints_get_deterministic_names(db: Database) -> None:
     assert inspector.get_pk_constraint("users")["name"] == "pk_users"
     unique_names = {c["name"] for c in inspector.get_unique_constraints("users")}
     assert unique_names == {"uq_users_email"}
+    assert [c["name"] for c in inspector.get_check_constraints("users")] == ["ck_users_auth_policy"]
+    assert inspector.get_pk_constraint("certificates")["name"] == "pk_certificates"
+    assert {c["name"] for c in inspector.get_unique_constraints("certificates")} == {
+        "uq_certificates_serial",
+        "uq_certificates_fingerprint_sha256",
+    }
+    assert [fk["name"] for fk in inspector.get_foreign_keys("certificates")] == [
+        "fk_certificates_user_id_users"
+    ]
+    indexes = inspector.get_indexes("certificates")
+    # PostgreSQL also lists the indexes behind unique constraints.
+    assert [ix["name"] for ix in indexes if not ix.get("duplicates_constraint")] == [
+        "ix_certificates_user_id"
+    ]
 
 
 def test_check_current_on_empty_database_says_not_initialised(db: Database) -> None:
@@ -136,7 +152,7 @@ def test_stamp_absent_revision_is_reported_without_suggesting_upgrade(db: Databa
 
     message = str(raised.value)
     assert message.startswith("database is at revision 9999")
-    assert "needs 0001" in message
+    assert "needs 0002" in message
     assert "db upgrade" not in message
 
 
@@ -146,12 +162,12 @@ def test_revision_template_renders_formatted_python(tmp_path: Path) -> None:
     config = Config()
     config.set_main_option("script_location", str(scripts))
 
-    command.revision(config, message="add widgets", rev_id="0002")
+    command.revision(config, message="add widgets", rev_id="0003")
 
-    (rendered,) = (scripts / "versions").glob("0002_*.py")
+    (rendered,) = (scripts / "versions").glob("0003_*.py")
     text = rendered.read_text()
-    assert 'revision = "0002"' in text
-    assert 'down_revision = "0001"' in text
+    assert 'revision = "0003"' in text
+    assert 'down_revision = "0002"' in text
     compile(text, str(rendered), "exec")
     # Imports stay unused until the author writes the upgrade, so F401 is expected here.
     config_file = str(PROJECT_ROOT / "pyproject.toml")
@@ -159,3 +175,48 @@ def test_revision_template_renders_formatted_python(tmp_path: Path) -> None:
         ruff = [sys.executable, "-m", "ruff", *args, "--config", config_file, str(rendered)]
         result = subprocess.run(ruff, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_upgrade_from_0001_keeps_users_and_gives_them_password_logins(db: Database) -> None:
+    """A gateway upgraded in place: nobody's login may change or break."""
+    alembic_command(db, "upgrade", "0001")
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO users (email, password_hash, enabled, created_at, updated_at) "
+            "VALUES ('old@example.org', 'argon2-hash', true, "
+            "'2026-01-02 03:04:05+00:00', '2026-01-02 03:04:05+00:00')"
+        )
+
+    db.upgrade()
+
+    assert db.current_revision() == "0002"
+    record = UserStore(db).get("old@example.org")
+    assert record is not None
+    assert (record.password_hash, record.enabled, record.auth_policy) == (
+        "argon2-hash",
+        True,
+        "password",
+    )
+    assert record.created_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_downgrade_to_0001_keeps_users(db: Database) -> None:
+    db.upgrade()
+    UserStore(db).add("keep@example.org", "hash", auth_policy="certificate")
+
+    alembic_command(db, "downgrade", "0001")
+
+    assert "certificates" not in table_names(db)
+    assert "auth_policy" not in {c["name"] for c in inspect(db.engine).get_columns("users")}
+    with db.engine.connect() as connection:
+        emails = connection.exec_driver_sql("SELECT email FROM users").scalars().all()
+    assert emails == ["keep@example.org"]
+
+
+def test_auth_policy_check_constraint_rejects_unknown_values(db: Database) -> None:
+    """The database itself refuses a policy the gateway would not understand."""
+    db.upgrade()
+    UserStore(db).add("c@example.org", "hash")
+
+    with pytest.raises(IntegrityError), db.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE users SET auth_policy = 'passwrd'")

@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, Dialect, MetaData, String, TypeDecorator, true
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    true,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Deterministic constraint names, so migrations can refer to (and later drop) them by name.
@@ -16,6 +27,11 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# How a user may log in: AUTH with a password, a client certificate alone, or both
+# in the same session. The gateway enforces them; the CHECK keeps typos out.
+AUTH_POLICIES = ("password", "certificate", "password+certificate")
 
 
 def utcnow() -> datetime:
@@ -55,6 +71,12 @@ class User(Base):
     """A login account; `email` is the SMTP AUTH username."""
 
     __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint(
+            "auth_policy IN ('password', 'certificate', 'password+certificate')",
+            name="auth_policy",
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
@@ -63,3 +85,28 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    auth_policy: Mapped[str] = mapped_column(
+        String(32), default="password", server_default="password"
+    )
+
+
+class Certificate(Base):
+    """A client certificate the CA issued, bound to one user.
+
+    The gateway looks certificates up by fingerprint on every TLS session, so
+    revoking one or deleting its user takes effect without reloading anything.
+    """
+
+    __tablename__ = "certificates"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    serial: Mapped[str] = mapped_column(String(40), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    fingerprint_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    subject: Mapped[str] = mapped_column(String)
+    not_before: Mapped[datetime] = mapped_column(UtcDateTime)
+    not_after: Mapped[datetime] = mapped_column(UtcDateTime)
+    issued_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    revocation_reason: Mapped[str | None] = mapped_column(String(32))
+    pem: Mapped[str] = mapped_column(Text)

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from submitgw.store.db import Database
-from submitgw.store.models import User, utcnow
+from submitgw.store.models import AUTH_POLICIES, User, utcnow
 
 
 class UserExists(Exception):
@@ -36,6 +36,8 @@ class UserRecord:
     # Kept out of repr so that logging a record never prints the hash.
     password_hash: str = field(repr=False)
     enabled: bool
+    # One of AUTH_POLICIES: how this user may log in.
+    auth_policy: str
     created_at: datetime
     updated_at: datetime
     last_login_at: datetime | None
@@ -47,10 +49,20 @@ def _record(user: User) -> UserRecord:
         email=user.email,
         password_hash=user.password_hash,
         enabled=user.enabled,
+        auth_policy=user.auth_policy,
         created_at=user.created_at,
         updated_at=user.updated_at,
         last_login_at=user.last_login_at,
     )
+
+
+def check_auth_policy(policy: str) -> str:
+    """The policy unchanged if it is known; a ValueError naming the choices otherwise."""
+    if policy not in AUTH_POLICIES:
+        raise ValueError(
+            f"unknown authentication policy {policy!r} (one of: {', '.join(AUTH_POLICIES)})"
+        )
+    return policy
 
 
 def normalise_email(email: str) -> str:
@@ -64,10 +76,16 @@ class UserStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def add(self, email: str, password_hash: str) -> UserRecord:
+    def add(self, email: str, password_hash: str, auth_policy: str = "password") -> UserRecord:
         email = normalise_email(email)
         now = utcnow()
-        user = User(email=email, password_hash=password_hash, created_at=now, updated_at=now)
+        user = User(
+            email=email,
+            password_hash=password_hash,
+            auth_policy=check_auth_policy(auth_policy),
+            created_at=now,
+            updated_at=now,
+        )
         try:
             with self._db.session() as session:
                 session.add(user)
@@ -86,6 +104,10 @@ class UserStore:
 
     def set_enabled(self, email: str, enabled: bool) -> None:
         self._update(email, enabled=enabled, updated_at=utcnow())
+
+    def set_auth_policy(self, email: str, policy: str) -> None:
+        """Takes effect at the user's next login or TLS session: nothing caches it."""
+        self._update(email, auth_policy=check_auth_policy(policy), updated_at=utcnow())
 
     def record_login(self, email: str, new_hash: str | None = None) -> None:
         """Note a successful login; `new_hash` replaces a hash made with outdated parameters.

@@ -1,0 +1,246 @@
+"""The client-certificate inventory: the only place that reads or writes `certificates`.
+
+The CA signs; this records what it signed and for whom. The gateway trusts a
+client certificate only if its fingerprint is here, unrevoked, and its user
+enabled, so revocation needs no CRL distribution to take effect.
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import Select, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+import pki
+from submitgw.store.db import Database
+from submitgw.store.models import Certificate, User, utcnow
+from submitgw.store.users import UserNotFound, _rowcount, normalise_email
+
+
+class CertificateNotFound(Exception):
+    def __init__(self, serial: str) -> None:
+        super().__init__(f"no certificate with serial {serial}")
+        self.serial = serial
+
+
+class CertificateExists(Exception):
+    def __init__(self, serial: str) -> None:
+        super().__init__(f"certificate {serial} is already in the inventory")
+        self.serial = serial
+
+
+class AlreadyRevoked(Exception):
+    def __init__(self, serial: str, revoked_at: datetime) -> None:
+        when = revoked_at.isoformat(timespec="seconds")
+        super().__init__(f"certificate {serial} was already revoked at {when}")
+        self.serial = serial
+        self.revoked_at = revoked_at
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    """A detached snapshot of an inventory entry, safe to hand across threads."""
+
+    serial: str
+    email: str
+    fingerprint_sha256: str
+    subject: str
+    not_before: datetime
+    not_after: datetime
+    issued_at: datetime
+    revoked_at: datetime | None
+    revocation_reason: str | None
+    pem: str
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+@dataclass(frozen=True)
+class CertificateIdentity:
+    """What the gateway needs to decide on a client certificate, from one query."""
+
+    serial: str
+    fingerprint_sha256: str
+    email: str
+    user_enabled: bool
+    auth_policy: str
+    revoked: bool
+    not_after: datetime
+
+
+def canonical_serial(serial: str) -> str:
+    """The stored spelling of a serial typed in any case, with or without colons."""
+    return pki.format_serial(pki.parse_serial(serial))
+
+
+def _records() -> Select[tuple[Certificate, str]]:
+    return select(Certificate, User.email).join(User, Certificate.user_id == User.id)
+
+
+def _record(cert: Certificate, email: str) -> CertificateRecord:
+    return CertificateRecord(
+        serial=cert.serial,
+        email=email,
+        fingerprint_sha256=cert.fingerprint_sha256,
+        subject=cert.subject,
+        not_before=cert.not_before,
+        not_after=cert.not_after,
+        issued_at=cert.issued_at,
+        revoked_at=cert.revoked_at,
+        revocation_reason=cert.revocation_reason,
+        pem=cert.pem,
+    )
+
+
+def _sorted(records: builtins.list[CertificateRecord]) -> builtins.list[CertificateRecord]:
+    """Sorted in Python so that the order is the same on every backend."""
+    return sorted(records, key=lambda r: (r.email, r.issued_at, r.serial))
+
+
+class CertificateStore:
+    """Synchronous access to the inventory; the gateway calls `lookup` from worker threads."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def add(self, email: str, cert: x509.Certificate) -> CertificateRecord:
+        """Record a certificate the CA just issued for `email`'s own mailbox."""
+        email = normalise_email(email)
+        named = pki.certificate_email(cert)
+        if named != email:
+            raise ValueError(f"the certificate is for {named or 'no mailbox'}, not {email}")
+        serial = pki.format_serial(cert.serial_number)
+        row = Certificate(
+            serial=serial,
+            fingerprint_sha256=pki.fingerprint_sha256(cert),
+            subject=cert.subject.rfc4514_string(),
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            issued_at=utcnow(),
+            pem=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+        )
+        try:
+            with self._db.session() as session:
+                user_id = session.scalar(select(User.id).where(User.email == email))
+                if user_id is None:
+                    raise UserNotFound(email)
+                row.user_id = user_id
+                session.add(row)
+                session.flush()
+                return _record(row, email)
+        except IntegrityError as exc:
+            raise CertificateExists(serial) from exc
+
+    def get(self, serial: str) -> CertificateRecord | None:
+        """ValueError if `serial` is not hex; None if no such certificate."""
+        serial = canonical_serial(serial)
+        with self._db.session() as session:
+            row = session.execute(_records().where(Certificate.serial == serial)).first()
+            return _record(*row) if row is not None else None
+
+    def list(self, email: str | None = None) -> builtins.list[CertificateRecord]:
+        """Every certificate, or one user's (UserNotFound if there is no such user)."""
+        with self._db.session() as session:
+            statement = _records()
+            if email is not None:
+                email = normalise_email(email)
+                self._user_id(session, email)
+                statement = statement.where(User.email == email)
+            return _sorted([_record(*row) for row in session.execute(statement)])
+
+    def revoked(self) -> builtins.list[CertificateRecord]:
+        """Revoked certificates, of users deleted since excepted (their rows are gone)."""
+        with self._db.session() as session:
+            statement = _records().where(Certificate.revoked_at.is_not(None))
+            records = [_record(*row) for row in session.execute(statement)]
+        return sorted(records, key=lambda r: (r.revoked_at, r.serial))
+
+    def revoke(self, serial: str, reason: str = "unspecified") -> CertificateRecord:
+        """Mark one certificate revoked; the gateway refuses it from its next TLS session."""
+        serial = canonical_serial(serial)
+        pki.check_reason(reason)
+        with self._db.session() as session:
+            # Conditional UPDATE: of two concurrent revocations exactly one succeeds.
+            statement = (
+                update(Certificate)
+                .where(Certificate.serial == serial, Certificate.revoked_at.is_(None))
+                .values(revoked_at=utcnow(), revocation_reason=reason)
+            )
+            changed = _rowcount(session, statement)
+            row = session.execute(_records().where(Certificate.serial == serial)).first()
+            if row is None:
+                raise CertificateNotFound(serial)
+            record = _record(*row)
+            if changed == 0 and record.revoked_at is not None:
+                raise AlreadyRevoked(serial, record.revoked_at)
+            return record
+
+    def revoke_user(
+        self, email: str, reason: str = "unspecified"
+    ) -> builtins.list[CertificateRecord]:
+        """Revoke every unrevoked certificate of a user; returns the ones revoked now."""
+        email = normalise_email(email)
+        pki.check_reason(reason)
+        with self._db.session() as session:
+            user_id = self._user_id(session, email)
+            live = (Certificate.user_id == user_id, Certificate.revoked_at.is_(None))
+            serials = builtins.list(
+                session.scalars(select(Certificate.serial).where(*live).with_for_update())
+            )
+            if serials:
+                session.execute(
+                    update(Certificate)
+                    .where(*live, Certificate.serial.in_(serials))
+                    .values(revoked_at=utcnow(), revocation_reason=reason)
+                )
+            rows = session.execute(_records().where(Certificate.serial.in_(serials)))
+            return _sorted([_record(*row) for row in rows])
+
+    def lookup(self, fingerprint_sha256: str) -> CertificateIdentity | None:
+        """The gateway's per-session check: one indexed query, users joined in.
+
+        Nothing is cached, so a revocation, a disabled user or a policy change
+        is seen by every gateway sharing the database at its next session.
+        """
+        fingerprint = fingerprint_sha256.lower().replace(":", "")
+        statement = (
+            select(
+                Certificate.serial,
+                Certificate.fingerprint_sha256,
+                User.email,
+                User.enabled,
+                User.auth_policy,
+                Certificate.revoked_at,
+                Certificate.not_after,
+            )
+            .join(User, Certificate.user_id == User.id)
+            .where(Certificate.fingerprint_sha256 == fingerprint)
+        )
+        with self._db.session() as session:
+            row = session.execute(statement).first()
+        if row is None:
+            return None
+        return CertificateIdentity(
+            serial=row.serial,
+            fingerprint_sha256=row.fingerprint_sha256,
+            email=row.email,
+            user_enabled=row.enabled,
+            auth_policy=row.auth_policy,
+            revoked=row.revoked_at is not None,
+            not_after=row.not_after,
+        )
+
+    @staticmethod
+    def _user_id(session: Session, email: str) -> int:
+        user_id = session.scalar(select(User.id).where(User.email == email))
+        if user_id is None:
+            raise UserNotFound(email)
+        return user_id
