@@ -27,7 +27,17 @@ LAYOUT = {
 @click.option(
     "--smarthost", default="127.0.0.1:25", show_default=True, help="Internal MTA, HOST:PORT."
 )
-def init_command(directory: Path, hostname: str | None, smarthost: str) -> None:
+@click.option(
+    "--ca-domain",
+    "ca_domains",
+    multiple=True,
+    metavar="DOMAIN",
+    help="Limit the CA to client certificates for addresses at DOMAIN or its subdomains "
+    "(repeatable; a NameConstraints extension that verifiers enforce).",
+)
+def init_command(
+    directory: Path, hostname: str | None, smarthost: str, ca_domains: tuple[str, ...]
+) -> None:
     """Create DIR: commented config, migrated SQLite database, CA and server certificate."""
     hostname = (hostname or socket.getfqdn() or "localhost").lower()
     if directory.exists() and not directory.is_dir():
@@ -38,11 +48,16 @@ def init_command(directory: Path, hostname: str | None, smarthost: str) -> None:
         raise click.ClickException(
             f"{directory} already holds a submitgw setup ({existing[0]}); refusing to overwrite it"
         )
+    try:
+        ca_cert, ca_key = pki.create_ca(
+            f"submitgw CA for {hostname}", permitted_domains=list(ca_domains) or None
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     for sub in ("ca", "tls"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     (directory / "ca").chmod(0o700)
 
-    ca_cert, ca_key = pki.create_ca(f"submitgw CA for {hostname}")
     pki.write_private_key(targets["ca_key"], ca_key)
     pki.write_certificate(targets["ca_cert"], ca_cert)
     names = list(dict.fromkeys([hostname, "localhost", "127.0.0.1"]))

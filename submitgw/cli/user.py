@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sys
+from datetime import UTC, datetime
 
 import click
 
 from submitgw.address import normalise_login
 from submitgw.auth import make_hasher
 from submitgw.cli import Context, pass_context
-from submitgw.store import UserExists, UserNotFound, UserStore
+from submitgw.store import AUTH_POLICIES, CertificateStore, UserExists, UserNotFound, UserStore
 
 
 def _email(text: str) -> str:
@@ -46,17 +48,32 @@ def user_group() -> None:
 @user_group.command("add")
 @click.argument("email")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option(
+    "--auth",
+    "policy",
+    type=click.Choice(AUTH_POLICIES),
+    default="password",
+    show_default=True,
+    help="How the user logs in: password, client certificate, or both in one session.",
+)
 @pass_context
-def add(ctx: Context, email: str, password_stdin: bool) -> None:
-    """Create an enabled user with a password."""
+def add(ctx: Context, email: str, password_stdin: bool, policy: str) -> None:
+    """Create an enabled user with a password (optional for --auth certificate)."""
     address = _email(email)
-    password = _read_password(password_stdin)
+    if policy == "certificate" and not password_stdin:
+        # Never used to log in; a valid hash of a secret nobody knows keeps the
+        # column meaningful should the policy later change (then: user passwd).
+        password = secrets.token_urlsafe(32)
+    else:
+        password = _read_password(password_stdin)
     digest = make_hasher(ctx.config.auth).hash(password)
     try:
-        _users(ctx).add(address, digest)
+        _users(ctx).add(address, digest, auth_policy=policy)
     except UserExists as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"user {address} added")
+    if policy != "password":
+        click.echo(f"next: submitgw pki issue {address}")
 
 
 @user_group.command("passwd")
@@ -75,6 +92,33 @@ def passwd(ctx: Context, email: str, password_stdin: bool) -> None:
     except UserNotFound as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"password of {address} changed")
+
+
+@user_group.command("set-auth")
+@click.argument("email")
+@click.argument("policy", type=click.Choice(AUTH_POLICIES), metavar="POLICY")
+@pass_context
+def set_auth(ctx: Context, email: str, policy: str) -> None:
+    """Set how a user logs in: POLICY is password, certificate or password+certificate.
+
+    Effective from the user's next connection.
+    """
+    address = _email(email)
+    db = ctx.database()
+    try:
+        UserStore(db).set_auth_policy(address, policy)
+        usable = [
+            c
+            for c in CertificateStore(db).list(address)
+            if not c.revoked and c.not_after > datetime.now(UTC)
+        ]
+    except UserNotFound as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        db.dispose()
+    click.echo(f"user {address} now logs in with: {policy}")
+    if policy != "password" and not usable:
+        click.echo(f"{address} has no valid certificate yet: submitgw pki issue {address}")
 
 
 def _set_enabled(ctx: Context, email: str, enabled: bool) -> None:
@@ -128,6 +172,7 @@ def list_users(ctx: Context, as_json: bool) -> None:
                 "enabled": r.enabled,
                 "created_at": r.created_at.isoformat() if r.created_at else None,
                 "last_login_at": r.last_login_at.isoformat() if r.last_login_at else None,
+                "auth_policy": r.auth_policy,
             }
             for r in records
         ]
@@ -136,7 +181,7 @@ def list_users(ctx: Context, as_json: bool) -> None:
     for r in records:
         state = "enabled " if r.enabled else "disabled"
         last = r.last_login_at.isoformat(timespec="seconds") if r.last_login_at else "never"
-        click.echo(f"{r.email}\t{state}\tlast login: {last}")
+        click.echo(f"{r.email}\t{state}\t{r.auth_policy}\tlast login: {last}")
 
 
 def register(group: click.Group) -> None:

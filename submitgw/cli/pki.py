@@ -1,0 +1,456 @@
+"""`submitgw pki …`: client certificates from the bundled CA, and their inventory.
+
+Every certificate issued here is recorded in the database before anyone can
+use it, because the gateway accepts only certificates it finds there. Private
+keys and PKCS#12 passwords are written or shown once and never stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+import pki
+from submitgw.address import normalise_login
+from submitgw.cli import CA_PASSPHRASE_ENV, Context, pass_context
+from submitgw.store import (
+    AlreadyRevoked,
+    CertificateExists,
+    CertificateNotFound,
+    CertificateRecord,
+    CertificateStore,
+    Database,
+    UserNotFound,
+    UserStore,
+    canonical_serial,
+)
+
+# Characters kept as they are in file names; anything else (e.g. "/", legal in
+# an address's local part) becomes "_" so a name can never leave --out.
+_UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9@._+-]")
+P12_PASSWORD_BYTES = 18  # 24 characters of base64url, 144 bits
+
+
+def _email(text: str) -> str:
+    email = normalise_login(text)
+    if email is None:
+        raise click.ClickException(f"{text!r} is not a valid email address")
+    return email
+
+
+def _serial(text: str) -> str:
+    try:
+        return canonical_serial(text)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@contextmanager
+def _database(ctx: Context) -> Iterator[Database]:
+    db = ctx.database()
+    try:
+        yield db
+    finally:
+        db.dispose()
+
+
+def _refuse_command_line(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """The passphrase option exists only to read the environment variable."""
+    if ctx.get_parameter_source(param.name or "") == ParameterSource.COMMANDLINE:
+        raise click.ClickException(
+            f"the CA passphrase is never taken as a flag value (other users could read it "
+            f"from the process list): set {CA_PASSPHRASE_ENV} or use --ca-passphrase-file"
+        )
+    return value
+
+
+@click.group("pki")
+@click.option(
+    "--ca-passphrase-file",
+    type=click.Path(path_type=Path),
+    metavar="PATH",
+    help=f"File whose first line decrypts the CA key (beats ${CA_PASSPHRASE_ENV}).",
+)
+@click.option(
+    "--ca-passphrase",
+    "ca_passphrase_env",
+    envvar=CA_PASSPHRASE_ENV,
+    hidden=True,
+    callback=_refuse_command_line,
+)
+@pass_context
+def pki_group(ctx: Context, ca_passphrase_file: Path | None, ca_passphrase_env: str | None) -> None:
+    """Client certificates: issue, list, revoke, renew, CRL; server certificates.
+
+    An encrypted CA key is decrypted with the first line of --ca-passphrase-file,
+    or with $SUBMITGW_CA_PASSPHRASE; never with a flag value.
+    """
+    ctx.set_ca_passphrase(ca_passphrase_file, ca_passphrase_env)
+
+
+# --- output files ----------------------------------------------------------------------------
+
+
+def _out_dir(path: Path) -> Path:
+    if not path.exists():
+        raise click.ClickException(f"output folder {path} does not exist")
+    if not path.is_dir():
+        raise click.ClickException(f"output folder {path} is not a folder")
+    return path
+
+
+def _refuse_existing(paths: list[Path]) -> None:
+    for path in paths:
+        if path.exists() or path.is_symlink():
+            raise click.ClickException(f"{path} already exists; refusing to overwrite it")
+
+
+def _write_all(writes: list[tuple[Path, Callable[[Path], None]]]) -> None:
+    """Write every file or none: a half-written set would be confusing to hand out."""
+    done: list[Path] = []
+    for path, write in writes:
+        try:
+            write(path)
+        except OSError as exc:
+            _remove(done)
+            if isinstance(exc, FileExistsError):
+                message = f"{path} already exists; refusing to overwrite it"
+            else:
+                message = f"cannot write {path}: {exc.strerror}"
+            raise click.ClickException(message) from exc
+        done.append(path)
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+# --- issuing ---------------------------------------------------------------------------------
+
+
+def _p12_password(from_stdin: bool) -> tuple[str, bool]:
+    """(password, generated): from stdin's first line, or random when not given."""
+    if not from_stdin:
+        return secrets.token_urlsafe(P12_PASSWORD_BYTES), True
+    line = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not line:
+        raise click.ClickException("the PKCS#12 password is empty")
+    return line, False
+
+
+def _key_type(cert: x509.Certificate) -> str:
+    return "rsa" if isinstance(cert.public_key(), rsa.RSAPublicKey) else "ec"
+
+
+def _issue(
+    ctx: Context,
+    email: str,
+    days: int,
+    key_type: str,
+    out: Path,
+    password_stdin: bool,
+) -> None:
+    """Issue, write the four files, record; on any failure leave nothing behind."""
+    out = _out_dir(out)
+    base = _UNSAFE_FILE_CHARS.sub("_", email)
+    paths = [out / f"{base}{suffix}" for suffix in (".crt", ".key", ".p12", ".legacy.p12")]
+    _refuse_existing(paths)
+    with _database(ctx) as db:
+        if UserStore(db).get(email) is None:
+            raise click.ClickException(f"no user {email}")
+        password, generated = _p12_password(password_stdin)
+        ca_cert, ca_key = ctx.load_ca()
+        try:
+            cert, key = pki.issue_client_cert(ca_cert, ca_key, email, days=days, key_type=key_type)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        modern, legacy = pki.pkcs12_bundles(cert, key, ca_cert, password.encode("utf-8"))
+        crt, key_path, p12, legacy_p12 = paths
+        _write_all(
+            [
+                (crt, lambda p: pki.write_certificate(p, cert)),
+                (key_path, lambda p: pki.write_private_key(p, key)),
+                (p12, lambda p: pki.write_secret_file(p, modern)),
+                (legacy_p12, lambda p: pki.write_secret_file(p, legacy)),
+            ]
+        )
+        try:
+            record = CertificateStore(db).add(email, cert)
+        except (UserNotFound, CertificateExists) as exc:
+            _remove(paths)
+            raise click.ClickException(str(exc)) from exc
+        except BaseException:
+            _remove(paths)
+            raise
+    click.echo(f"issued a client certificate for {email}")
+    _echo_fields(record)
+    for path in paths:
+        click.echo(f"wrote {path}")
+    if generated:
+        click.echo("PKCS#12 password (shown only now, stored nowhere):")
+        click.echo(password)
+
+
+def _echo_fields(record: CertificateRecord) -> None:
+    click.echo(f"serial: {record.serial}")
+    click.echo(f"fingerprint_sha256: {record.fingerprint_sha256}")
+    click.echo(f"subject: {record.subject}")
+    click.echo(f"not_after: {_stamp(record.not_after)}")
+
+
+def _stamp(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value is not None else None
+
+
+def _output_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--out and --p12-password-stdin, shared by issue and renew."""
+    command = click.option(
+        "--p12-password-stdin",
+        is_flag=True,
+        help="Read the PKCS#12 password from standard input (default: generate and print one).",
+    )(command)
+    return click.option(
+        "--out",
+        type=click.Path(path_type=Path),
+        default=Path("."),
+        show_default="the current folder",
+        help="Folder for EMAIL.crt, EMAIL.key, EMAIL.p12 and EMAIL.legacy.p12.",
+    )(command)
+
+
+@pki_group.command("issue")
+@click.argument("email")
+@click.option(
+    "--days", type=click.IntRange(min=1), default=365, show_default=True, help="Validity."
+)
+@click.option("--key-type", type=click.Choice(pki.KEY_TYPES), default="ec", show_default=True)
+@_output_options
+@pass_context
+def issue(
+    ctx: Context, email: str, days: int, key_type: str, out: Path, p12_password_stdin: bool
+) -> None:
+    """Issue a client certificate for an existing user."""
+    _issue(ctx, _email(email), days, key_type, out, p12_password_stdin)
+
+
+@pki_group.command("renew")
+@click.argument("serial")
+@_output_options
+@pass_context
+def renew(ctx: Context, serial: str, out: Path, p12_password_stdin: bool) -> None:
+    """Issue a new key and certificate like SERIAL's; SERIAL stays valid until revoked."""
+    wanted = _serial(serial)
+    with _database(ctx) as db:
+        old = CertificateStore(db).get(wanted)
+    if old is None:
+        raise click.ClickException(f"no certificate with serial {wanted}")
+    cert = x509.load_pem_x509_certificate(old.pem.encode("ascii"))
+    # The old length, without the backdating every certificate gets.
+    length = old.not_after - old.not_before - pki.ca.BACKDATE
+    days = max(1, round(length / timedelta(days=1)))
+    _issue(ctx, old.email, days, _key_type(cert), out, p12_password_stdin)
+    click.echo(f"the old certificate {old.serial} stays valid: revoke it when no longer needed")
+
+
+# --- inventory -------------------------------------------------------------------------------
+
+
+def _status(record: CertificateRecord, now: datetime) -> str:
+    if record.revoked:
+        return "revoked"
+    if record.not_after < now:
+        return "expired"
+    return "valid"
+
+
+def _row(record: CertificateRecord, now: datetime) -> dict[str, Any]:
+    return {
+        "serial": record.serial,
+        "user": record.email,
+        "fingerprint_sha256": record.fingerprint_sha256,
+        "subject": record.subject,
+        "not_before": _stamp(record.not_before),
+        "not_after": _stamp(record.not_after),
+        "issued_at": _stamp(record.issued_at),
+        "revoked": record.revoked,
+        "revoked_at": _stamp(record.revoked_at),
+        "revocation_reason": record.revocation_reason,
+        "expired": record.not_after < now,
+    }
+
+
+@pki_group.command("list")
+@click.option("--user", "email", metavar="EMAIL", help="Only this user's certificates.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def list_certificates(ctx: Context, email: str | None, as_json: bool) -> None:
+    """List issued client certificates (revoked and expired ones included)."""
+    address = _email(email) if email is not None else None
+    with _database(ctx) as db:
+        try:
+            records = CertificateStore(db).list(address)
+        except UserNotFound as exc:
+            raise click.ClickException(str(exc)) from exc
+    now = datetime.now(UTC)
+    if as_json:
+        click.echo(json.dumps([_row(r, now) for r in records], indent=2))
+        return
+    for r in records:
+        click.echo(f"{r.serial}\t{r.email}\t{_status(r, now)}\tnot after {_stamp(r.not_after)}")
+
+
+@pki_group.command("show")
+@click.argument("serial")
+@pass_context
+def show(ctx: Context, serial: str) -> None:
+    """Show one certificate's inventory entry, then its PEM."""
+    wanted = _serial(serial)
+    with _database(ctx) as db:
+        record = CertificateStore(db).get(wanted)
+    if record is None:
+        raise click.ClickException(f"no certificate with serial {wanted}")
+    for name, value in _row(record, datetime.now(UTC)).items():
+        click.echo(f"{name}: {json.dumps(value) if isinstance(value, bool) else value or '-'}")
+    click.echo(record.pem, nl=False)
+
+
+@pki_group.command("revoke")
+@click.argument("serial", required=False)
+@click.option("--user", "email", metavar="EMAIL", help="Revoke every certificate of this user.")
+@click.option(
+    "--reason",
+    type=click.Choice(pki.REVOCATION_REASONS),
+    default="unspecified",
+    show_default=True,
+    help="RFC 5280 reason, recorded and put in the CRL.",
+)
+@pass_context
+def revoke(ctx: Context, serial: str | None, email: str | None, reason: str) -> None:
+    """Revoke SERIAL, or all of a user's certificates (--user); effective at once."""
+    if (serial is None) == (email is None):
+        raise click.ClickException("give either SERIAL or --user EMAIL")
+    wanted = _serial(serial) if serial is not None else None
+    address = _email(email) if email is not None else None
+    with _database(ctx) as db:
+        store = CertificateStore(db)
+        try:
+            if wanted is not None:
+                revoked = [store.revoke(wanted, reason)]
+            else:
+                revoked = store.revoke_user(address or "", reason)
+        except (CertificateNotFound, AlreadyRevoked, UserNotFound) as exc:
+            raise click.ClickException(str(exc)) from exc
+    if not revoked:
+        click.echo(f"{address} has no unrevoked certificates")
+        return
+    for record in revoked:
+        click.echo(f"revoked {record.serial} ({record.email}, {reason})")
+    click.echo("the gateway refuses them from the next connection; 'submitgw pki crl' tells others")
+
+
+@pki_group.command("crl")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Write the CRL (PEM) here, replacing it atomically (default: standard output).",
+)
+@click.option(
+    "--next-update-days",
+    type=click.IntRange(min=1),
+    default=7,
+    show_default=True,
+    help="Verifiers treat the CRL as stale after this; rebuild it more often.",
+)
+@pass_context
+def crl(ctx: Context, out: Path | None, next_update_days: int) -> None:
+    """Build a CRL of every revoked certificate, signed by the CA."""
+    with _database(ctx) as db:
+        records = CertificateStore(db).revoked()
+    ca_cert, ca_key = ctx.load_ca()
+    entries = [
+        (pki.parse_serial(r.serial), r.revoked_at or r.issued_at, r.revocation_reason)
+        for r in records
+    ]
+    pem = pki.build_crl(ca_cert, ca_key, entries, next_update_days=next_update_days).public_bytes(
+        serialization.Encoding.PEM
+    )
+    if out is None:
+        click.echo(pem.decode("ascii"), nl=False)
+        return
+    _replace(out, pem)
+    click.echo(f"wrote {out} ({len(entries)} revoked)")
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """CRLs are rebuilt on a schedule, so this one file may be replaced, atomically."""
+    try:
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except OSError as exc:
+        Path(temp).unlink(missing_ok=True)
+        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from exc
+
+
+# --- server certificates ---------------------------------------------------------------------
+
+
+@pki_group.command("server-cert")
+@click.argument("hostnames", nargs=-1, required=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("."),
+    show_default="the current folder",
+    help="Folder for server.crt and server.key.",
+)
+@click.option("--days", type=click.IntRange(min=1), default=825, show_default=True)
+@pass_context
+def server_cert(ctx: Context, hostnames: tuple[str, ...], out: Path, days: int) -> None:
+    """Issue a TLS server certificate for HOSTNAMES (DNS names or IP addresses)."""
+    out = _out_dir(out)
+    paths = [out / "server.crt", out / "server.key"]
+    _refuse_existing(paths)
+    ca_cert, ca_key = ctx.load_ca()
+    try:
+        cert, key = pki.issue_server_cert(ca_cert, ca_key, list(hostnames), days=days)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _write_all(
+        [
+            (paths[0], lambda p: pki.write_certificate(p, cert)),
+            (paths[1], lambda p: pki.write_private_key(p, key)),
+        ]
+    )
+    click.echo(f"serial: {pki.format_serial(cert.serial_number)}")
+    click.echo(f"fingerprint_sha256: {pki.fingerprint_sha256(cert)}")
+    click.echo(f"not_after: {_stamp(cert.not_valid_after_utc)}")
+    for path in paths:
+        click.echo(f"wrote {path}")
+    click.echo("point [tls] cert and key at them and restart the gateway")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(pki_group)
