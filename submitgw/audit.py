@@ -67,6 +67,7 @@ def session_event(
     client: str,
     tls: str | None,
     user: str | None,
+    cert_serial: str | None,
     messages: int,
     seconds: float,
     end: str,
@@ -79,6 +80,7 @@ def session_event(
             "client": client,
             "tls": tls,
             "user": user,
+            "cert_serial": cert_serial,
             "messages": messages,
             "seconds": round(seconds, 3),
             "end": end,
@@ -91,6 +93,9 @@ def message_event(
     session: str,
     client: str,
     user: str,
+    mechanism: str | None,
+    cert_serial: str | None,
+    cert_fingerprint: str | None,
     sender: str,
     recipients: int,
     size: int,
@@ -103,6 +108,9 @@ def message_event(
             "session": session,
             "client": client,
             "user": user,
+            "mechanism": mechanism,
+            "cert_serial": cert_serial,
+            "cert_fingerprint": cert_fingerprint,
             "sender": sender,
             "recipients": recipients,
             "size": size,
@@ -123,4 +131,35 @@ def auth_event(*, session: str, client: str, mechanism: str, user: str | None, o
             "result": "ok" if ok else "failed",
         },
         logging.INFO if ok else logging.WARNING,
+    )
+
+
+def tls_failure(*, session: str, client: str, reason: str) -> None:
+    emit(
+        {
+            "event": "tls",
+            "session": session,
+            "client": client,
+            "result": "failed",
+            "reason": reason,
+        },
+        logging.WARNING,
+    )
+
+
+def certificate_event(
+    *, session: str, client: str, fingerprint: str, user: str | None, result: str
+) -> None:
+    """A client certificate seen in a handshake: whose it is, or why it counts for nothing."""
+    emit(
+        {
+            "event": "certificate",
+            "session": session,
+            "client": client,
+            "fingerprint_sha256": fingerprint,
+            "user": user,
+            "result": "accepted" if result == "ok" else "rejected",
+            "reason": None if result == "ok" else result,
+        },
+        logging.INFO if result == "ok" else logging.WARNING,
     )

@@ -15,16 +15,36 @@ import binascii
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+import pki
 from submitgw.address import normalise_login
 from submitgw.config import AuthConfig
 from submitgw.errors import AuthBusy, AuthFailed, SmtpReply
-from submitgw.store import UserStore
+from submitgw.store import CertificateStore, UserStore
 
 log = logging.getLogger(__name__)
+
+
+PASSWORD = "password"
+CERTIFICATE = "certificate"
+TWO_FACTOR = "password+certificate"
+
+
+@dataclass(frozen=True)
+class CertificateUser:
+    """A client certificate that passed every check, and the user it is bound to."""
+
+    user: str
+    serial: str
+    fingerprint: str
+    auth_policy: str
 
 
 @dataclass(frozen=True)
@@ -33,6 +53,31 @@ class Identity:
 
     user: str
     mechanism: str
+    cert_serial: str | None = None
+    cert_fingerprint: str | None = None
+
+
+def password_allowed(policy: str, login: str, cert: CertificateUser | None) -> bool:
+    """Whether a correct password logs `login` in, given the session's certificate.
+
+    A certificate-only user never logs in with a password; a two-factor user only
+    with their own certificate in the same session; and a certificate of one user
+    never goes with the password of another.
+    """
+    if cert is not None and cert.user != login:
+        return False
+    if policy == PASSWORD:
+        return True
+    if policy == TWO_FACTOR:
+        return cert is not None
+    return False
+
+
+def certificate_identity(cert: CertificateUser, mechanism: str) -> Identity:
+    """The identity a certificate alone gives; only certificate-policy users have one."""
+    if cert.auth_policy != CERTIFICATE:
+        raise AuthFailed()
+    return Identity(cert.user, mechanism, cert.serial, cert.fingerprint)
 
 
 def make_hasher(cfg: AuthConfig) -> argon2.PasswordHasher:
@@ -80,7 +125,12 @@ class PasswordAuthenticator:
         return self._hasher
 
     async def login(
-        self, authcid: bytes, password: bytes, authzid: bytes, mechanism: str
+        self,
+        authcid: bytes,
+        password: bytes,
+        authzid: bytes,
+        mechanism: str,
+        cert: CertificateUser | None = None,
     ) -> Identity:
         """Check a login off the event loop; raises AuthFailed, AuthBusy or 454."""
         if self._in_flight >= self._capacity:
@@ -89,7 +139,9 @@ class PasswordAuthenticator:
         self._in_flight += 1
         try:
             loop = asyncio.get_running_loop()
-            user = await loop.run_in_executor(self._pool, self._check, authcid, password, authzid)
+            user = await loop.run_in_executor(
+                self._pool, self._check, authcid, password, authzid, cert
+            )
         except SmtpReply:
             raise
         except Exception as exc:
@@ -101,9 +153,13 @@ class PasswordAuthenticator:
             self._in_flight -= 1
         if user is None:
             raise AuthFailed()
-        return Identity(user=user, mechanism=mechanism)
+        if cert is not None:
+            return Identity(user, mechanism, cert.serial, cert.fingerprint)
+        return Identity(user, mechanism)
 
-    def _check(self, authcid: bytes, password: bytes, authzid: bytes) -> str | None:
+    def _check(
+        self, authcid: bytes, password: bytes, authzid: bytes, cert: CertificateUser | None
+    ) -> str | None:
         """Runs in a worker thread. Always verifies exactly one hash."""
         try:
             login = normalise_login(authcid.decode("utf-8"))
@@ -120,6 +176,8 @@ class PasswordAuthenticator:
             return None
         if wanted and wanted != record.email:
             return None
+        if not password_allowed(record.auth_policy, record.email, cert):
+            return None
         new_hash = None
         if self._hasher.check_needs_rehash(stored):
             new_hash = self._hasher.hash(password)
@@ -128,3 +186,57 @@ class PasswordAuthenticator:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class CertificateAuthenticator:
+    """Turns a TLS client certificate into a `CertificateUser`, checked against the inventory.
+
+    The handshake already checked the chain and validity; this repeats the checks
+    that matter (issuer, validity, not a CA, clientAuth) so a change of TLS settings
+    cannot widen them, then asks the database on every session, so a revocation or
+    a disabled user takes effect at the next connection on every gateway.
+    """
+
+    def __init__(self, certificates: CertificateStore, ca_cert: x509.Certificate) -> None:
+        self._certificates = certificates
+        self._ca = ca_cert
+
+    async def identify(self, der: bytes) -> tuple[CertificateUser | None, str]:
+        """(the user, "ok") or (None, why the certificate was rejected)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, self._check, der)
+        except Exception as exc:
+            log.error("certificate inventory unavailable: %s", type(exc).__name__)
+            return None, "inventory unavailable"
+
+    def _check(self, der: bytes) -> tuple[CertificateUser | None, str]:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            cert.verify_directly_issued_by(self._ca)
+        except (ValueError, TypeError, InvalidSignature):
+            return None, "not issued by the gateway's CA"
+        now = datetime.now(UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return None, "outside its validity period"
+        try:
+            if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                return None, "a CA certificate"
+        except x509.ExtensionNotFound:
+            pass
+        try:
+            usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            return None, "no extended key usage"
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+            return None, "not for client authentication"
+        found = self._certificates.lookup(pki.fingerprint_sha256(der))
+        if found is None:
+            return None, "not in the inventory"
+        if found.revoked:
+            return None, "revoked"
+        if not found.user_enabled:
+            return None, "user disabled"
+        return CertificateUser(
+            found.email, found.serial, found.fingerprint_sha256, found.auth_policy
+        ), "ok"

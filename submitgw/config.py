@@ -58,9 +58,14 @@ class ServerConfig:
     hide_client_ip: bool = False
 
 
+CLIENT_CERT_MODES = ("off", "optional", "required")
+
+
 @dataclass(frozen=True)
 class ListenerConfig:
-    listen: Endpoint | None
+    listen: Endpoint | None = None
+    client_certificates: str = "off"
+    certificate_without_auth: bool = True
 
 
 @dataclass(frozen=True)
@@ -285,14 +290,14 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
 
     listeners = {}
     for name, default in (("submission", "0.0.0.0:587"), ("submissions", "0.0.0.0:465")):
-        sec = _section(data, name)
-        bad = set(sec) - {"listen"}
-        if bad:
-            raise ConfigError(f"[{name}]: unknown key(s) {', '.join(sorted(bad))}")
-        listen = sec.get("listen", default)
+        sec = dict(_section(data, name))
+        listen = sec.pop("listen", default)
         if not isinstance(listen, str):
             raise ConfigError(f'[{name}] listen must be "HOST:PORT" or "off"')
-        listeners[name] = ListenerConfig(parse_listen(listen, name))
+        listener = _build(ListenerConfig, sec, name)
+        if listener.client_certificates not in CLIENT_CERT_MODES:
+            raise ConfigError(f"[{name}] client_certificates must be one of {CLIENT_CERT_MODES}")
+        listeners[name] = dataclasses.replace(listener, listen=parse_listen(listen, name))
 
     tls_values = _section(data, "tls")
     tls = _build(TlsConfig, tls_values, "tls")
@@ -360,10 +365,18 @@ hide_client_ip = false
 [submission]
 # Message submission with STARTTLS (RFC 6409), "HOST:PORT" or "off".
 listen = "0.0.0.0:587"
+# Ask clients for a certificate from the bundled CA: "off", "optional" or "required".
+# With "optional", a client that offers a certificate from another CA fails the TLS
+# handshake, so enable it only where clients are set up for it.
+client_certificates = "off"
+# true: a valid certificate of a "certificate" user lets MAIL FROM proceed without AUTH.
+certificate_without_auth = true
 
 [submissions]
 # Submission over implicit TLS (RFC 8314), "HOST:PORT" or "off".
 listen = "0.0.0.0:465"
+client_certificates = "off"
+certificate_without_auth = true
 
 [tls]
 # The gateway's certificate (with any intermediates) and private key, PEM.

@@ -7,46 +7,69 @@ import logging
 import signal
 import socket
 
-from submitgw.auth import PasswordAuthenticator
-from submitgw.config import Config, Endpoint
-from submitgw.server import Gateway
-from submitgw.store import Database, UserStore
+import pki
+from submitgw.auth import CertificateAuthenticator, PasswordAuthenticator
+from submitgw.config import Config, Endpoint, ListenerConfig
+from submitgw.server import Gateway, Listener
+from submitgw.store import CertificateStore, Database, UserStore
 from submitgw.tls import server_context
 
 log = logging.getLogger(__name__)
 
 
-async def _listen(gw: Gateway, name: str, endpoint: Endpoint, implicit: bool) -> asyncio.Server:
+async def _listen(gw: Gateway, listener: Listener, endpoint: Endpoint) -> asyncio.Server:
+    """A plain socket; TLS, implicit or STARTTLS, is layered on by the session itself."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
     server = await loop.create_server(
-        gw.session_factory(name, implicit),
+        gw.session_factory(listener),
         host=endpoint.host,
         port=endpoint.port,
         family=family,
-        ssl=gw.tls_context if implicit else None,
-        ssl_handshake_timeout=gw.cfg.limits.idle_timeout if implicit else None,
         reuse_address=True,
     )
     log.info(
-        "listening on %s (%s)",
+        "listening on %s",
         endpoint,
-        "implicit TLS" if implicit else "STARTTLS",
-        extra={"event": {"event": "listening", "listener": name, "address": str(endpoint)}},
+        extra={
+            "event": {
+                "event": "listening",
+                "listener": listener.name,
+                "address": str(endpoint),
+                "tls": "implicit" if listener.implicit_tls else "starttls",
+                "client_certificates": listener.settings.client_certificates,
+            }
+        },
     )
     return server
+
+
+def _listeners(cfg: Config) -> list[tuple[Listener, Endpoint]]:
+    chosen: list[tuple[str, ListenerConfig, bool]] = [
+        ("submission", cfg.submission, False),
+        ("submissions", cfg.submissions, True),
+    ]
+    return [
+        (Listener(name, implicit, server_context(cfg.tls, s.client_certificates), s), s.listen)
+        for name, s, implicit in chosen
+        if s.listen is not None
+    ]
 
 
 async def serve(cfg: Config, db: Database) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
     authenticator = PasswordAuthenticator(UserStore(db), cfg.auth)
-    gw = Gateway(cfg, authenticator, server_context(cfg.tls))
+    listeners = _listeners(cfg)
+    certificates = None
+    if any(lst.settings.client_certificates != "off" for lst, _ in listeners):
+        certificates = CertificateAuthenticator(
+            CertificateStore(db), pki.load_certificate(cfg.tls.ca_cert)
+        )
+    gw = Gateway(cfg, authenticator, certificates)
     servers = []
     try:
-        if cfg.submission.listen:
-            servers.append(await _listen(gw, "submission", cfg.submission.listen, False))
-        if cfg.submissions.listen:
-            servers.append(await _listen(gw, "submissions", cfg.submissions.listen, True))
+        for listener, endpoint in listeners:
+            servers.append(await _listen(gw, listener, endpoint))
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         for server in servers:

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import re
 import secrets
 import ssl
 import time
@@ -23,11 +24,21 @@ from typing import ClassVar
 
 from aiosmtpd.smtp import SMTP
 
+import pki
 from submitgw import audit, message, policy
 from submitgw.address import MailParams, normalise_login, parse_mail_from, parse_rcpt_to
-from submitgw.auth import Identity, PasswordAuthenticator, decode_sasl, split_plain
-from submitgw.config import Config
-from submitgw.errors import RelayError, SmtpReply
+from submitgw.auth import (
+    CERTIFICATE,
+    CertificateAuthenticator,
+    CertificateUser,
+    Identity,
+    PasswordAuthenticator,
+    certificate_identity,
+    decode_sasl,
+    split_plain,
+)
+from submitgw.config import Config, ListenerConfig
+from submitgw.errors import AuthFailed, RelayError, SmtpReply
 from submitgw.relay import Upstream, as_client_reply
 from submitgw.tls import describe
 
@@ -35,6 +46,7 @@ log = logging.getLogger(__name__)
 
 PRE_TLS_COMMANDS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
 JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "EHLO", "HELO"})
+_HELO_NAME = re.compile(r"[A-Za-z0-9.:_\-\[\]]+")
 DATA_LINE_LIMIT = 1001  # RFC 5321 4.5.3.1.6: 998 + CRLF, plus one stuffed dot
 
 
@@ -44,6 +56,16 @@ class _Closed(Exception):
 
 class _LineTooLong(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening socket's settings: its name, TLS context and certificate rules."""
+
+    name: str
+    implicit_tls: bool
+    tls_context: ssl.SSLContext
+    settings: ListenerConfig
 
 
 @dataclass
@@ -57,11 +79,14 @@ class Gateway:
     """State shared by all sessions: configuration, services, and the live-session set."""
 
     def __init__(
-        self, cfg: Config, authenticator: PasswordAuthenticator, tls_context: ssl.SSLContext
+        self,
+        cfg: Config,
+        authenticator: PasswordAuthenticator,
+        certificates: CertificateAuthenticator | None = None,
     ) -> None:
         self.cfg = cfg
         self.authenticator = authenticator
-        self.tls_context = tls_context
+        self.certificates = certificates
         self.sessions: set[Session] = set()
         self.stopping = False
         self._background: set[asyncio.Task[None]] = set()
@@ -72,8 +97,8 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def session_factory(self, listener: str, implicit_tls: bool) -> Callable[[], Session]:
-        return lambda: Session(self, listener, implicit_tls)
+    def session_factory(self, listener: Listener) -> Callable[[], Session]:
+        return lambda: Session(self, listener)
 
     async def drain(self, grace: float) -> None:
         """Shutdown: idle sessions get 421 now, busy ones may finish within `grace`."""
@@ -90,14 +115,14 @@ class Gateway:
 
 
 class Session(SMTP):
-    def __init__(self, gateway: Gateway, listener: str, implicit_tls: bool) -> None:
+    def __init__(self, gateway: Gateway, listener: Listener) -> None:
         cfg = gateway.cfg
         self.line_length_limit = max(cfg.limits.max_auth_length, DATA_LINE_LIMIT) + 2
         super().__init__(
             handler=object(),
             hostname=cfg.server.hostname,
             ident="",
-            tls_context=None if implicit_tls else gateway.tls_context,
+            tls_context=listener.tls_context,
             data_size_limit=cfg.limits.max_message_size,
             # A backstop only: the command loop enforces idle and lifetime limits itself.
             timeout=cfg.limits.max_session_seconds + cfg.limits.idle_timeout,
@@ -107,6 +132,8 @@ class Session(SMTP):
         self.listener = listener
         self.id = secrets.token_hex(6)
         self.tls_info: str | None = None
+        self.tls_waiter: asyncio.Future[None] | None = None
+        self.cert: CertificateUser | None = None
         self.helo: str | None = None
         self.esmtp = False
         self.identity: Identity | None = None
@@ -132,10 +159,10 @@ class Session(SMTP):
             return
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "?"
-        ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            self.tls_info = describe(ssl_object)
         self.gw.sessions.add(self)
+        if self.listener.implicit_tls:
+            # Before any byte arrives, so the ClientHello reaches the TLS layer.
+            self.tls_waiter = self._begin_tls()
 
     def connection_lost(self, error: Exception | None) -> None:
         self.gw.sessions.discard(self)
@@ -211,6 +238,8 @@ class Session(SMTP):
 
     async def _handle_client(self) -> None:
         try:
+            if self.tls_waiter is not None:
+                await self._finish_tls(self.tls_waiter)
             if len(self.gw.sessions) > self.cfg.limits.max_connections or self.gw.stopping:
                 self.end_reason = "too-many-connections"
                 await self.push("421 4.7.0 Too many connections, try again later")
@@ -245,10 +274,11 @@ class Session(SMTP):
             self.transport.close()
         audit.session_event(
             session=self.id,
-            listener=self.listener,
+            listener=self.listener.name,
             client=self.client_ip,
             tls=self.tls_info,
             user=self.identity.user if self.identity else None,
+            cert_serial=self.cert.serial if self.cert else None,
             messages=self.messages,
             seconds=time.monotonic() - self.started,
             end=self.end_reason,
@@ -307,7 +337,9 @@ class Session(SMTP):
         if not arg:
             raise SmtpReply(501, "5.5.4", f"Syntax: {'EHLO' if extended else 'HELO'} hostname")
         await self._reset_transaction()
-        self.helo = arg.split()[0][:255]
+        name = arg.split()[0][:255]
+        # It goes into the Received header: keep it to what a host name or literal uses.
+        self.helo = name if _HELO_NAME.fullmatch(name) else "invalid-helo"
         self.esmtp = extended
         if not extended:
             await self.push(f"250 {self.hostname}")
@@ -321,7 +353,7 @@ class Session(SMTP):
             "ENHANCEDSTATUSCODES",
         ]
         if self.tls_info:
-            lines.append("AUTH PLAIN LOGIN")
+            lines.append("AUTH PLAIN LOGIN EXTERNAL" if self.cert else "AUTH PLAIN LOGIN")
         else:
             lines.append("STARTTLS")
         for text in lines[:-1]:
@@ -339,26 +371,49 @@ class Session(SMTP):
             raise SmtpReply(554, "5.5.1", "TLS already active")
         if arg:
             raise SmtpReply(501, "5.5.4", "Syntax: STARTTLS")
-        assert self.tls_context is not None
         await self.push("220 2.0.0 Ready to start TLS")
-        waiter = self.loop.create_future()
+        await self._finish_tls(self._begin_tls())
+        # RFC 3207 4.2: forget everything learnt before TLS.
+        self.helo = None
+        self.esmtp = False
+        await self._reset_transaction()
+
+    def _begin_tls(self) -> asyncio.Future[None]:
+        """Put a TLS layer under the session; the handshake completes the returned future."""
+        waiter: asyncio.Future[None] = self.loop.create_future()
         self._tls_protocol = sslproto.SSLProtocol(
-            self.loop, self, self.tls_context, waiter, server_side=True
+            self.loop, self, self.listener.tls_context, waiter, server_side=True
         )
         self._original_transport = self.transport
         assert self._original_transport is not None
         self._original_transport.set_protocol(self._tls_protocol)
         self.transport = self._tls_protocol._app_transport
         self._tls_protocol.connection_made(self._original_transport)
+        return waiter
+
+    async def _finish_tls(self, waiter: asyncio.Future[None]) -> None:
         try:
             await asyncio.wait_for(waiter, self.cfg.limits.idle_timeout)
         except (TimeoutError, ConnectionError, ssl.SSLError, OSError) as exc:
             self.end_reason = "tls-failed"
+            reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+            audit.tls_failure(
+                session=self.id, client=self.client_ip, reason=str(reason or type(exc).__name__)
+            )
             raise _Closed("TLS handshake failed") from exc
-        # RFC 3207 4.2: forget everything learnt before TLS.
-        self.helo = None
-        self.esmtp = False
-        await self._reset_transaction()
+        assert self.transport is not None
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        self.tls_info = describe(ssl_object)
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        if der and self.gw.certificates is not None:
+            self.cert, why = await self.gw.certificates.identify(der)
+            audit.certificate_event(
+                session=self.id,
+                client=self.client_ip,
+                fingerprint=pki.fingerprint_sha256(der),
+                user=self.cert.user if self.cert else None,
+                result=why,
+            )
 
     async def smtp_AUTH(self, arg: str | None) -> None:
         if not self.esmtp:
@@ -372,6 +427,9 @@ class Session(SMTP):
             raise SmtpReply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
         mechanism = words[0].upper()
         initial = words[1] if len(words) == 2 else None
+        if mechanism == "EXTERNAL":
+            await self._auth_external(initial)
+            return
         if mechanism == "PLAIN":
             payload = decode_sasl(initial if initial is not None else await self._challenge(""))
             authzid, authcid, password = split_plain(payload)
@@ -385,7 +443,9 @@ class Session(SMTP):
         else:
             raise SmtpReply(504, "5.5.4", "Unrecognized authentication mechanism")
         try:
-            self.identity = await self.gw.authenticator.login(authcid, password, authzid, mechanism)
+            self.identity = await self.gw.authenticator.login(
+                authcid, password, authzid, mechanism, self.cert
+            )
         except SmtpReply:
             attempted = normalise_login(authcid.decode("utf-8", "replace"))
             audit.auth_event(
@@ -405,6 +465,30 @@ class Session(SMTP):
         )
         await self.push("235 2.7.0 Authentication successful")
 
+    async def _auth_external(self, initial: str | None) -> None:
+        """RFC 4422 appendix A: the TLS certificate is the credential."""
+        if self.cert is None:
+            raise SmtpReply(504, "5.5.4", "Unrecognized authentication mechanism")
+        wanted = decode_sasl(initial if initial is not None else await self._challenge(""))
+        cert = self.cert
+        try:
+            if wanted and wanted.decode("utf-8", "replace").strip().lower() != cert.user:
+                raise AuthFailed()
+            self.identity = certificate_identity(cert, "EXTERNAL")
+        except AuthFailed:
+            audit.auth_event(
+                session=self.id,
+                client=self.client_ip,
+                mechanism="EXTERNAL",
+                user=cert.user,
+                ok=False,
+            )
+            raise
+        audit.auth_event(
+            session=self.id, client=self.client_ip, mechanism="EXTERNAL", user=cert.user, ok=True
+        )
+        await self.push("235 2.7.0 Authentication successful")
+
     async def _challenge(self, prompt: str) -> str:
         await self.push("334 " + base64.b64encode(prompt.encode()).decode())
         raw = await self._readline(self.cfg.limits.max_auth_length)
@@ -413,6 +497,13 @@ class Session(SMTP):
     async def smtp_MAIL(self, arg: str | None) -> None:
         if self.helo is None:
             raise SmtpReply(503, "5.5.1", "Send EHLO first")
+        if (
+            self.identity is None
+            and self.cert is not None
+            and self.cert.auth_policy == CERTIFICATE
+            and self.listener.settings.certificate_without_auth
+        ):
+            self.identity = certificate_identity(self.cert, "CERTIFICATE")
         identity = policy.require_identity(self.identity)
         if self.txn is not None:
             raise SmtpReply(503, "5.5.1", "Nested MAIL command")
@@ -474,6 +565,7 @@ class Session(SMTP):
             user=self.identity.user if self.identity else "",
             session_id=self.id,
             tls=self.tls_info,
+            cert_serial=self.identity.cert_serial if self.identity else None,
             recipient=txn.recipients[0] if len(txn.recipients) == 1 else None,
         )
         upstream = self.upstream
@@ -528,6 +620,9 @@ class Session(SMTP):
             session=self.id,
             client=self.client_ip,
             user=self.identity.user if self.identity else "",
+            mechanism=self.identity.mechanism if self.identity else None,
+            cert_serial=self.identity.cert_serial if self.identity else None,
+            cert_fingerprint=self.identity.cert_fingerprint if self.identity else None,
             sender=txn.sender,
             recipients=len(txn.recipients),
             size=size,

@@ -7,8 +7,12 @@ import ssl
 from submitgw.config import TlsConfig
 
 
-def server_context(cfg: TlsConfig) -> ssl.SSLContext:
-    """TLS 1.2+ (or 1.3+), no compression, no renegotiation, certificate from the config."""
+def server_context(cfg: TlsConfig, client_certificates: str = "off") -> ssl.SSLContext:
+    """TLS 1.2+ (or 1.3+), no compression, no renegotiation, certificate from the config.
+
+    With client certificates on, the handshake checks the chain to the bundled CA
+    and its validity; the session then checks the inventory (revocation, user).
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = (
         ssl.TLSVersion.TLSv1_3 if cfg.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
@@ -16,7 +20,13 @@ def server_context(cfg: TlsConfig) -> ssl.SSLContext:
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
-    ctx.verify_mode = ssl.CERT_NONE
+    if client_certificates == "off":
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx.load_verify_locations(cafile=str(cfg.ca_cert))
+        ctx.verify_mode = (
+            ssl.CERT_REQUIRED if client_certificates == "required" else ssl.CERT_OPTIONAL
+        )
     return ctx
 
 

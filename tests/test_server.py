@@ -672,3 +672,17 @@ def test_smarthost_restart_between_messages_of_one_session(
     client.sendmail(USER, ["second@example.net"], MSG)
     client.quit()
     assert len(smarthost.wait_for_messages(2)) == 2
+
+
+def test_helo_name_is_sanitised_in_received(
+    gateway: GatewayProcess, smarthost: CaptureSmarthost
+) -> None:
+    d = Dialog(gateway.port)
+    d.cmd("EHLO x")
+    d.starttls(gateway.ssl_context())
+    d.cmd("EHLO evil(forged)\u00e9.example")
+    assert d.login(USER, PASSWORD).code == 235
+    assert _send_data(d, MSG + b".\r\n").code == 250
+    (msg,) = smarthost.wait_for_messages(1)
+    received = msg.message["Received"]
+    assert "forged" not in received and "invalid-helo" in received

@@ -10,7 +10,7 @@ import click
 
 from submitgw import audit, runner
 from submitgw.cli import Context, pass_context
-from submitgw.config import Config, ConfigError, ListenerConfig, make_smarthost, parse_listen
+from submitgw.config import Config, ConfigError, make_smarthost, parse_listen
 
 
 def apply_flags(
@@ -19,9 +19,17 @@ def apply_flags(
     """Flags override the file; a flag smarthost takes the file's shared [smarthost] options."""
     try:
         if listen is not None:
-            cfg = cfg.replace(submission=ListenerConfig(parse_listen(listen, "--listen")))
+            cfg = cfg.replace(
+                submission=dataclasses.replace(
+                    cfg.submission, listen=parse_listen(listen, "--listen")
+                )
+            )
         if listen_tls is not None:
-            cfg = cfg.replace(submissions=ListenerConfig(parse_listen(listen_tls, "--listen-tls")))
+            cfg = cfg.replace(
+                submissions=dataclasses.replace(
+                    cfg.submissions, listen=parse_listen(listen_tls, "--listen-tls")
+                )
+            )
         if smarthosts:
             template = cfg.smarthost.servers[0]
             shared = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import shutil
 import signal
 import smtplib
@@ -15,11 +16,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+import pki
+from submitgw import config as config_mod
+from submitgw.store import CertificateStore, Database
 from tests.support.smarthost import CaptureSmarthost, free_port
 
 SUBMITGW = [sys.executable, "-m", "submitgw"]
@@ -69,6 +76,37 @@ def run_cli(
     )
 
 
+@dataclass(frozen=True)
+class ClientCert:
+    cert_path: Path
+    key_path: Path
+    serial: str
+    fingerprint: str
+
+    @classmethod
+    def write(cls, folder: Path, name: str, cert: x509.Certificate, key: Any) -> ClientCert:
+        folder.mkdir(exist_ok=True)
+        stem = f"{name}-{secrets.token_hex(4)}"
+        cert_path, key_path = folder / f"{stem}.crt", folder / f"{stem}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        key_path.chmod(0o600)
+        return cls(
+            cert_path, key_path, pki.format_serial(cert.serial_number), pki.fingerprint_sha256(cert)
+        )
+
+    def context(self, ca_file: Path) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(ca_file))
+        ctx.load_cert_chain(str(self.cert_path), str(self.key_path))
+        return ctx
+
+
 class GatewayProcess:
     def __init__(self, setup: Path, smarthost: str) -> None:
         self.dir = setup
@@ -86,6 +124,18 @@ class GatewayProcess:
     def add_user(self, email: str = USER, password: str = PASSWORD) -> None:
         result = run_cli(self.config, "user", "add", email, "--password-stdin", input=password)
         assert result.returncode == 0, result.stderr
+
+    def issue_cert(self, email: str = USER, *, days: int = 365) -> ClientCert:
+        """A client certificate from this setup's CA, recorded in its inventory."""
+        ca_cert = pki.load_certificate(self.dir / "ca" / "ca.crt")
+        ca_key = pki.load_private_key(self.dir / "ca" / "ca.key")
+        cert, key = pki.issue_client_cert(ca_cert, ca_key, email, days=days)
+        db = Database(config_mod.load(self.config).database.url)
+        try:
+            CertificateStore(db).add(email, cert)
+        finally:
+            db.dispose()
+        return ClientCert.write(self.dir / "client-certs", email, cert, key)
 
     def start(self, *extra: str) -> None:
         args = [
@@ -139,18 +189,22 @@ class GatewayProcess:
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
-    def smtp(self, *, login: bool = True, timeout: float = 10) -> smtplib.SMTP:
+    def smtp(
+        self, *, login: bool = True, timeout: float = 10, context: ssl.SSLContext | None = None
+    ) -> smtplib.SMTP:
         """A client on the STARTTLS port, after STARTTLS and (by default) AUTH."""
         client = smtplib.SMTP("127.0.0.1", self.port, timeout=timeout)
-        client.starttls(context=self.ssl_context())
+        client.starttls(context=context or self.ssl_context())
         client.ehlo("client.test")
         if login:
             client.login(USER, PASSWORD)
         return client
 
-    def smtps(self, *, login: bool = True, timeout: float = 10) -> smtplib.SMTP_SSL:
+    def smtps(
+        self, *, login: bool = True, timeout: float = 10, context: ssl.SSLContext | None = None
+    ) -> smtplib.SMTP_SSL:
         client = smtplib.SMTP_SSL(
-            "127.0.0.1", self.tls_port, context=self.ssl_context(), timeout=timeout
+            "127.0.0.1", self.tls_port, context=context or self.ssl_context(), timeout=timeout
         )
         client.ehlo("client.test")
         if login:
