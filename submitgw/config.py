@@ -128,6 +128,19 @@ class SmarthostConfig:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    default: str = "allow"
+    deny_message: str = "Access denied"
+    check_header_from: bool = True
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    nameservers: tuple[str, ...] = ()
+    timeout: float = 3.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "INFO"
     format: str = "json"
@@ -148,6 +161,8 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     smarthost: SmarthostConfig = field(default_factory=SmarthostConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def replace(self, **changes: Any) -> Config:
@@ -283,7 +298,7 @@ def load(path: Path) -> Config:
 
 def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Config:
     known = {"server", "submission", "submissions", "tls", "database", "auth", "limits"}
-    known |= {"smarthost", "log"}
+    known |= {"smarthost", "policy", "dns", "log"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
@@ -317,6 +332,16 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
     limits = _build(LimitsConfig, _section(data, "limits"), "limits")
     auth = _build(AuthConfig, _section(data, "auth"), "auth")
     log = _build(LogConfig, _section(data, "log"), "log")
+    policy = _build(PolicyConfig, _section(data, "policy"), "policy")
+    if policy.default not in {"allow", "deny"}:
+        raise ConfigError('[policy] default must be "allow" or "deny"')
+    dns_values = dict(_section(data, "dns"))
+    servers = dns_values.pop("nameservers", [])
+    if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
+        raise ConfigError('[dns] nameservers must be a list of "IP" or "IP:PORT" strings')
+    dns = dataclasses.replace(_build(DnsConfig, dns_values, "dns"), nameservers=tuple(servers))
+    if dns.timeout <= 0:
+        raise ConfigError("[dns] timeout must be positive")
     if log.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("[log] level must be DEBUG, INFO, WARNING or ERROR")
     if log.format not in {"json", "text"}:
@@ -337,6 +362,8 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
         auth=auth,
         limits=limits,
         smarthost=_smarthost(_section(data, "smarthost"), base),
+        policy=policy,
+        dns=dns,
         log=log,
     )
 
@@ -442,6 +469,20 @@ password_file = ""
 connect_timeout = 10.0
 command_timeout = 60.0
 data_timeout = 300.0
+
+[policy]
+# Clients matched by no access rule: "allow" or "deny" (see 'submitgw access').
+default = "allow"
+# Text of the "554 5.7.1" reply that a denied client gets instead of the greeting.
+deny_message = "Access denied"
+# Check that the From: header address(es) are sender addresses the user may use.
+check_header_from = true
+
+[dns]
+# Resolvers for reverse DNS checks, as "IP" or "IP:PORT"; empty: /etc/resolv.conf.
+nameservers = []
+# Seconds to wait for one DNS answer.
+timeout = 3.0
 
 [log]
 # DEBUG, INFO, WARNING or ERROR.

@@ -21,10 +21,12 @@ from submitgw.config import (
     Config,
     ConfigError,
     DatabaseConfig,
+    DnsConfig,
     Endpoint,
     LimitsConfig,
     ListenerConfig,
     LogConfig,
+    PolicyConfig,
     ServerConfig,
     SmarthostServer,
     TlsConfig,
@@ -45,6 +47,8 @@ SECTIONS: dict[str, type] = {
     "auth": AuthConfig,
     "limits": LimitsConfig,
     "smarthost": SmarthostServer,
+    "policy": PolicyConfig,
+    "dns": DnsConfig,
     "log": LogConfig,
 }
 
