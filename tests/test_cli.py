@@ -192,6 +192,12 @@ def test_init_result_is_ready_to_use(setup: Path) -> None:
     assert cfg.database.url == f"sqlite:///{setup.resolve() / 'submitgw.db'}"
 
 
+def test_init_keeps_config_and_database_private(setup: Path) -> None:
+    """The database holds password hashes; the config may hold a database password."""
+    for name in ("submitgw.toml", "submitgw.db"):
+        assert (setup / name).stat().st_mode & 0o777 == 0o600, name
+
+
 def test_server_certificate_names_the_host_localhost_and_loopback(setup: Path) -> None:
     cert = x509.load_pem_x509_certificate((setup / "tls/server.crt").read_bytes())
     ca = x509.load_pem_x509_certificate((setup / "ca/ca.crt").read_bytes())

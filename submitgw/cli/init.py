@@ -65,7 +65,12 @@ def init_command(
     pki.write_private_key(targets["server_key"], key)
     pki.write_certificate(targets["server_cert"], cert)
 
-    targets["config"].write_text(render_default_config(hostname, smarthost), encoding="utf-8")
+    # The config may later hold a database password and the database holds the password
+    # hashes: both are for the gateway's eyes only (SQLite gives its WAL files the same mode).
+    pki.write_secret_file(
+        targets["config"], render_default_config(hostname, smarthost).encode("utf-8")
+    )
+    pki.write_secret_file(targets["database"], b"")
     db = Database(f"sqlite:///{targets['database'].resolve()}")
     try:
         db.upgrade()
