@@ -1,0 +1,105 @@
+"""Sender bindings: the only place that reads or writes `sender_bindings`.
+
+A user with no rows here may send as their own address only. Each row adds an
+address (`local@domain`) or a whole domain (`@domain`) the user may use as
+envelope sender and in the From: header. Rows go with their user (ON DELETE CASCADE).
+"""
+
+from __future__ import annotations
+
+import builtins
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, String, UniqueConstraint, delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from submitgw.binding import fold, normalise_pattern
+from submitgw.store.db import Database
+from submitgw.store.models import Base, User, UtcDateTime, utcnow
+from submitgw.store.users import UserNotFound, _rowcount, normalise_email
+
+
+class SenderBinding(Base):
+    """One address or `@domain` a user may send as, in its comparison form."""
+
+    __tablename__ = "sender_bindings"
+    __table_args__ = (UniqueConstraint("user_id", "pattern"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    pattern: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class SenderExists(Exception):
+    def __init__(self, email: str, pattern: str, *, own: bool = False) -> None:
+        why = "is the user's own address, always allowed" if own else f"is already bound to {email}"
+        super().__init__(f"{pattern} {why}")
+        self.email = email
+        self.pattern = pattern
+
+
+class SenderNotFound(Exception):
+    def __init__(self, email: str, pattern: str) -> None:
+        super().__init__(f"{pattern} is not bound to {email}")
+        self.email = email
+        self.pattern = pattern
+
+
+def _user_id(session: Session, email: str) -> int:
+    user_id = session.scalar(select(User.id).where(User.email == email))
+    if user_id is None:
+        raise UserNotFound(email)
+    return user_id
+
+
+class SenderStore:
+    """Synchronous access; the gateway calls `allowed` from a worker thread once per session."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def add(self, email: str, pattern: str) -> str:
+        """Bind `pattern` to the user; returns it as stored. InvalidPattern if malformed."""
+        email = normalise_email(email)
+        stored = normalise_pattern(pattern)
+        try:
+            with self._db.session() as session:
+                user_id = _user_id(session, email)
+                if stored == fold(email):
+                    raise SenderExists(email, stored, own=True)
+                session.add(SenderBinding(user_id=user_id, pattern=stored, created_at=utcnow()))
+                session.flush()
+        except IntegrityError as exc:
+            raise SenderExists(email, stored) from exc
+        return stored
+
+    def remove(self, email: str, pattern: str) -> str:
+        """Unbind `pattern` (in any case); returns it as it was stored."""
+        email = normalise_email(email)
+        stored = normalise_pattern(pattern)
+        with self._db.session() as session:
+            user_id = _user_id(session, email)
+            statement = delete(SenderBinding).where(
+                SenderBinding.user_id == user_id, SenderBinding.pattern == stored
+            )
+            if _rowcount(session, statement) == 0:
+                raise SenderNotFound(email, stored)
+        return stored
+
+    def list(self, email: str) -> builtins.list[str]:
+        """The user's bindings (not their own address), sorted the same on every backend."""
+        email = normalise_email(email)
+        with self._db.session() as session:
+            user_id = _user_id(session, email)
+            rows = session.scalars(
+                select(SenderBinding.pattern).where(SenderBinding.user_id == user_id)
+            )
+            patterns = builtins.list(rows)
+        # Domains first, then addresses, each alphabetically: the order an admin reads.
+        return sorted(patterns, key=lambda p: (not p.startswith("@"), p))
+
+    def allowed(self, email: str) -> builtins.list[str]:
+        """What the user may send as: their own address first, then the bindings."""
+        return [normalise_email(email), *self.list(email)]
