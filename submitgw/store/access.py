@@ -1,0 +1,194 @@
+"""Client access rules and per-user source networks: the only code that touches their tables.
+
+Both are read by the gateway on every connection (rules) or login (networks),
+uncached, so a change made with the CLI applies to the next connection of every
+gateway sharing the database.
+
+Per-user networks live in their own table rather than a `users` column: on
+SQLite adding a column to `users` means a batch rebuild, whose DROP TABLE
+cascades into every table referencing users (see migration 0002).
+"""
+
+from __future__ import annotations
+
+import builtins
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, ForeignKey, String, Text, UniqueConstraint, delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from submitgw.access import ACTIONS, Rule, parse_network, parse_rule
+from submitgw.store.db import Database
+from submitgw.store.models import Base, User, UtcDateTime, utcnow
+from submitgw.store.users import UserNotFound, normalise_email
+
+
+class AccessRuleRow(Base):
+    """One allow/deny rule; `rule` is normalised (see `submitgw.access.parse_rule`).
+
+    `rule` is unique: the same client text with two actions would leave the
+    outcome to a tie-break the admin never chose.
+    """
+
+    __tablename__ = "access_rules"
+    __table_args__ = (CheckConstraint("action IN ('allow', 'deny')", name="action"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    action: Mapped[str] = mapped_column(String(8))
+    rule: Mapped[str] = mapped_column(String(300), unique=True)
+    comment: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class UserNetworkRow(Base):
+    """A network a user may log in from; a user without any may log in from anywhere."""
+
+    __tablename__ = "user_networks"
+    __table_args__ = (UniqueConstraint("user_id", "cidr", name="uq_user_networks_user_id_cidr"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    cidr: Mapped[str] = mapped_column(String(50))
+
+
+class RuleExists(Exception):
+    def __init__(self, existing: Rule) -> None:
+        super().__init__(
+            f"rule {existing.rule} already exists as #{existing.id} ({existing.action}): "
+            f"remove it first"
+        )
+        self.existing = existing
+
+
+class RuleNotFound(Exception):
+    def __init__(self, rule_id: int) -> None:
+        super().__init__(f"no access rule #{rule_id}")
+        self.rule_id = rule_id
+
+
+@dataclass(frozen=True)
+class StoredRule:
+    """A rule with its bookkeeping, for listing; `rule` is what matching uses."""
+
+    rule: Rule
+    created_at: datetime
+
+
+def _stored(row: AccessRuleRow) -> StoredRule:
+    return StoredRule(Rule(row.id, row.action, row.rule, row.comment or ""), row.created_at)
+
+
+class AccessRuleStore:
+    """Synchronous access to `access_rules`; the gateway calls `rules` from a worker thread."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def add(self, action: str, text: str, comment: str = "") -> StoredRule:
+        """Store a rule; RuleError if the text is not a rule, RuleExists if it is stored."""
+        if action not in ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(ACTIONS)}")
+        rule = parse_rule(text)
+        row = AccessRuleRow(action=action, rule=rule, comment=comment, created_at=utcnow())
+        try:
+            with self._db.session() as session:
+                session.add(row)
+                session.flush()
+                return _stored(row)
+        except IntegrityError as exc:
+            existing = self._find(rule)
+            if existing is None:
+                raise
+            raise RuleExists(existing) from exc
+
+    def _find(self, rule: str) -> Rule | None:
+        with self._db.session() as session:
+            row = session.scalars(select(AccessRuleRow).where(AccessRuleRow.rule == rule)).first()
+            return _stored(row).rule if row is not None else None
+
+    def list(self) -> builtins.list[StoredRule]:
+        """Every rule, oldest first."""
+        with self._db.session() as session:
+            rows = session.scalars(select(AccessRuleRow).order_by(AccessRuleRow.id))
+            return [_stored(row) for row in rows]
+
+    def rules(self) -> builtins.list[Rule]:
+        """What the gateway matches against, on every connection.
+
+        A Core query, not the ORM: for a thousand rules it takes half the time.
+        """
+        statement = select(
+            AccessRuleRow.id, AccessRuleRow.action, AccessRuleRow.rule, AccessRuleRow.comment
+        )
+        with self._db.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        return [
+            Rule(rule_id, action, rule, comment or "") for rule_id, action, rule, comment in rows
+        ]
+
+    def remove(self, rule_id: int) -> Rule:
+        with self._db.session() as session:
+            row = session.get(AccessRuleRow, rule_id)
+            if row is None:
+                raise RuleNotFound(rule_id)
+            removed = _stored(row).rule
+            session.delete(row)
+            return removed
+
+
+class UserNetworkStore:
+    """Per-user allowed source networks (normalised CIDR text, e.g. `10.0.0.0/8`)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def set(self, email: str, networks: Iterable[str]) -> builtins.list[str]:
+        """Replace the user's networks in one transaction (none: anywhere again).
+
+        RuleError for a malformed network, UserNotFound for an unknown user.
+        Returns the stored, normalised networks.
+        """
+        email = normalise_email(email)
+        cidrs = sorted({str(parse_network(text)) for text in networks}, key=_network_order)
+        with self._db.session() as session:
+            user_id = session.scalar(select(User.id).where(User.email == email))
+            if user_id is None:
+                raise UserNotFound(email)
+            session.execute(delete(UserNetworkRow).where(UserNetworkRow.user_id == user_id))
+            session.add_all(UserNetworkRow(user_id=user_id, cidr=cidr) for cidr in cidrs)
+        return cidrs
+
+    def get(self, email: str) -> builtins.list[str]:
+        """The user's networks; empty for a user without any, or no such user.
+
+        One indexed query either way, so a login for an unknown user costs the
+        same as one for a known user.
+        """
+        statement = (
+            select(UserNetworkRow.cidr)
+            .join(User, UserNetworkRow.user_id == User.id)
+            .where(User.email == normalise_email(email))
+        )
+        with self._db.session() as session:
+            return sorted(session.scalars(statement), key=_network_order)
+
+    def by_user(self) -> dict[str, builtins.list[str]]:
+        """Every user that has networks, for `user list`."""
+        statement = select(User.email, UserNetworkRow.cidr).join(
+            User, UserNetworkRow.user_id == User.id
+        )
+        found: dict[str, builtins.list[str]] = {}
+        with self._db.session() as session:
+            for email, cidr in session.execute(statement):
+                found.setdefault(email, []).append(cidr)
+        return {email: sorted(cidrs, key=_network_order) for email, cidrs in found.items()}
+
+
+def _network_order(cidr: str) -> tuple[int, int, int]:
+    """IPv4 before IPv6, then by address: the same order on every backend."""
+    network = ipaddress.ip_network(cidr)
+    return (network.version, int(network.network_address), network.prefixlen)
