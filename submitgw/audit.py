@@ -120,7 +120,10 @@ def message_event(
     )
 
 
-def auth_event(*, session: str, client: str, mechanism: str, user: str | None, ok: bool) -> None:
+def auth_event(
+    *, session: str, client: str, mechanism: str, user: str | None, ok: bool, locked: bool = False
+) -> None:
+    """`locked`: refused unchecked because the name or the client is locked out."""
     emit(
         {
             "event": "auth",
@@ -128,7 +131,7 @@ def auth_event(*, session: str, client: str, mechanism: str, user: str | None, o
             "client": client,
             "mechanism": mechanism,
             "user": user,
-            "result": "ok" if ok else "failed",
+            "result": "ok" if ok else "locked" if locked else "failed",
         },
         logging.INFO if ok else logging.WARNING,
     )

@@ -24,10 +24,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 import pki
+from submitgw.access import source_allowed
 from submitgw.address import normalise_login
 from submitgw.config import AuthConfig
 from submitgw.errors import AuthBusy, AuthFailed, SmtpReply
-from submitgw.store import CertificateStore, UserStore
+from submitgw.store import CertificateStore, UserNetworkStore, UserStore
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ class CertificateUser:
     serial: str
     fingerprint: str
     auth_policy: str
+    # False when the user has source networks and this client is outside them:
+    # the certificate then identifies nobody (535 5.7.8, like any failed login).
+    source_allowed: bool = True
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ def password_allowed(policy: str, login: str, cert: CertificateUser | None) -> b
 
 def certificate_identity(cert: CertificateUser, mechanism: str) -> Identity:
     """The identity a certificate alone gives; only certificate-policy users have one."""
-    if cert.auth_policy != CERTIFICATE:
+    if cert.auth_policy != CERTIFICATE or not cert.source_allowed:
         raise AuthFailed()
     return Identity(cert.user, mechanism, cert.serial, cert.fingerprint)
 
@@ -112,8 +116,11 @@ def split_plain(payload: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 class PasswordAuthenticator:
-    def __init__(self, users: UserStore, cfg: AuthConfig) -> None:
+    def __init__(
+        self, users: UserStore, cfg: AuthConfig, networks: UserNetworkStore | None = None
+    ) -> None:
         self._users = users
+        self._networks = networks
         self._hasher = make_hasher(cfg)
         self._dummy_hash = self._hasher.hash("not a password of anybody's")
         self._pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="argon2")
@@ -131,6 +138,7 @@ class PasswordAuthenticator:
         authzid: bytes,
         mechanism: str,
         cert: CertificateUser | None = None,
+        client_ip: str = "?",
     ) -> Identity:
         """Check a login off the event loop; raises AuthFailed, AuthBusy or 454."""
         if self._in_flight >= self._capacity:
@@ -140,7 +148,7 @@ class PasswordAuthenticator:
         try:
             loop = asyncio.get_running_loop()
             user = await loop.run_in_executor(
-                self._pool, self._check, authcid, password, authzid, cert
+                self._pool, self._check, authcid, password, authzid, cert, client_ip
             )
         except SmtpReply:
             raise
@@ -158,7 +166,12 @@ class PasswordAuthenticator:
         return Identity(user, mechanism)
 
     def _check(
-        self, authcid: bytes, password: bytes, authzid: bytes, cert: CertificateUser | None
+        self,
+        authcid: bytes,
+        password: bytes,
+        authzid: bytes,
+        cert: CertificateUser | None,
+        client_ip: str,
     ) -> str | None:
         """Runs in a worker thread. Always verifies exactly one hash."""
         try:
@@ -167,6 +180,8 @@ class PasswordAuthenticator:
         except UnicodeDecodeError:
             login, wanted = None, ""
         record = self._users.get(login) if login else None
+        # Read for every attempt, known user or not, so the query reveals nothing.
+        networks = self._networks.get(login) if self._networks and login else []
         stored = record.password_hash if record else self._dummy_hash
         try:
             good = self._hasher.verify(stored, password)
@@ -177,6 +192,8 @@ class PasswordAuthenticator:
         if wanted and wanted != record.email:
             return None
         if not password_allowed(record.auth_policy, record.email, cert):
+            return None
+        if not source_allowed(networks, client_ip):
             return None
         new_hash = None
         if self._hasher.check_needs_rehash(stored):
@@ -197,20 +214,28 @@ class CertificateAuthenticator:
     a disabled user takes effect at the next connection on every gateway.
     """
 
-    def __init__(self, certificates: CertificateStore, ca_cert: x509.Certificate) -> None:
+    def __init__(
+        self,
+        certificates: CertificateStore,
+        ca_cert: x509.Certificate,
+        networks: UserNetworkStore | None = None,
+    ) -> None:
         self._certificates = certificates
         self._ca = ca_cert
+        self._networks = networks
 
-    async def identify(self, der: bytes) -> tuple[CertificateUser | None, str]:
+    async def identify(
+        self, der: bytes, client_ip: str | None = None
+    ) -> tuple[CertificateUser | None, str]:
         """(the user, "ok") or (None, why the certificate was rejected)."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(None, self._check, der)
+            return await loop.run_in_executor(None, self._check, der, client_ip)
         except Exception as exc:
             log.error("certificate inventory unavailable: %s", type(exc).__name__)
             return None, "inventory unavailable"
 
-    def _check(self, der: bytes) -> tuple[CertificateUser | None, str]:
+    def _check(self, der: bytes, client_ip: str | None) -> tuple[CertificateUser | None, str]:
         try:
             cert = x509.load_der_x509_certificate(der)
             cert.verify_directly_issued_by(self._ca)
@@ -237,6 +262,9 @@ class CertificateAuthenticator:
             return None, "revoked"
         if not found.user_enabled:
             return None, "user disabled"
+        allowed = True
+        if self._networks is not None and client_ip is not None:
+            allowed = source_allowed(self._networks.get(found.email), client_ip)
         return CertificateUser(
-            found.email, found.serial, found.fingerprint_sha256, found.auth_policy
+            found.email, found.serial, found.fingerprint_sha256, found.auth_policy, allowed
         ), "ok"

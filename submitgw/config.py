@@ -9,6 +9,7 @@ setup folder can be moved as a whole.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,19 @@ def parse_listen(value: str, what: str) -> Endpoint | None:
     if value.strip().lower() == "off":
         return None
     return Endpoint.parse(value, what)
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """A `[dns] nameservers` entry: "IP", "IP:PORT" or "[IPv6]:PORT" -> (IP, port)."""
+    try:
+        return str(ipaddress.ip_address(text.strip())), 53
+    except ValueError:
+        pass
+    endpoint = Endpoint.parse(text, "[dns] nameserver")
+    try:
+        return str(ipaddress.ip_address(endpoint.host)), endpoint.port
+    except ValueError as exc:
+        raise ConfigError(f'[dns] nameserver {text!r} must be "IP" or "IP:PORT"') from exc
 
 
 @dataclass(frozen=True)
@@ -103,6 +117,19 @@ class LimitsConfig:
     max_errors: int = 20
     max_command_length: int = 512
     max_auth_length: int = 12288
+    # Sending and login limits; see submitgw.limits for how they are counted.
+    max_connections_per_ip: int = 20
+    rate_window: int = 3600
+    messages_per_user: int = 200
+    recipients_per_user: int = 1000
+    messages_per_ip: int = 1000
+    recipients_per_ip: int = 5000
+    auth_window: int = 900
+    auth_failures_per_account: int = 5
+    auth_failures_per_ip: int = 20
+    auth_lockout: float = 900.0
+    auth_delay: float = 0.5
+    auth_max_delay: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -340,6 +367,8 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
     if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
         raise ConfigError('[dns] nameservers must be a list of "IP" or "IP:PORT" strings')
     dns = dataclasses.replace(_build(DnsConfig, dns_values, "dns"), nameservers=tuple(servers))
+    for server in servers:
+        parse_nameserver(server)
     if dns.timeout <= 0:
         raise ConfigError("[dns] timeout must be positive")
     if log.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -451,6 +480,27 @@ max_errors = 20
 max_command_length = 512
 # Longest AUTH command or AUTH response line in bytes (RFC 4954 section 4).
 max_auth_length = 12288
+# Simultaneous connections from one client IP (IPv6: one /64) to this gateway
+# process; beyond it "421 4.7.0".
+max_connections_per_ip = 20
+# Sending limits, shared by every gateway on the same database: messages and
+# recipients per user and per client IP within a rolling window of rate_window
+# seconds (the "hour" of 'submitgw user set-limit'); beyond them "450 4.7.1".
+rate_window = 3600
+messages_per_user = 200
+recipients_per_user = 1000
+messages_per_ip = 1000
+recipients_per_ip = 5000
+# Password guessing: failed logins per account name and per client IP within
+# auth_window seconds. Each failure delays the next attempt (auth_delay seconds,
+# doubling, at most auth_max_delay); reaching a limit locks the account or IP
+# out for auth_lockout seconds ("454 4.7.0", even with the right password).
+auth_window = 900
+auth_failures_per_account = 5
+auth_failures_per_ip = 20
+auth_lockout = 900.0
+auth_delay = 0.5
+auth_max_delay = 8.0
 
 [smarthost]
 # The internal MTA(s) that receive accepted mail, tried in order on connection failure.

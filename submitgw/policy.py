@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from submitgw.auth import Identity
+from submitgw.binding import address_allowed
 from submitgw.errors import SmtpReply
 
 
@@ -13,11 +14,28 @@ def require_identity(identity: Identity | None) -> Identity:
     return identity
 
 
-def check_sender(identity: Identity, sender: str) -> None:
+def check_sender(identity: Identity, sender: str, allowed: list[str]) -> None:
     """Decide whether `identity` may use `sender` as its envelope sender.
 
     Bounces come from MTAs, never from a submitting user, so the null sender is
-    refused. Binding users to their own addresses extends this check.
+    refused. Otherwise the sender must be the user's own address, which is always
+    allowed (the login proves it is theirs, and no binding can take it away), or
+    match one of `allowed` (addresses and `@domain` patterns, see `binding`).
     """
     if not sender:
         raise SmtpReply(553, "5.7.1", "The null sender is not accepted for submission")
+    if not address_allowed(sender, [identity.user, *allowed]):
+        # The reply is ASCII unless the client enabled SMTPUTF8; logins always are.
+        who = identity.user if identity.user.isascii() else "this user"
+        raise SmtpReply(553, "5.7.1", f"Sender address not allowed for {who}")
+
+
+def check_header_from(from_addresses: list[str], allowed: list[str]) -> None:
+    """Every From: address must be one the user may send as (`allowed` holds their own).
+
+    The envelope sender is what bounces see; the From: header is what the
+    recipient sees, so a forged one is the forgery that matters to people.
+    """
+    for address in from_addresses:
+        if not address_allowed(address, allowed):
+            raise SmtpReply(550, "5.7.1", "From: header address not allowed for this user")

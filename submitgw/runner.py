@@ -10,8 +10,19 @@ import socket
 import pki
 from submitgw.auth import CertificateAuthenticator, PasswordAuthenticator
 from submitgw.config import Config, Endpoint, ListenerConfig
+from submitgw.dns import ReverseDns
+from submitgw.limiter import Limiter
+from submitgw.screen import ClientScreen
 from submitgw.server import Gateway, Listener
-from submitgw.store import CertificateStore, Database, UserStore
+from submitgw.store import (
+    AccessRuleStore,
+    CertificateStore,
+    Database,
+    SenderStore,
+    UserNetworkStore,
+    UserStore,
+)
+from submitgw.store.counters import CounterStore
 from submitgw.tls import server_context
 
 log = logging.getLogger(__name__)
@@ -58,14 +69,17 @@ def _listeners(cfg: Config) -> list[tuple[Listener, Endpoint]]:
 
 async def serve(cfg: Config, db: Database) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
-    authenticator = PasswordAuthenticator(UserStore(db), cfg.auth)
+    networks = UserNetworkStore(db)
+    authenticator = PasswordAuthenticator(UserStore(db), cfg.auth, networks)
     listeners = _listeners(cfg)
     certificates = None
     if any(lst.settings.client_certificates != "off" for lst, _ in listeners):
         certificates = CertificateAuthenticator(
-            CertificateStore(db), pki.load_certificate(cfg.tls.ca_cert)
+            CertificateStore(db), pki.load_certificate(cfg.tls.ca_cert), networks
         )
-    gw = Gateway(cfg, authenticator, certificates)
+    screen = ClientScreen(AccessRuleStore(db), ReverseDns(cfg.dns), cfg.policy)
+    limiter = Limiter(cfg.limits, CounterStore(db))
+    gw = Gateway(cfg, authenticator, certificates, screen, senders=SenderStore(db), limiter=limiter)
     servers = []
     try:
         for listener, endpoint in listeners:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import re
 import secrets
@@ -37,9 +38,14 @@ from submitgw.auth import (
     decode_sasl,
     split_plain,
 )
+from submitgw.binding import from_addresses
 from submitgw.config import Config, ListenerConfig
 from submitgw.errors import AuthFailed, RelayError, SmtpReply
+from submitgw.limiter import Limiter
+from submitgw.limits import LoginLocked, Quota, client_key
 from submitgw.relay import Upstream, as_client_reply
+from submitgw.screen import ClientScreen
+from submitgw.store import SenderStore
 from submitgw.tls import describe
 
 log = logging.getLogger(__name__)
@@ -73,6 +79,8 @@ class Transaction:
     sender: str
     params: MailParams
     recipients: list[str] = field(default_factory=list)
+    # The sending limits read at MAIL, checked again at each RCPT.
+    quota: Quota | None = None
 
 
 class Gateway:
@@ -83,10 +91,19 @@ class Gateway:
         cfg: Config,
         authenticator: PasswordAuthenticator,
         certificates: CertificateAuthenticator | None = None,
+        screen: ClientScreen | None = None,
+        *,
+        senders: SenderStore | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.cfg = cfg
         self.authenticator = authenticator
         self.certificates = certificates
+        self.screen = screen
+        # Who may send as what; without a store, users may use their own address only.
+        self.senders = senders
+        # Sending limits and login lockouts; None (tests) checks neither.
+        self.limiter = limiter
         self.sessions: set[Session] = set()
         self.stopping = False
         self._background: set[asyncio.Task[None]] = set()
@@ -137,6 +154,7 @@ class Session(SMTP):
         self.helo: str | None = None
         self.esmtp = False
         self.identity: Identity | None = None
+        self.allowed_senders: list[str] | None = None
         self.txn: Transaction | None = None
         self.upstream: Upstream | None = None
         self.messages = 0
@@ -244,6 +262,18 @@ class Session(SMTP):
                 self.end_reason = "too-many-connections"
                 await self.push("421 4.7.0 Too many connections, try again later")
                 return
+            client = client_key(self.client_ip)
+            same = sum(1 for s in self.gw.sessions if client_key(s.client_ip) == client)
+            if same > self.cfg.limits.max_connections_per_ip:
+                self.end_reason = "too-many-connections-from-client"
+                await self.push("421 4.7.0 Too many connections from your address, try later")
+                return
+            if self.gw.screen is not None:
+                refusal = await self.gw.screen.refusal(self.client_ip, self.id)
+                if refusal is not None:
+                    self.end_reason = "access-denied"
+                    await self.push(refusal)
+                    return
             await self.push(f"220 {self.hostname} ESMTP ready")
             while self.transport is not None:
                 await self._one_command()
@@ -406,7 +436,7 @@ class Session(SMTP):
         self.tls_info = describe(ssl_object)
         der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
         if der and self.gw.certificates is not None:
-            self.cert, why = await self.gw.certificates.identify(der)
+            self.cert, why = await self.gw.certificates.identify(der, self.client_ip)
             audit.certificate_event(
                 session=self.id,
                 client=self.client_ip,
@@ -442,11 +472,21 @@ class Session(SMTP):
             password = decode_sasl(await self._challenge("Password:"))
         else:
             raise SmtpReply(504, "5.5.4", "Unrecognized authentication mechanism")
+        verify = functools.partial(
+            self.gw.authenticator.login,
+            authcid,
+            password,
+            authzid,
+            mechanism,
+            self.cert,
+            self.client_ip,
+        )
         try:
-            self.identity = await self.gw.authenticator.login(
-                authcid, password, authzid, mechanism, self.cert
-            )
-        except SmtpReply:
+            if self.gw.limiter is None:
+                self.identity = await verify()
+            else:
+                self.identity = await self.gw.limiter.login(authcid, self.client_ip, verify)
+        except SmtpReply as err:
             attempted = normalise_login(authcid.decode("utf-8", "replace"))
             audit.auth_event(
                 session=self.id,
@@ -454,6 +494,7 @@ class Session(SMTP):
                 mechanism=mechanism,
                 user=attempted,
                 ok=False,
+                locked=isinstance(err, LoginLocked),
             )
             raise
         audit.auth_event(
@@ -501,6 +542,7 @@ class Session(SMTP):
             self.identity is None
             and self.cert is not None
             and self.cert.auth_policy == CERTIFICATE
+            and self.cert.source_allowed
             and self.listener.settings.certificate_without_auth
         ):
             self.identity = certificate_identity(self.cert, "CERTIFICATE")
@@ -510,7 +552,15 @@ class Session(SMTP):
         if self.messages >= self.cfg.limits.max_messages_per_session:
             raise SmtpReply(421, "4.7.0", "Too many messages in one session", close=True)
         sender, params = parse_mail_from(arg, max_size=self.cfg.limits.max_message_size)
-        policy.check_sender(identity, sender)
+        allowed = await self._allowed_senders(identity)
+        try:
+            policy.check_sender(identity, sender, allowed)
+        except SmtpReply as err:
+            self._log_sender_refused("envelope", [sender], err)
+            raise
+        quota = None
+        if self.gw.limiter is not None:
+            quota = await self.gw.limiter.check_message(identity.user, self.client_ip, self.id)
         reused = self.upstream is not None and self.upstream.usable
         if not reused:
             self.upstream = await Upstream.connect(self.cfg.smarthost.servers, self.hostname)
@@ -527,7 +577,7 @@ class Session(SMTP):
         if not 200 <= reply.code < 300:
             await upstream.reset()
             raise as_client_reply(reply, "5.1.0")
-        self.txn = Transaction(sender, params)
+        self.txn = Transaction(sender, params, quota=quota)
         await self.push("250 2.1.0 Sender OK")
 
     async def smtp_RCPT(self, arg: str | None) -> None:
@@ -537,6 +587,10 @@ class Session(SMTP):
         if len(txn.recipients) >= self.cfg.limits.max_recipients:
             raise SmtpReply(452, "4.5.3", "Too many recipients")
         recipient = parse_rcpt_to(arg, smtputf8=txn.params.smtputf8)
+        if txn.quota is not None and self.gw.limiter is not None:
+            await self.gw.limiter.enforce(
+                txn.quota, self.id, self.client_ip, recipients=len(txn.recipients) + 1
+            )
         reply = await self.upstream.rcpt(recipient)
         if not 200 <= reply.code < 300:
             raise as_client_reply(reply, "5.1.0")
@@ -555,6 +609,8 @@ class Session(SMTP):
         try:
             data = await self._read_data()
             content = message.normalise(data, eight_bit_declared=txn.params.body == "8BITMIME")
+            if self.cfg.policy.check_header_from:
+                self._check_header_from(content)
         except SmtpReply:
             await self._reset_transaction()
             raise
@@ -577,6 +633,10 @@ class Session(SMTP):
             raise
         if 200 <= result.code < 300:
             self.messages += 1
+            if self.gw.limiter is not None and self.identity is not None:
+                await self.gw.limiter.count_message(
+                    self.identity.user, self.client_ip, len(txn.recipients)
+                )
             self._log_message(txn, len(content), result.line)
             await self.push(f"250 2.0.0 Message accepted ({result.line[:200]})")
             return
@@ -628,6 +688,51 @@ class Session(SMTP):
             size=size,
             smarthost=str(self.upstream.server) if self.upstream else None,
             reply=reply,
+        )
+
+    async def _allowed_senders(self, identity: Identity) -> list[str]:
+        """What the user may send as, read once per session and off the event loop.
+
+        The identity cannot change within a session, so one query serves every
+        message; an admin's change applies from the user's next connection.
+        """
+        if self.allowed_senders is None:
+            if self.gw.senders is None:
+                self.allowed_senders = [identity.user]
+                return self.allowed_senders
+            loop = asyncio.get_running_loop()
+            try:
+                self.allowed_senders = await loop.run_in_executor(
+                    None, self.gw.senders.allowed, identity.user
+                )
+            except Exception as exc:
+                log.error("sender bindings unavailable: %s", type(exc).__name__)
+                raise SmtpReply(
+                    451, "4.3.0", "Cannot check sender addresses now, try again later"
+                ) from exc
+        return self.allowed_senders
+
+    def _check_header_from(self, content: bytes) -> None:
+        """The From: header is what recipients see: it must be as allowed as MAIL FROM."""
+        addresses: list[str] = []
+        try:
+            addresses = from_addresses(content)
+            policy.check_header_from(addresses, self.allowed_senders or [])
+        except SmtpReply as err:
+            self._log_sender_refused("header", addresses, err)
+            raise
+
+    def _log_sender_refused(self, check: str, addresses: list[str], err: SmtpReply) -> None:
+        audit.emit(
+            {
+                "event": "sender",
+                "session": self.id,
+                "client": self.client_ip,
+                "user": self.identity.user if self.identity else None,
+                "check": check,
+                "addresses": addresses,
+                "reply": err.line,
+            }
         )
 
     async def _reset_transaction(self) -> None:

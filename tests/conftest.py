@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.support.smarthost",
     "tests.support.postfix",
     "tests.support.gateway",
+    "tests.support.dns",
 ]

@@ -491,10 +491,11 @@ def test_user_list_json_fields(config: Path) -> None:
     rows = list_json(config)
 
     assert [set(row) for row in rows] == [
-        {"email", "enabled", "created_at", "last_login_at", "auth_policy"}
+        {"email", "enabled", "created_at", "last_login_at", "auth_policy", "networks"}
     ] * 2
     assert [row["email"] for row in rows] == ["a@example.org", "b@example.org"]
     assert rows[0]["last_login_at"] is None
+    assert rows[0]["networks"] == []
     for row in rows:
         assert row["enabled"] is True
         assert datetime.fromisoformat(str(row["created_at"])).utcoffset() is not None

@@ -122,8 +122,8 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 def main() -> None:
-    from submitgw.cli import db, init, pki, serve, user
+    from submitgw.cli import access, db, init, pki, serve, user
 
-    for module in (init, serve, user, pki, db):
+    for module in (init, serve, user, access, pki, db):
         module.register(cli)
     cli()

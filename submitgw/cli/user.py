@@ -12,7 +12,14 @@ import click
 from submitgw.address import normalise_login
 from submitgw.auth import make_hasher
 from submitgw.cli import Context, pass_context
-from submitgw.store import AUTH_POLICIES, CertificateStore, UserExists, UserNotFound, UserStore
+from submitgw.store import (
+    AUTH_POLICIES,
+    CertificateStore,
+    UserExists,
+    UserNetworkStore,
+    UserNotFound,
+    UserStore,
+)
 
 
 def _email(text: str) -> str:
@@ -164,7 +171,9 @@ def delete(ctx: Context, email: str) -> None:
 @pass_context
 def list_users(ctx: Context, as_json: bool) -> None:
     """List users."""
-    records = _users(ctx).list()
+    db = ctx.database()
+    records = UserStore(db).list()
+    networks = UserNetworkStore(db).by_user()
     if as_json:
         rows = [
             {
@@ -173,6 +182,7 @@ def list_users(ctx: Context, as_json: bool) -> None:
                 "created_at": r.created_at.isoformat() if r.created_at else None,
                 "last_login_at": r.last_login_at.isoformat() if r.last_login_at else None,
                 "auth_policy": r.auth_policy,
+                "networks": networks.get(r.email, []),
             }
             for r in records
         ]
@@ -181,8 +191,17 @@ def list_users(ctx: Context, as_json: bool) -> None:
     for r in records:
         state = "enabled " if r.enabled else "disabled"
         last = r.last_login_at.isoformat(timespec="seconds") if r.last_login_at else "never"
-        click.echo(f"{r.email}\t{state}\t{r.auth_policy}\tlast login: {last}")
+        nets = f"\tnetworks: {', '.join(networks[r.email])}" if r.email in networks else ""
+        click.echo(f"{r.email}\t{state}\t{r.auth_policy}\tlast login: {last}{nets}")
 
 
 def register(group: click.Group) -> None:
+    # Imported here: `user sender` and the limit commands (`set-limit`, `limits`,
+    # `unlock`) live in their own modules, which import this one.
+    from submitgw.cli import user_limits
+    from submitgw.cli.user_sender import sender_group
+
+    user_group.add_command(sender_group)
+    for command in (user_limits.set_limit, user_limits.show_limits, user_limits.unlock):
+        user_group.add_command(command)
     group.add_command(user_group)

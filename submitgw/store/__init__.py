@@ -1,5 +1,12 @@
 """Persistent state (SQLite or PostgreSQL via SQLAlchemy), behind small synchronous stores."""
 
+from submitgw.store.access import (
+    AccessRuleStore,
+    RuleExists,
+    RuleNotFound,
+    StoredRule,
+    UserNetworkStore,
+)
 from submitgw.store.certificates import (
     AlreadyRevoked,
     CertificateExists,
@@ -11,10 +18,12 @@ from submitgw.store.certificates import (
 )
 from submitgw.store.db import Database, MigrationRequired
 from submitgw.store.models import AUTH_POLICIES
+from submitgw.store.senders import SenderExists, SenderNotFound, SenderStore
 from submitgw.store.users import UserExists, UserNotFound, UserRecord, UserStore
 
 __all__ = [
     "AUTH_POLICIES",
+    "AccessRuleStore",
     "AlreadyRevoked",
     "CertificateExists",
     "CertificateIdentity",
@@ -23,7 +32,14 @@ __all__ = [
     "CertificateStore",
     "Database",
     "MigrationRequired",
+    "RuleExists",
+    "RuleNotFound",
+    "SenderExists",
+    "SenderNotFound",
+    "SenderStore",
+    "StoredRule",
     "UserExists",
+    "UserNetworkStore",
     "UserNotFound",
     "UserRecord",
     "UserStore",

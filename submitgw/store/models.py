@@ -110,3 +110,10 @@ class Certificate(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     revocation_reason: Mapped[str | None] = mapped_column(String(32))
     pem: Mapped[str] = mapped_column(Text)
+
+
+# Tables defined in their store modules register on `Base.metadata` when imported;
+# importing them here means whoever loads the models (Alembic, the schema tests)
+# sees every table. At the end, because those modules import `Base` from here.
+from submitgw.store import counters as _counters  # noqa: E402, F401
+from submitgw.store import senders as _senders  # noqa: E402, F401
