@@ -164,11 +164,8 @@ class Limiter:
                 counts, self._pending = self._pending, {}
                 batch, self._batch = self._batch, None
                 now = self._clock()
-                prune = now >= self._next_prune
-                if prune:
-                    self._next_prune = now + PRUNE_INTERVAL
                 try:
-                    await self._off_loop(self._write, counts, now, prune)
+                    await self._off_loop(self._write, counts, now, self._prune_due(now))
                 except Exception as exc:
                     log.error("could not count sent messages: %s", type(exc).__name__)
                 if batch is not None:
@@ -181,7 +178,21 @@ class Limiter:
     ) -> None:
         self.store.add_counts(counts)
         if prune:
+            self._prune(now)
+
+    def _prune_due(self, now: float) -> bool:
+        """Whether it is time to delete old rows (decided on the event loop, so only once)."""
+        if now < self._next_prune:
+            return False
+        self._next_prune = now + PRUNE_INTERVAL
+        return True
+
+    def _prune(self, now: float) -> None:
+        """Housekeeping: a failure here must not undo the count it rides along with."""
+        try:
             self.store.prune(self.rates.first_counted(now), self.logins.first_counted(now))
+        except Exception as exc:
+            log.error("could not delete old counters: %s", type(exc).__name__)
 
     # --- logins -------------------------------------------------------------------------
 
@@ -229,7 +240,9 @@ class Limiter:
     async def _failed(self, authcid: bytes, client_ip: str) -> None:
         now = self._clock()
         try:
-            locked = await self._off_loop(self._record_failure, authcid, client_ip, now)
+            locked = await self._off_loop(
+                self._record_failure, authcid, client_ip, now, self._prune_due(now)
+            )
         except Exception as exc:
             log.error("could not count a failed login: %s", type(exc).__name__)
             return
@@ -247,7 +260,7 @@ class Limiter:
             )
 
     def _record_failure(
-        self, authcid: bytes, client_ip: str, now: float
+        self, authcid: bytes, client_ip: str, now: float, prune: bool
     ) -> list[tuple[str, int, float]]:
         """Count the failure; lock what reached its threshold. (which, failures, until) locked."""
         account, client = account_key(authcid), ip_key(client_ip)
@@ -260,4 +273,6 @@ class Limiter:
             key = client if which == IP else account
             self.store.lock(key, datetime.fromtimestamp(until, UTC), counts[key])
             locked.append((which, counts[key], until))
+        if prune:
+            self._prune(now)
         return locked
