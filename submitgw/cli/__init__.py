@@ -15,6 +15,7 @@ from cryptography import x509
 # Names, not `import pki`: loading the submodule submitgw.cli.pki rebinds `pki` here.
 from pki import PrivateKey, load_certificate, load_private_key
 from submitgw import config as config_mod
+from submitgw.address import normalise_login
 from submitgw.config import Config, ConfigError
 from submitgw.store import Database, MigrationRequired
 
@@ -106,6 +107,14 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context)
+
+
+def email_argument(text: str) -> str:
+    """A user's address as typed on the command line, validated and lower-cased."""
+    email = normalise_login(text)
+    if email is None:
+        raise click.ClickException(f"{text!r} is not a valid email address")
+    return email
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

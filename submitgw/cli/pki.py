@@ -26,8 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 import pki
-from submitgw.address import normalise_login
-from submitgw.cli import CA_PASSPHRASE_ENV, Context, pass_context
+from submitgw.cli import CA_PASSPHRASE_ENV, Context, email_argument, pass_context
 from submitgw.store import (
     AlreadyRevoked,
     CertificateExists,
@@ -44,13 +43,6 @@ from submitgw.store import (
 # an address's local part) becomes "_" so a name can never leave --out.
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9@._+-]")
 P12_PASSWORD_BYTES = 18  # 24 characters of base64url, 144 bits
-
-
-def _email(text: str) -> str:
-    email = normalise_login(text)
-    if email is None:
-        raise click.ClickException(f"{text!r} is not a valid email address")
-    return email
 
 
 def _serial(text: str) -> str:
@@ -246,7 +238,7 @@ def issue(
     ctx: Context, email: str, days: int, key_type: str, out: Path, p12_password_stdin: bool
 ) -> None:
     """Issue a client certificate for an existing user."""
-    _issue(ctx, _email(email), days, key_type, out, p12_password_stdin)
+    _issue(ctx, email_argument(email), days, key_type, out, p12_password_stdin)
 
 
 @pki_group.command("renew")
@@ -301,7 +293,7 @@ def _row(record: CertificateRecord, now: datetime) -> dict[str, Any]:
 @pass_context
 def list_certificates(ctx: Context, email: str | None, as_json: bool) -> None:
     """List issued client certificates (revoked and expired ones included)."""
-    address = _email(email) if email is not None else None
+    address = email_argument(email) if email is not None else None
     with _database(ctx) as db:
         try:
             records = CertificateStore(db).list(address)
@@ -346,7 +338,7 @@ def revoke(ctx: Context, serial: str | None, email: str | None, reason: str) -> 
     if (serial is None) == (email is None):
         raise click.ClickException("give either SERIAL or --user EMAIL")
     wanted = _serial(serial) if serial is not None else None
-    address = _email(email) if email is not None else None
+    address = email_argument(email) if email is not None else None
     with _database(ctx) as db:
         store = CertificateStore(db)
         try:

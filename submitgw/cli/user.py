@@ -9,9 +9,8 @@ from datetime import UTC, datetime
 
 import click
 
-from submitgw.address import normalise_login
 from submitgw.auth import make_hasher
-from submitgw.cli import Context, pass_context
+from submitgw.cli import Context, email_argument, pass_context
 from submitgw.store import (
     AUTH_POLICIES,
     CertificateStore,
@@ -20,13 +19,6 @@ from submitgw.store import (
     UserNotFound,
     UserStore,
 )
-
-
-def _email(text: str) -> str:
-    email = normalise_login(text)
-    if email is None:
-        raise click.ClickException(f"{text!r} is not a valid email address")
-    return email
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -66,7 +58,7 @@ def user_group() -> None:
 @pass_context
 def add(ctx: Context, email: str, password_stdin: bool, policy: str) -> None:
     """Create an enabled user with a password (optional for --auth certificate)."""
-    address = _email(email)
+    address = email_argument(email)
     if policy == "certificate" and not password_stdin:
         # Never used to log in; a valid hash of a secret nobody knows keeps the
         # column meaningful should the policy later change (then: user passwd).
@@ -89,7 +81,7 @@ def add(ctx: Context, email: str, password_stdin: bool, policy: str) -> None:
 @pass_context
 def passwd(ctx: Context, email: str, password_stdin: bool) -> None:
     """Set a user's password."""
-    address = _email(email)
+    address = email_argument(email)
     users = _users(ctx)
     if users.get(address) is None:
         raise click.ClickException(f"no such user: {address}")
@@ -110,7 +102,7 @@ def set_auth(ctx: Context, email: str, policy: str) -> None:
 
     Effective from the user's next connection.
     """
-    address = _email(email)
+    address = email_argument(email)
     db = ctx.database()
     try:
         UserStore(db).set_auth_policy(address, policy)
@@ -129,7 +121,7 @@ def set_auth(ctx: Context, email: str, policy: str) -> None:
 
 
 def _set_enabled(ctx: Context, email: str, enabled: bool) -> None:
-    address = _email(email)
+    address = email_argument(email)
     try:
         _users(ctx).set_enabled(address, enabled)
     except UserNotFound as exc:
@@ -158,7 +150,7 @@ def enable(ctx: Context, email: str) -> None:
 @pass_context
 def delete(ctx: Context, email: str) -> None:
     """Remove a user."""
-    address = _email(email)
+    address = email_argument(email)
     try:
         _users(ctx).delete(address)
     except UserNotFound as exc:

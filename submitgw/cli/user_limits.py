@@ -11,8 +11,7 @@ from typing import Any
 
 import click
 
-from submitgw.cli import Context, pass_context
-from submitgw.cli.user import _email
+from submitgw.cli import Context, email_argument, pass_context
 from submitgw.limits import Window, account_key, login_name, per_window, user_key
 from submitgw.store import UserNotFound
 from submitgw.store.counters import CounterStore
@@ -69,7 +68,7 @@ def set_limit(ctx: Context, email: str, messages: Any, recipients: Any) -> None:
     """
     if messages is None and recipients is None:
         raise click.UsageError("give --messages-per-hour and/or --recipients-per-hour")
-    address = _email(email)
+    address = email_argument(email)
     changes = {
         name: None if value == DEFAULT else value
         for name, value in (("messages", messages), ("recipients", recipients))
@@ -98,7 +97,7 @@ def set_limit(ctx: Context, email: str, messages: Any, recipients: Any) -> None:
 @pass_context
 def show_limits(ctx: Context, email: str, as_json: bool) -> None:
     """Show EMAIL's sending limits, what it sent in the window, and its login lockout."""
-    address = _email(email)
+    address = email_argument(email)
     cfg = ctx.config.limits
     now = time.time()
     rates, logins = Window(cfg.rate_window), Window(cfg.auth_window)

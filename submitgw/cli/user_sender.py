@@ -11,8 +11,7 @@ from typing import TypeVar
 import click
 
 from submitgw.binding import InvalidPattern
-from submitgw.cli import Context, pass_context
-from submitgw.cli.user import _email
+from submitgw.cli import Context, email_argument, pass_context
 from submitgw.store import SenderExists, SenderNotFound, SenderStore, UserNotFound
 
 T = TypeVar("T")
@@ -45,7 +44,7 @@ def sender_group() -> None:
 @pass_context
 def add(ctx: Context, email: str, pattern: str) -> None:
     """Allow EMAIL to send as ADDRESS, or as any address @DOMAIN."""
-    address = _email(email)
+    address = email_argument(email)
     stored = _with_store(ctx, lambda store: store.add(address, pattern))
     click.echo(f"{address} may now send as {stored}")
 
@@ -56,7 +55,7 @@ def add(ctx: Context, email: str, pattern: str) -> None:
 @pass_context
 def remove(ctx: Context, email: str, pattern: str) -> None:
     """Take back a binding; effective from the user's next connection."""
-    address = _email(email)
+    address = email_argument(email)
     stored = _with_store(ctx, lambda store: store.remove(address, pattern))
     click.echo(f"{address} may no longer send as {stored}")
 
@@ -66,7 +65,7 @@ def remove(ctx: Context, email: str, pattern: str) -> None:
 @pass_context
 def list_senders(ctx: Context, email: str) -> None:
     """What EMAIL may send as: its own address, then its bindings."""
-    address = _email(email)
+    address = email_argument(email)
     own, *bound = _with_store(ctx, lambda store: store.allowed(address))
     click.echo(f"{own}\town address")
     for pattern in bound:
