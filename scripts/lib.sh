@@ -29,6 +29,17 @@ ensure_venv() {
             echo "ERROR: Python 3.11 or newer is needed (python3.11 or python3)" >&2
             exit 1
         }
+        if ! "$python" -c 'import ensurepip' 2>/dev/null; then
+            # Debian's own Python ships venv's pip bootstrap in a separate package.
+            if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+                say "installing python3-venv so that $python can create $VENV"
+                DEBIAN_FRONTEND=noninteractive apt-get update -qq
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+            else
+                echo "ERROR: $python cannot create $VENV: install Debian's python3-venv" >&2
+                exit 1
+            fi
+        fi
         say "creating $VENV with $python"
         rm -rf "$VENV"
         "$python" -m venv "$VENV"
