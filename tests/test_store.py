@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, timedelta
@@ -14,14 +14,6 @@ from sqlalchemy.engine import make_url
 
 from submitgw.store import Database, UserExists, UserNotFound, UserRecord, UserStore
 from submitgw.store.models import User
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,14 +23,6 @@ from submitgw.store import (
 )
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 def test_rules_are_stored_normalised_and_listed_oldest_first(db: Database) -> None:

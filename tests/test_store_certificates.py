@@ -7,7 +7,6 @@ users and policy changes at once; deleting a user deletes their certificates.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,14 +34,6 @@ Ca = tuple[x509.Certificate, pki.PrivateKey]
 @pytest.fixture(scope="module")
 def ca() -> Ca:
     return pki.create_ca("inventory test CA")
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
 
 
 @pytest.fixture

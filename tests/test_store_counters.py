@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,12 +15,10 @@ ALICE = "alice@example.org"
 
 
 @pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    UserStore(database).add(ALICE, "argon2-hash")
-    yield database
-    database.dispose()
+def db(db: Database) -> Database:
+    """The shared migrated database, with the one user the counters belong to."""
+    UserStore(db).add(ALICE, "argon2-hash")
+    return db
 
 
 @pytest.fixture

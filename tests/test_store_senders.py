@@ -33,14 +33,6 @@ BOB = "bob@example.org"
 
 
 @pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    database = Database(db_url)
-    database.upgrade()
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def senders(db: Database) -> SenderStore:
     users = UserStore(db)
     for email in (ALICE, BOB):
