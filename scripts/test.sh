@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source-path=SCRIPTDIR/..
 source scripts/lib.sh
 
-DEB_PACKAGES=(swaks msmtp postfix curl openssl ca-certificates)
+DEB_PACKAGES=(swaks msmtp postfix curl openssl ca-certificates chromium chromium-driver)
 PG_WAIT_SECONDS=30
 
 in_ci() { [ "${CI:-}" = "true" ]; }

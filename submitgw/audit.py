@@ -96,6 +96,7 @@ def message_event(
     mechanism: str | None,
     cert_serial: str | None,
     cert_fingerprint: str | None,
+    app_password: str | None = None,
     sender: str,
     recipients: int,
     size: int,
@@ -111,6 +112,7 @@ def message_event(
             "mechanism": mechanism,
             "cert_serial": cert_serial,
             "cert_fingerprint": cert_fingerprint,
+            "app_password": app_password,
             "sender": sender,
             "recipients": recipients,
             "size": size,
@@ -121,18 +123,31 @@ def message_event(
 
 
 def auth_event(
-    *, session: str, client: str, mechanism: str, user: str | None, ok: bool, locked: bool = False
+    *,
+    session: str,
+    client: str,
+    mechanism: str,
+    user: str | None,
+    ok: bool,
+    locked: bool = False,
+    expired: bool = False,
+    app_password: str | None = None,
 ) -> None:
-    """`locked`: refused unchecked because the name or the client is locked out."""
+    """`locked`: refused unchecked because the name or the client is locked out;
+    `expired`: the right password, refused because it is too old or expired by an admin."""
+    result = "ok" if ok else "locked" if locked else "expired" if expired else "failed"
+    event: dict[str, Any] = {
+        "event": "auth",
+        "session": session,
+        "client": client,
+        "mechanism": mechanism,
+        "user": user,
+        "result": result,
+    }
+    if app_password is not None:
+        event["app_password"] = app_password
     emit(
-        {
-            "event": "auth",
-            "session": session,
-            "client": client,
-            "mechanism": mechanism,
-            "user": user,
-            "result": "ok" if ok else "locked" if locked else "failed",
-        },
+        event,
         logging.INFO if ok else logging.WARNING,
     )
 

@@ -13,9 +13,11 @@ import asyncio
 import base64
 import binascii
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import ParamSpec, TypeVar
 
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -26,11 +28,24 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 import pki
 from submitgw.access import source_allowed
 from submitgw.address import normalise_login
-from submitgw.config import AuthConfig
+from submitgw.config import AuthConfig, PasswordsConfig
 from submitgw.errors import AuthBusy, AuthFailed, SmtpReply
-from submitgw.store import CertificateStore, UserNetworkStore, UserStore
+from submitgw.passwords import app_password_form, is_expired
+from submitgw.store import (
+    AppPasswordHash,
+    AppPasswordNotFound,
+    CertificateStore,
+    CredentialStore,
+    UserNetworkStore,
+    UserNotFound,
+    UserRecord,
+    UserStore,
+)
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 PASSWORD = "password"
@@ -59,6 +74,25 @@ class Identity:
     mechanism: str
     cert_serial: str | None = None
     cert_fingerprint: str | None = None
+    # "ID LABEL" of the app password used, so a message names the device that sent it.
+    app_password: str | None = None
+
+
+class PasswordExpired(SmtpReply):
+    """The right password, past its age or expired by an admin: not a failed guess."""
+
+    def __init__(self, url: str | None) -> None:
+        where = f"change it at {url}" if url else "ask your administrator for a new one"
+        super().__init__(535, "5.7.8", f"Password expired, {where}")
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A password that checked out: the account, and the app password if one was used."""
+
+    record: UserRecord
+    app: AppPasswordHash | None
+    expired: bool
 
 
 def password_allowed(policy: str, login: str, cert: CertificateUser | None) -> bool:
@@ -117,10 +151,19 @@ def split_plain(payload: bytes) -> tuple[bytes, bytes, bytes]:
 
 class PasswordAuthenticator:
     def __init__(
-        self, users: UserStore, cfg: AuthConfig, networks: UserNetworkStore | None = None
+        self,
+        users: UserStore,
+        cfg: AuthConfig,
+        networks: UserNetworkStore | None = None,
+        credentials: CredentialStore | None = None,
+        passwords: PasswordsConfig | None = None,
+        selfservice_url: str | None = None,
     ) -> None:
         self._users = users
         self._networks = networks
+        self._credentials = credentials
+        self._passwords = passwords or PasswordsConfig()
+        self._selfservice_url = selfservice_url
         self._hasher = make_hasher(cfg)
         self._dummy_hash = self._hasher.hash("not a password of anybody's")
         self._pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="argon2")
@@ -131,6 +174,26 @@ class PasswordAuthenticator:
     def hasher(self) -> argon2.PasswordHasher:
         return self._hasher
 
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run argon2 work in the bounded pool; `454 4.7.0` when it is full or the store fails."""
+        if self._in_flight >= self._capacity:
+            log.warning("auth pool saturated (%d in flight)", self._in_flight)
+            raise AuthBusy()
+        self._in_flight += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        except (SmtpReply, ValueError, UserNotFound, AppPasswordNotFound):
+            # Answers for the caller to give (a rule broken, no such account).
+            raise
+        except Exception as exc:
+            log.error("credential store unavailable: %s", type(exc).__name__)
+            raise SmtpReply(
+                454, "4.7.0", "Temporary authentication failure, try again later"
+            ) from exc
+        finally:
+            self._in_flight -= 1
+
     async def login(
         self,
         authcid: bytes,
@@ -140,30 +203,28 @@ class PasswordAuthenticator:
         cert: CertificateUser | None = None,
         client_ip: str = "?",
     ) -> Identity:
-        """Check a login off the event loop; raises AuthFailed, AuthBusy or 454."""
-        if self._in_flight >= self._capacity:
-            log.warning("auth pool saturated (%d in flight)", self._in_flight)
-            raise AuthBusy()
-        self._in_flight += 1
-        try:
-            loop = asyncio.get_running_loop()
-            user = await loop.run_in_executor(
-                self._pool, self._check, authcid, password, authzid, cert, client_ip
-            )
-        except SmtpReply:
-            raise
-        except Exception as exc:
-            log.error("credential store unavailable: %s", type(exc).__name__)
-            raise SmtpReply(
-                454, "4.7.0", "Temporary authentication failure, try again later"
-            ) from exc
-        finally:
-            self._in_flight -= 1
-        if user is None:
+        """SMTP AUTH: the password or an app password; raises AuthFailed, PasswordExpired, 454."""
+        found = await self.run(self._check, authcid, password, authzid, cert, client_ip, True)
+        if found is None:
             raise AuthFailed()
+        if found.app is None and found.expired:
+            raise PasswordExpired(self._selfservice_url)
+        app = f"{found.app.id} {found.app.label}" if found.app else None
         if cert is not None:
-            return Identity(user, mechanism, cert.serial, cert.fingerprint)
-        return Identity(user, mechanism)
+            return Identity(found.record.email, mechanism, cert.serial, cert.fingerprint, app)
+        return Identity(found.record.email, mechanism, app_password=app)
+
+    async def verify_account(
+        self, login: str, password: str, cert: CertificateUser | None, client_ip: str
+    ) -> Verified:
+        """Self-service sign-in: the account password only (never an app password),
+        accepted even when expired, so that it can set a new one."""
+        found = await self.run(
+            self._check, login.encode(), password.encode(), b"", cert, client_ip, False
+        )
+        if found is None:
+            raise AuthFailed()
+        return found
 
     def _check(
         self,
@@ -172,19 +233,32 @@ class PasswordAuthenticator:
         authzid: bytes,
         cert: CertificateUser | None,
         client_ip: str,
-    ) -> str | None:
-        """Runs in a worker thread. Always verifies exactly one hash."""
+        allow_app: bool,
+    ) -> Verified | None:
+        """Runs in a worker thread. Always verifies exactly one hash.
+
+        A password shaped like an app password is checked against the app
+        password its first group selects, if the user has one; otherwise, like
+        every other password, against the account's hash.
+        """
         try:
             login = normalise_login(authcid.decode("utf-8"))
             wanted = authzid.decode("utf-8").strip().lower()
         except UnicodeDecodeError:
             login, wanted = None, ""
         record = self._users.get(login) if login else None
-        # Read for every attempt, known user or not, so the query reveals nothing.
+        # Read for every attempt, known user or not, so the queries reveal nothing.
         networks = self._networks.get(login) if self._networks and login else []
-        stored = record.password_hash if record else self._dummy_hash
+        app = None
+        form = app_password_form(password) if allow_app else None
+        if form is not None and login and self._credentials is not None:
+            app = self._credentials.find_app_password(login, form[0])
+        if app is not None and form is not None:
+            stored, secret = app.password_hash, form[1].encode()
+        else:
+            stored, secret = (record.password_hash if record else self._dummy_hash), password
         try:
-            good = self._hasher.verify(stored, password)
+            good = self._hasher.verify(stored, secret)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             good = False
         if not good or record is None or not record.enabled:
@@ -195,11 +269,16 @@ class PasswordAuthenticator:
             return None
         if not source_allowed(networks, client_ip):
             return None
-        new_hash = None
-        if self._hasher.check_needs_rehash(stored):
-            new_hash = self._hasher.hash(password)
-        self._users.record_login(record.email, new_hash)
-        return record.email
+        expired = is_expired(record.password_changed_at, record.password_expired, self._passwords)
+        if app is not None and self._credentials is not None:
+            self._credentials.app_password_used(app.id)
+            self._users.record_login(record.email)
+        elif not expired:
+            new_hash = None
+            if self._hasher.check_needs_rehash(stored):
+                new_hash = self._hasher.hash(password)
+            self._users.record_login(record.email, new_hash)
+        return Verified(record, app, expired)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

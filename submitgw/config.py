@@ -106,6 +106,29 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class PasswordsConfig:
+    min_length: int = 12
+    max_length: int = 1024
+    # A new password may not be one of the last `history` (current one included).
+    history: int = 5
+    # 0: passwords never expire.
+    max_age_days: int = 0
+
+
+@dataclass(frozen=True)
+class SelfServiceConfig:
+    listen: Endpoint | None = None
+    # The address users type; named in the "password expired" reply. Empty: derived
+    # from [server] hostname and the listen port.
+    url: str = ""
+    # Minutes a signed-in browser or script may stay idle, and may stay signed in at all.
+    session_idle_minutes: int = 10
+    session_max_minutes: int = 30
+    # "optional": the browser may sign in with a client certificate of the bundled CA.
+    client_certificates: str = "optional"
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     max_message_size: int = 26214400
     max_recipients: int = 100
@@ -186,6 +209,8 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    passwords: PasswordsConfig = field(default_factory=PasswordsConfig)
+    selfservice: SelfServiceConfig = field(default_factory=SelfServiceConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     smarthost: SmarthostConfig = field(default_factory=SmarthostConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -325,7 +350,7 @@ def load(path: Path) -> Config:
 
 def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Config:
     known = {"server", "submission", "submissions", "tls", "database", "auth", "limits"}
-    known |= {"smarthost", "policy", "dns", "log"}
+    known |= {"smarthost", "policy", "dns", "log", "passwords", "selfservice"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
@@ -380,6 +405,12 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
             raise ConfigError(f"[limits] {name} must be positive")
     if auth.workers < 1 or auth.max_pending < 0:
         raise ConfigError("[auth] workers must be >= 1 and max_pending >= 0")
+    passwords = _build(PasswordsConfig, _section(data, "passwords"), "passwords")
+    if not 1 <= passwords.min_length <= passwords.max_length:
+        raise ConfigError("[passwords] need 1 <= min_length <= max_length")
+    if passwords.history < 1 or passwords.max_age_days < 0:
+        raise ConfigError("[passwords] history must be >= 1 and max_age_days >= 0")
+    selfservice = _selfservice(_section(data, "selfservice"))
 
     return Config(
         path=path,
@@ -389,12 +420,41 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
         tls=tls,
         database=db,
         auth=auth,
+        passwords=passwords,
+        selfservice=selfservice,
         limits=limits,
         smarthost=_smarthost(_section(data, "smarthost"), base),
         policy=policy,
         dns=dns,
         log=log,
     )
+
+
+def _selfservice(values: dict[str, Any]) -> SelfServiceConfig:
+    values = dict(values)
+    listen = values.pop("listen", "off")
+    if not isinstance(listen, str):
+        raise ConfigError('[selfservice] listen must be "HOST:PORT" or "off"')
+    cfg = _build(SelfServiceConfig, values, "selfservice")
+    cfg = dataclasses.replace(cfg, listen=parse_listen(listen, "selfservice"))
+    if cfg.client_certificates not in {"off", "optional"}:
+        raise ConfigError('[selfservice] client_certificates must be "off" or "optional"')
+    if cfg.url and not cfg.url.startswith("https://"):
+        raise ConfigError("[selfservice] url must start with https://")
+    if not 1 <= cfg.session_idle_minutes <= cfg.session_max_minutes:
+        raise ConfigError("[selfservice] need 1 <= session_idle_minutes <= session_max_minutes")
+    return cfg
+
+
+def selfservice_url(cfg: Config) -> str | None:
+    """Where users change their password, or None when the site is off."""
+    site = cfg.selfservice
+    if site.listen is None:
+        return None
+    if site.url:
+        return site.url
+    port = "" if site.listen.port == 443 else f":{site.listen.port}"
+    return f"https://{cfg.server.hostname}{port}/"
 
 
 def config_path(explicit: str | None, env: dict[str, str]) -> Path:
@@ -458,6 +518,30 @@ max_pending = 16
 argon2_time_cost = 3
 argon2_memory_kib = 65536
 argon2_parallelism = 4
+
+[passwords]
+# Rules for every new password (self-service, 'user add', 'user passwd'): its length,
+# not containing the address's local part, not a common password, not one of the
+# user's last `history` passwords.
+min_length = 12
+max_length = 1024
+history = 5
+# Days a password is good for; after it SMTP AUTH answers "535 5.7.8 Password
+# expired" naming the self-service site. 0: never expires.
+max_age_days = 0
+
+[selfservice]
+# HTTPS site where users change their password and manage app passwords,
+# "HOST:PORT" or "off". It uses the [tls] certificate.
+listen = "off"
+# Address users open, named in the "password expired" reply; empty: https://<hostname>:<port>/.
+url = ""
+# Minutes a signed-in session may stay idle, and may last in all.
+session_idle_minutes = 10
+session_max_minutes = 30
+# "optional": browsers may sign in with a client certificate of the bundled CA. A
+# browser offering a certificate of another CA then fails the TLS handshake; "off" avoids it.
+client_certificates = "optional"
 
 [limits]
 # Largest message in bytes, advertised as SIZE; larger gets "552 5.3.4".

@@ -9,7 +9,7 @@ import socket
 
 import pki
 from submitgw.auth import CertificateAuthenticator, PasswordAuthenticator
-from submitgw.config import Config, Endpoint, ListenerConfig
+from submitgw.config import Config, Endpoint, ListenerConfig, selfservice_url
 from submitgw.dns import ReverseDns
 from submitgw.limiter import Limiter
 from submitgw.screen import ClientScreen
@@ -17,6 +17,7 @@ from submitgw.server import Gateway, Listener
 from submitgw.store import (
     AccessRuleStore,
     CertificateStore,
+    CredentialStore,
     Database,
     SenderStore,
     UserNetworkStore,
@@ -70,7 +71,14 @@ def _listeners(cfg: Config) -> list[tuple[Listener, Endpoint]]:
 async def serve(cfg: Config, db: Database) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
     networks = UserNetworkStore(db)
-    authenticator = PasswordAuthenticator(UserStore(db), cfg.auth, networks)
+    authenticator = PasswordAuthenticator(
+        UserStore(db),
+        cfg.auth,
+        networks,
+        CredentialStore(db),
+        cfg.passwords,
+        selfservice_url(cfg),
+    )
     listeners = _listeners(cfg)
     certificates = None
     if any(lst.settings.client_certificates != "off" for lst, _ in listeners):

@@ -34,6 +34,7 @@ from submitgw.auth import (
     CertificateUser,
     Identity,
     PasswordAuthenticator,
+    PasswordExpired,
     certificate_identity,
     decode_sasl,
     split_plain,
@@ -495,6 +496,7 @@ class Session(SMTP):
                 user=attempted,
                 ok=False,
                 locked=isinstance(err, LoginLocked),
+                expired=isinstance(err, PasswordExpired),
             )
             raise
         audit.auth_event(
@@ -503,6 +505,7 @@ class Session(SMTP):
             mechanism=mechanism,
             user=self.identity.user,
             ok=True,
+            app_password=self.identity.app_password,
         )
         await self.push("235 2.7.0 Authentication successful")
 
@@ -683,6 +686,7 @@ class Session(SMTP):
             mechanism=self.identity.mechanism if self.identity else None,
             cert_serial=self.identity.cert_serial if self.identity else None,
             cert_fingerprint=self.identity.cert_fingerprint if self.identity else None,
+            app_password=self.identity.app_password if self.identity else None,
             sender=txn.sender,
             recipients=len(txn.recipients),
             size=size,

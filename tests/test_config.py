@@ -26,7 +26,9 @@ from submitgw.config import (
     LimitsConfig,
     ListenerConfig,
     LogConfig,
+    PasswordsConfig,
     PolicyConfig,
+    SelfServiceConfig,
     ServerConfig,
     SmarthostServer,
     TlsConfig,
@@ -50,6 +52,8 @@ SECTIONS: dict[str, type] = {
     "policy": PolicyConfig,
     "dns": DnsConfig,
     "log": LogConfig,
+    "passwords": PasswordsConfig,
+    "selfservice": SelfServiceConfig,
 }
 
 

@@ -50,8 +50,8 @@ def test_upgrade_on_empty_database_reaches_head(db: Database) -> None:
 
     db.upgrade()
 
-    assert db.head_revision() == "0005"
-    assert db.current_revision() == "0005"
+    assert db.head_revision() == "0006"
+    assert db.current_revision() == "0006"
     assert {"users", "certificates"} <= table_names(db)
     db.check_current()
 
@@ -152,7 +152,7 @@ def test_stamp_absent_revision_is_reported_without_suggesting_upgrade(db: Databa
 
     message = str(raised.value)
     assert message.startswith("database is at revision 9999")
-    assert "needs 0005" in message
+    assert "needs 0006" in message
     assert "db upgrade" not in message
 
 
@@ -162,12 +162,12 @@ def test_revision_template_renders_formatted_python(tmp_path: Path) -> None:
     config = Config()
     config.set_main_option("script_location", str(scripts))
 
-    command.revision(config, message="add widgets", rev_id="0006")
+    command.revision(config, message="add widgets", rev_id="0007")
 
-    (rendered,) = (scripts / "versions").glob("0006_*.py")
+    (rendered,) = (scripts / "versions").glob("0007_*.py")
     text = rendered.read_text()
-    assert 'revision = "0006"' in text
-    assert 'down_revision = "0005"' in text
+    assert 'revision = "0007"' in text
+    assert 'down_revision = "0006"' in text
     compile(text, str(rendered), "exec")
     # Imports stay unused until the author writes the upgrade, so F401 is expected here.
     config_file = str(PROJECT_ROOT / "pyproject.toml")
@@ -189,7 +189,7 @@ def test_upgrade_from_0001_keeps_users_and_gives_them_password_logins(db: Databa
 
     db.upgrade()
 
-    assert db.current_revision() == "0005"
+    assert db.current_revision() == "0006"
     record = UserStore(db).get("old@example.org")
     assert record is not None
     assert (record.password_hash, record.enabled, record.auth_policy) == (
@@ -198,6 +198,9 @@ def test_upgrade_from_0001_keeps_users_and_gives_them_password_logins(db: Databa
         "password",
     )
     assert record.created_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    # 0006: the password counts as set when the account last changed, and is not expired.
+    assert record.password_changed_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert record.password_expired is False
 
 
 def test_downgrade_to_0001_keeps_users(db: Database) -> None:

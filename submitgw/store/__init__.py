@@ -16,6 +16,13 @@ from submitgw.store.certificates import (
     CertificateStore,
     canonical_serial,
 )
+from submitgw.store.credentials import (
+    AppPasswordHash,
+    AppPasswordNotFound,
+    AppPasswordRecord,
+    CredentialStore,
+    EventRecord,
+)
 from submitgw.store.db import Database, MigrationRequired
 from submitgw.store.models import AUTH_POLICIES
 from submitgw.store.senders import SenderExists, SenderNotFound, SenderStore
@@ -25,12 +32,17 @@ __all__ = [
     "AUTH_POLICIES",
     "AccessRuleStore",
     "AlreadyRevoked",
+    "AppPasswordHash",
+    "AppPasswordNotFound",
+    "AppPasswordRecord",
     "CertificateExists",
     "CertificateIdentity",
     "CertificateNotFound",
     "CertificateRecord",
     "CertificateStore",
+    "CredentialStore",
     "Database",
+    "EventRecord",
     "MigrationRequired",
     "RuleExists",
     "RuleNotFound",

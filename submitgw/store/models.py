@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -88,6 +89,10 @@ class User(Base):
     auth_policy: Mapped[str] = mapped_column(
         String(32), default="password", server_default="password"
     )
+    # When the current password was set (its age for [passwords] max_age_days), and
+    # whether an admin forced a change ('user passwd --expire').
+    password_changed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    password_expired: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Certificate(Base):
@@ -116,4 +121,5 @@ class Certificate(Base):
 # importing them here means whoever loads the models (Alembic, the schema tests)
 # sees every table. At the end, because those modules import `Base` from here.
 from submitgw.store import counters as _counters  # noqa: E402, F401
+from submitgw.store import credentials as _credentials  # noqa: E402, F401
 from submitgw.store import senders as _senders  # noqa: E402, F401

@@ -41,6 +41,9 @@ class UserRecord:
     created_at: datetime
     updated_at: datetime
     last_login_at: datetime | None
+    password_changed_at: datetime | None = None
+    # An admin forced a change: only self-service accepts the password, to set a new one.
+    password_expired: bool = False
 
 
 def _record(user: User) -> UserRecord:
@@ -53,6 +56,8 @@ def _record(user: User) -> UserRecord:
         created_at=user.created_at,
         updated_at=user.updated_at,
         last_login_at=user.last_login_at,
+        password_changed_at=user.password_changed_at,
+        password_expired=user.password_expired,
     )
 
 
@@ -85,6 +90,7 @@ class UserStore:
             auth_policy=check_auth_policy(auth_policy),
             created_at=now,
             updated_at=now,
+            password_changed_at=now,
         )
         try:
             with self._db.session() as session:
@@ -100,7 +106,14 @@ class UserStore:
             return _record(user) if user is not None else None
 
     def set_password(self, email: str, password_hash: str) -> None:
-        self._update(email, password_hash=password_hash, updated_at=utcnow())
+        now = utcnow()
+        self._update(
+            email,
+            password_hash=password_hash,
+            updated_at=now,
+            password_changed_at=now,
+            password_expired=False,
+        )
 
     def set_enabled(self, email: str, enabled: bool) -> None:
         self._update(email, enabled=enabled, updated_at=utcnow())

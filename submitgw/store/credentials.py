@@ -1,0 +1,253 @@
+"""Password history, app passwords and the account change trail.
+
+Like every store, synchronous and called from worker threads. Rows of
+`password_history` and `app_passwords` go with their user (ON DELETE CASCADE);
+`account_events` are keyed by address and outlive the account, because the
+trail must still say who deleted it and when.
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, String, UniqueConstraint, delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from submitgw.store.db import Database
+from submitgw.store.models import Base, User, UtcDateTime, utcnow
+from submitgw.store.users import UserNotFound, _rowcount, normalise_email
+
+
+class PasswordHistory(Base):
+    """A password hash the user had before, kept to refuse its reuse."""
+
+    __tablename__ = "password_history"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    replaced_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class AppPassword(Base):
+    """A generated per-device password; `selector` (its first group) finds the one hash to check."""
+
+    __tablename__ = "app_passwords"
+    __table_args__ = (UniqueConstraint("user_id", "selector"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(String(100))
+    selector: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class AccountEvent(Base):
+    """One change to an account: what, to whom, by whom, from where, when."""
+
+    __tablename__ = "account_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    action: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(320))
+    source: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[str] = mapped_column(String(400), default="")
+    at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+@dataclass(frozen=True)
+class AppPasswordRecord:
+    id: int
+    label: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AppPasswordHash:
+    """What a login needs to check one app password."""
+
+    id: int
+    label: str
+    password_hash: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    email: str
+    action: str
+    actor: str
+    source: str
+    detail: str
+    at: datetime
+
+
+class AppPasswordNotFound(Exception):
+    def __init__(self, email: str, app_id: int) -> None:
+        super().__init__(f"{email} has no app password {app_id}")
+        self.email = email
+        self.app_id = app_id
+
+
+def _user_id(session: Session, email: str) -> int:
+    user_id = session.scalar(select(User.id).where(User.email == normalise_email(email)))
+    if user_id is None:
+        raise UserNotFound(normalise_email(email))
+    return user_id
+
+
+class CredentialStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # --- passwords ----------------------------------------------------------------------
+
+    def recent_hashes(self, email: str, count: int) -> builtins.list[str]:
+        """The current hash and the `count - 1` before it, newest first."""
+        with self._db.session() as session:
+            user = session.scalars(select(User).where(User.email == normalise_email(email))).first()
+            if user is None:
+                raise UserNotFound(normalise_email(email))
+            older = session.scalars(
+                select(PasswordHistory.password_hash)
+                .where(PasswordHistory.user_id == user.id)
+                .order_by(PasswordHistory.id.desc())
+                .limit(max(count - 1, 0))
+            ).all()
+            return [user.password_hash, *older][:count]
+
+    def change_password(
+        self, email: str, new_hash: str, *, keep: int, expired: bool = False
+    ) -> None:
+        """Set a new password in one transaction: the old hash moves to the history,
+        which is trimmed to the `keep - 1` newest (the current one makes `keep`)."""
+        now = utcnow()
+        with self._db.session() as session:
+            user = session.scalars(
+                select(User).where(User.email == normalise_email(email)).with_for_update()
+            ).first()
+            if user is None:
+                raise UserNotFound(normalise_email(email))
+            session.add(
+                PasswordHistory(user_id=user.id, password_hash=user.password_hash, replaced_at=now)
+            )
+            user.password_hash = new_hash
+            user.password_changed_at = now
+            user.password_expired = expired
+            user.updated_at = now
+            session.flush()
+            stale = session.scalars(
+                select(PasswordHistory.id)
+                .where(PasswordHistory.user_id == user.id)
+                .order_by(PasswordHistory.id.desc())
+                .offset(max(keep - 1, 0))
+            ).all()
+            if stale:
+                session.execute(delete(PasswordHistory).where(PasswordHistory.id.in_(stale)))
+
+    def expire_password(self, email: str) -> None:
+        """The next login must set a new password (self-service) before mail goes out."""
+        email = normalise_email(email)
+        with self._db.session() as session:
+            statement = (
+                update(User)
+                .where(User.email == email)
+                .values(password_expired=True, updated_at=utcnow())
+            )
+            if _rowcount(session, statement) == 0:
+                raise UserNotFound(email)
+
+    # --- app passwords ------------------------------------------------------------------
+
+    def add_app_password(
+        self, email: str, label: str, selector: str, password_hash: str
+    ) -> AppPasswordRecord:
+        """Raises ValueError if the selector is taken (the caller draws another)."""
+        with self._db.session() as session:
+            row = AppPassword(
+                user_id=_user_id(session, email),
+                label=label,
+                selector=selector,
+                password_hash=password_hash,
+                created_at=utcnow(),
+            )
+            session.add(row)
+            try:
+                session.flush()
+            except IntegrityError as exc:
+                raise ValueError("selector already in use") from exc
+            return AppPasswordRecord(row.id, row.label, row.created_at, None)
+
+    def app_passwords(self, email: str) -> builtins.list[AppPasswordRecord]:
+        with self._db.session() as session:
+            rows = session.scalars(
+                select(AppPassword)
+                .where(AppPassword.user_id == _user_id(session, email))
+                .order_by(AppPassword.id)
+            ).all()
+            return [AppPasswordRecord(r.id, r.label, r.created_at, r.last_used_at) for r in rows]
+
+    def find_app_password(self, email: str, selector: str) -> AppPasswordHash | None:
+        with self._db.session() as session:
+            row = session.execute(
+                select(AppPassword.id, AppPassword.label, AppPassword.password_hash)
+                .join(User, User.id == AppPassword.user_id)
+                .where(User.email == normalise_email(email), AppPassword.selector == selector)
+            ).first()
+            return AppPasswordHash(row.id, row.label, row.password_hash) if row else None
+
+    def app_password_used(self, app_id: int) -> None:
+        with self._db.session() as session:
+            session.execute(
+                update(AppPassword).where(AppPassword.id == app_id).values(last_used_at=utcnow())
+            )
+
+    def revoke_app_password(self, email: str, app_id: int) -> str:
+        """Delete it (the trail keeps the record); returns its label."""
+        with self._db.session() as session:
+            row = session.scalars(
+                select(AppPassword).where(
+                    AppPassword.id == app_id, AppPassword.user_id == _user_id(session, email)
+                )
+            ).first()
+            if row is None:
+                raise AppPasswordNotFound(normalise_email(email), app_id)
+            label = row.label
+            session.delete(row)
+            return label
+
+    # --- trail --------------------------------------------------------------------------
+
+    def record(self, email: str, action: str, actor: str, source: str, detail: str = "") -> None:
+        with self._db.session() as session:
+            session.add(
+                AccountEvent(
+                    email=normalise_email(email),
+                    action=action,
+                    actor=actor[:320],
+                    source=source[:200],
+                    detail=detail[:400],
+                    at=utcnow(),
+                )
+            )
+
+    def events(self, email: str, limit: int = 100) -> builtins.list[EventRecord]:
+        """Newest first."""
+        with self._db.session() as session:
+            rows = session.scalars(
+                select(AccountEvent)
+                .where(AccountEvent.email == normalise_email(email))
+                .order_by(AccountEvent.id.desc())
+                .limit(limit)
+            ).all()
+            return [
+                EventRecord(r.id, r.email, r.action, r.actor, r.source, r.detail, r.at)
+                for r in rows
+            ]
