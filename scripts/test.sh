@@ -7,7 +7,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source-path=SCRIPTDIR/..
 source scripts/lib.sh
 
-DEB_PACKAGES=(swaks msmtp postfix curl openssl ca-certificates chromium chromium-driver)
+# libnss3-tools: certutil, which makes the browser tests' Chromium trust the test CA.
+DEB_PACKAGES=(swaks msmtp postfix curl openssl ca-certificates chromium chromium-driver
+    libnss3-tools)
 PG_WAIT_SECONDS=30
 
 in_ci() { [ "${CI:-}" = "true" ]; }

@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
 
 from submitgw import audit
-from submitgw.auth import Identity
 from submitgw.config import LimitsConfig
 from submitgw.errors import AuthFailed, SmtpReply
 from submitgw.limits import (
@@ -200,8 +199,8 @@ class Limiter:
         self,
         authcid: bytes,
         client_ip: str,
-        verify: Callable[[], Awaitable[Identity]],
-    ) -> Identity:
+        verify: Callable[[], Awaitable[T]],
+    ) -> T:
         """Run `verify` (the password check) unless the name or client is locked out.
 
         Raises `LoginLocked` (454) without calling `verify`; waits the escalating

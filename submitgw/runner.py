@@ -7,12 +7,15 @@ import logging
 import signal
 import socket
 
+from aiohttp import web
+
 import pki
 from submitgw.auth import CertificateAuthenticator, PasswordAuthenticator
 from submitgw.config import Config, Endpoint, ListenerConfig, selfservice_url
 from submitgw.dns import ReverseDns
 from submitgw.limiter import Limiter
 from submitgw.screen import ClientScreen
+from submitgw.selfservice import SelfService
 from submitgw.server import Gateway, Listener
 from submitgw.store import (
     AccessRuleStore,
@@ -56,6 +59,28 @@ async def _listen(gw: Gateway, listener: Listener, endpoint: Endpoint) -> asynci
     return server
 
 
+async def _listen_selfservice(
+    cfg: Config, selfservice: SelfService, endpoint: Endpoint
+) -> web.AppRunner:
+    context = server_context(cfg.tls, cfg.selfservice.client_certificates)
+    runner = await selfservice.start(endpoint, context)
+    log.info(
+        "self-service site on %s",
+        endpoint,
+        extra={
+            "event": {
+                "event": "listening",
+                "listener": "selfservice",
+                "address": str(endpoint),
+                "tls": "implicit",
+                "client_certificates": cfg.selfservice.client_certificates,
+                "url": selfservice_url(cfg),
+            }
+        },
+    )
+    return runner
+
+
 def _listeners(cfg: Config) -> list[tuple[Listener, Endpoint]]:
     chosen: list[tuple[str, ListenerConfig, bool]] = [
         ("submission", cfg.submission, False),
@@ -81,7 +106,8 @@ async def serve(cfg: Config, db: Database) -> int:
     )
     listeners = _listeners(cfg)
     certificates = None
-    if any(lst.settings.client_certificates != "off" for lst, _ in listeners):
+    site_certs = cfg.selfservice.listen is not None and cfg.selfservice.client_certificates != "off"
+    if site_certs or any(lst.settings.client_certificates != "off" for lst, _ in listeners):
         certificates = CertificateAuthenticator(
             CertificateStore(db), pki.load_certificate(cfg.tls.ca_cert), networks
         )
@@ -89,9 +115,13 @@ async def serve(cfg: Config, db: Database) -> int:
     limiter = Limiter(cfg.limits, CounterStore(db))
     gw = Gateway(cfg, authenticator, certificates, screen, senders=SenderStore(db), limiter=limiter)
     servers = []
+    site: web.AppRunner | None = None
     try:
         for listener, endpoint in listeners:
             servers.append(await _listen(gw, listener, endpoint))
+        if cfg.selfservice.listen is not None:
+            selfservice = SelfService(cfg, db, authenticator, certificates, limiter)
+            site = await _listen_selfservice(cfg, selfservice, cfg.selfservice.listen)
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         for server in servers:
@@ -112,6 +142,8 @@ async def serve(cfg: Config, db: Database) -> int:
     log.info("stopping: no new connections, %d session(s) open", len(gw.sessions))
     for server in servers:
         server.close()
+    if site is not None:
+        await site.cleanup()
     await gw.drain(cfg.server.shutdown_grace)
     for server in servers:
         await server.wait_closed()

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.support.postfix",
     "tests.support.gateway",
     "tests.support.dns",
+    "tests.support.browser",
 ]

@@ -14,7 +14,11 @@ from submitgw.config import Config, ConfigError, make_smarthost, parse_listen
 
 
 def apply_flags(
-    cfg: Config, listen: str | None, listen_tls: str | None, smarthosts: tuple[str, ...]
+    cfg: Config,
+    listen: str | None,
+    listen_tls: str | None,
+    smarthosts: tuple[str, ...],
+    listen_selfservice: str | None = None,
 ) -> Config:
     """Flags override the file; a flag smarthost takes the file's shared [smarthost] options."""
     try:
@@ -28,6 +32,13 @@ def apply_flags(
             cfg = cfg.replace(
                 submissions=dataclasses.replace(
                     cfg.submissions, listen=parse_listen(listen_tls, "--listen-tls")
+                )
+            )
+        if listen_selfservice is not None:
+            cfg = cfg.replace(
+                selfservice=dataclasses.replace(
+                    cfg.selfservice,
+                    listen=parse_listen(listen_selfservice, "--listen-selfservice"),
                 )
             )
         if smarthosts:
@@ -50,12 +61,17 @@ def apply_flags(
 @click.option(
     "--smarthost", "smarthosts", multiple=True, metavar="HOST:PORT", help="Repeatable; in order."
 )
+@click.option("--listen-selfservice", metavar="HOST:PORT|off", help="Self-service HTTPS site.")
 @pass_context
 def serve_command(
-    ctx: Context, listen: str | None, listen_tls: str | None, smarthosts: tuple[str, ...]
+    ctx: Context,
+    listen: str | None,
+    listen_tls: str | None,
+    smarthosts: tuple[str, ...],
+    listen_selfservice: str | None,
 ) -> None:
     """Run the gateway until SIGTERM or SIGINT."""
-    cfg = apply_flags(ctx.config, listen, listen_tls, smarthosts)
+    cfg = apply_flags(ctx.config, listen, listen_tls, smarthosts, listen_selfservice)
     for path in (cfg.tls.cert, cfg.tls.key):
         if not path.is_file():
             raise click.ClickException(f"TLS file {path} not found (see [tls] in {ctx.path})")

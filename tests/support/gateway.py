@@ -115,6 +115,9 @@ class GatewayProcess:
         self.smarthost = smarthost
         self.port = free_port()
         self.tls_port = free_port()
+        self.web_port = free_port()
+        # True: `start` also runs the self-service site on web_port.
+        self.selfservice = False
         self.log_path = setup / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -149,8 +152,10 @@ class GatewayProcess:
             f"127.0.0.1:{self.tls_port}",
             "--smarthost",
             self.smarthost,
+            *(["--listen-selfservice", f"127.0.0.1:{self.web_port}"] if self.selfservice else []),
             *extra,
         ]
+        listeners = 3 if self.selfservice else 2
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
@@ -158,7 +163,7 @@ class GatewayProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited early:\n{self.log_text()}")
-            if self.log_text().count('"event": "listening"') >= 2:
+            if self.log_text().count('"event": "listening"') >= listeners:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"gateway did not start:\n{self.log_text()}")
@@ -188,6 +193,10 @@ class GatewayProcess:
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file))
+
+    @property
+    def web_url(self) -> str:
+        return f"https://127.0.0.1:{self.web_port}/"
 
     def smtp(
         self, *, login: bool = True, timeout: float = 10, context: ssl.SSLContext | None = None
@@ -236,10 +245,12 @@ def gateway_factory(
         users: bool = True,
         start: bool = True,
         name: str = "gw",
+        selfservice: bool = False,
     ) -> GatewayProcess:
         setup = tmp_path / name
         shutil.copytree(gateway_template, setup)
         gw = GatewayProcess(setup, smarthost_address or smarthost.address)
+        gw.selfservice = selfservice
         if options:
             gw.configure(options)
         if users:
