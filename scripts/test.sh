@@ -8,8 +8,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib.sh
 
 # libnss3-tools: certutil, which makes the browser tests' Chromium trust the test CA.
-DEB_PACKAGES=(swaks msmtp postfix curl openssl ca-certificates chromium chromium-driver
-    libnss3-tools)
+# libnet-ssleay-perl: swaks only recommends it, and without it swaks has no TLS.
+DEB_PACKAGES=(swaks libnet-ssleay-perl msmtp postfix curl openssl ca-certificates
+    chromium chromium-driver libnss3-tools)
 PG_WAIT_SECONDS=30
 
 in_ci() { [ "${CI:-}" = "true" ]; }
