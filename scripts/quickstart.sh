@@ -63,8 +63,28 @@ ensure_setup() {
     if [ ! -s "$PASSWORD_FILE" ]; then
         (
             umask 077
-            "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(12))' \
-                >"$PASSWORD_FILE"
+            # Random, and drawn again should it break the setup's [passwords] policy.
+            "$VENV/bin/python" - "$CONFIG" "$DEMO_USER" >"$PASSWORD_FILE" <<'PY'
+import secrets
+import sys
+from pathlib import Path
+
+from submitgw.config import load
+from submitgw.passwords import PasswordRejected, check_rules
+
+rules = load(Path(sys.argv[1])).passwords
+length = min(max(16, rules.min_length), rules.max_length)
+for _ in range(100):
+    password = secrets.token_urlsafe(length)[:length]
+    try:
+        check_rules(password, sys.argv[2], rules)
+    except PasswordRejected:
+        continue
+    print(password)
+    break
+else:
+    sys.exit("cannot draw a demo password that passes the [passwords] policy")
+PY
         )
         chmod 600 "$PASSWORD_FILE"
         new_password=true

@@ -214,15 +214,19 @@ def test_two_factor_needs_both_in_one_session(
 def test_certificate_of_one_user_with_password_of_another(gateway_factory: Any) -> None:
     gw = gateway_factory(CERTS_ON)
     other = "bob@example.org"
+    other_password = "rusty gate at the orchard"
     assert (
-        run_cli(gw.config, "user", "add", other, "--password-stdin", input="bob-pw").returncode == 0
+        run_cli(
+            gw.config, "user", "add", other, "--password-stdin", input=other_password
+        ).returncode
+        == 0
     )
     d = dialog(gw, gw.issue_cert(USER))
     mechanisms(d)
-    assert d.login(other, "bob-pw").code == 535
+    assert d.login(other, other_password).code == 535
     d2 = dialog(gw, None)
     mechanisms(d2)
-    assert d2.login(other, "bob-pw").code == 235
+    assert d2.login(other, other_password).code == 235
 
 
 # --- rejections -----------------------------------------------------------------------------

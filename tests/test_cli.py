@@ -42,6 +42,8 @@ CHEAP_AUTH = {
     "argon2_memory_kib = 65536": "argon2_memory_kib = 8192",
     "argon2_parallelism = 4": "argon2_parallelism = 1",
 }
+# Passes the [passwords] policy for every address these tests use.
+GOOD_PASSWORD = "tawny owl at dusk"
 
 
 def submitgw(
@@ -144,7 +146,9 @@ def config(setup: Path) -> Path:
     return setup / "submitgw.toml"
 
 
-def add_user(config: Path, email: str, password: str = "pw") -> subprocess.CompletedProcess[str]:
+def add_user(
+    config: Path, email: str, password: str = GOOD_PASSWORD
+) -> subprocess.CompletedProcess[str]:
     return submitgw(
         "--config", str(config), "user", "add", email, "--password-stdin", input=password + "\n"
     )
@@ -260,7 +264,7 @@ def test_a_moved_setup_folder_keeps_working(setup: Path, tmp_path: Path) -> None
     rows = list_json(config)
 
     assert [row["email"] for row in rows] == ["moved@example.org"]
-    assert password_matches(config, "moved@example.org", "pw")
+    assert password_matches(config, "moved@example.org", GOOD_PASSWORD)
     assert not setup.exists(), "nothing may be recreated at the old place"
 
 
@@ -347,13 +351,13 @@ def test_user_add_reads_the_first_line_of_stdin(config: Path) -> None:
         "add",
         "alice@example.org",
         "--password-stdin",
-        input="s3cret pass\nsecond line\n",
+        input="s3cret pass phrase\nsecond line\n",
     )
 
     assert ok(result).strip() == "user alice@example.org added"
-    assert password_matches(config, "alice@example.org", "s3cret pass")
-    assert not password_matches(config, "alice@example.org", "s3cret pass\n")
-    assert not password_matches(config, "alice@example.org", "s3cret pass\nsecond line")
+    assert password_matches(config, "alice@example.org", "s3cret pass phrase")
+    assert not password_matches(config, "alice@example.org", "s3cret pass phrase\n")
+    assert not password_matches(config, "alice@example.org", "s3cret pass phrase\nsecond line")
 
 
 @pytest.mark.parametrize("line_end", ["\r\n", ""])
@@ -366,11 +370,11 @@ def test_user_add_strips_crlf_or_takes_an_unterminated_line(config: Path, line_e
             "add",
             "a@example.org",
             "--password-stdin",
-            input="pw" + line_end,
+            input=GOOD_PASSWORD + line_end,
         )
     )
 
-    assert password_matches(config, "a@example.org", "pw")
+    assert password_matches(config, "a@example.org", GOOD_PASSWORD)
 
 
 def test_stored_hash_uses_the_configured_parameters(config: Path) -> None:
@@ -389,14 +393,14 @@ def test_stored_hash_uses_the_configured_parameters(config: Path) -> None:
 
 
 def test_user_add_twice_is_an_error_in_any_case(config: Path) -> None:
-    ok(add_user(config, "Alice@Example.ORG", "first"))
+    ok(add_user(config, "Alice@Example.ORG", "first of many passwords"))
 
-    line = one_line_error(add_user(config, "alice@example.org", "second"))
+    line = one_line_error(add_user(config, "alice@example.org", "second of many passwords"))
 
     assert "alice@example.org" in line
     assert "exists" in line
     assert [row["email"] for row in list_json(config)] == ["alice@example.org"]
-    assert password_matches(config, "alice@example.org", "first")
+    assert password_matches(config, "alice@example.org", "first of many passwords")
 
 
 @pytest.mark.parametrize(
@@ -428,7 +432,7 @@ def test_empty_password_is_refused(config: Path, stdin: str) -> None:
 
 
 def test_user_passwd_replaces_the_password(config: Path) -> None:
-    ok(add_user(config, "a@example.org", "old"))
+    ok(add_user(config, "a@example.org", "the old one, retired"))
 
     out = ok(
         submitgw(
@@ -438,13 +442,13 @@ def test_user_passwd_replaces_the_password(config: Path) -> None:
             "passwd",
             "A@Example.org",
             "--password-stdin",
-            input="new\n",
+            input="the new one, in service\n",
         )
     )
 
     assert "a@example.org" in out
-    assert password_matches(config, "a@example.org", "new")
-    assert not password_matches(config, "a@example.org", "old")
+    assert password_matches(config, "a@example.org", "the new one, in service")
+    assert not password_matches(config, "a@example.org", "the old one, retired")
 
 
 @pytest.mark.parametrize(
@@ -523,7 +527,7 @@ def test_user_add_takes_an_auth_policy_and_defaults_to_password(config: Path) ->
             "--password-stdin",
             "--auth",
             "password+certificate",
-            input="pw\n",
+            input=GOOD_PASSWORD + "\n",
         )
     )
 
@@ -532,7 +536,7 @@ def test_user_add_takes_an_auth_policy_and_defaults_to_password(config: Path) ->
         "both@example.org": "password+certificate",
         "plain@example.org": "password",
     }
-    assert password_matches(config, "both@example.org", "pw")
+    assert password_matches(config, "both@example.org", GOOD_PASSWORD)
     assert "password+certificate" in ok(submitgw("--config", str(config), "user", "list"))
 
 
@@ -563,7 +567,7 @@ def test_set_auth_changes_the_policy_and_says_what_is_missing(config: Path) -> N
     assert [row["auth_policy"] for row in list_json(config)] == ["certificate"]
     back = ok(submitgw("--config", str(config), "user", "set-auth", "a@example.org", "password"))
     assert back.strip() == "user a@example.org now logs in with: password"
-    assert password_matches(config, "a@example.org", "pw"), "the password survives"
+    assert password_matches(config, "a@example.org", GOOD_PASSWORD), "the password survives"
 
 
 def test_set_auth_refuses_unknown_users_and_policies(config: Path) -> None:

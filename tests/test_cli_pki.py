@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 import pki
 from submitgw import config as config_mod
 from submitgw.store import CertificateRecord, CertificateStore, Database
-from tests.test_cli import CHEAP_AUTH, edit, ok, one_line_error, submitgw
+from tests.test_cli import CHEAP_AUTH, GOOD_PASSWORD, edit, ok, one_line_error, submitgw
 
 PASSPHRASE = "ca passphrase with spaces"
 SUFFIXES = (".crt", ".key", ".p12", ".legacy.p12")
@@ -63,7 +63,14 @@ def out(tmp_path: Path) -> Path:
 
 def add_user(config: Path, email: str, *flags: str) -> subprocess.CompletedProcess[str]:
     return submitgw(
-        "--config", str(config), "user", "add", email, "--password-stdin", *flags, input="pw\n"
+        "--config",
+        str(config),
+        "user",
+        "add",
+        email,
+        "--password-stdin",
+        *flags,
+        input=GOOD_PASSWORD + "\n",
     )
 
 

@@ -16,6 +16,7 @@ from tests.support.client import Dialog, b64
 from tests.support.gateway import PASSWORD, USER, GatewayProcess, run_cli
 from tests.support.smarthost import CaptureSmarthost, free_port
 
+CAROL_PASSWORD = "violet kite over the bay"
 MSG = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: test\r\n\r\nHello.\r\n"
 
 
@@ -149,13 +150,15 @@ def test_login_succeeds_and_mail_flows(
 
 
 def _auth_failures(gw: GatewayProcess) -> dict[str, list[str]]:
-    run = run_cli(gw.config, "user", "add", "carol@example.org", "--password-stdin", input="pw-c")
+    run = run_cli(
+        gw.config, "user", "add", "carol@example.org", "--password-stdin", input=CAROL_PASSWORD
+    )
     assert run.returncode == 0
     assert run_cli(gw.config, "user", "disable", "carol@example.org").returncode == 0
     attempts = {
         "wrong password": f"\0{USER}\0not the password",
         "unknown user": "\0nobody@example.org\0whatever",
-        "disabled user": "\0carol@example.org\0pw-c",
+        "disabled user": f"\0carol@example.org\0{CAROL_PASSWORD}",
         "authzid differs": f"bob@example.org\0{USER}\0{PASSWORD}",
         "not an address": "\0alice\0whatever",
     }
@@ -216,7 +219,7 @@ def test_no_secret_reaches_the_log(gateway: GatewayProcess, smarthost: CaptureSm
     time.sleep(0.3)
     log = gateway.log_text()
     assert gateway.log_events("auth"), "the log must record logins at all"
-    for secret in (PASSWORD, "not the password", "pw-c", "typed-the-wrong-secret"):
+    for secret in (PASSWORD, "not the password", CAROL_PASSWORD, "typed-the-wrong-secret"):
         assert secret not in log
         assert b64(secret) not in log
     assert b64(f"\0{USER}\0{PASSWORD}") not in log

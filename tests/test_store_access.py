@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 import migrations
@@ -145,6 +145,9 @@ def test_migration_0004_tables_constraints_and_downgrade(db: Database) -> None:
 
     tables = set(inspect(db.engine).get_table_names())
     assert not {"access_rules", "user_networks"} & tables
-    assert UserStore(db).get("keep@example.org") is not None
+    with db.engine.connect() as connection:
+        emails = connection.execute(text("SELECT email FROM users")).scalars().all()
+    assert emails == ["keep@example.org"]
     db.upgrade()
+    assert UserStore(db).get("keep@example.org") is not None
     assert AccessRuleStore(db).list() == []

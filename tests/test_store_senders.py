@@ -8,12 +8,13 @@ with its user; migration 0003 adds the table without touching users or certifica
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 import migrations
 import pki
@@ -180,30 +181,53 @@ def bare_db(db_url: str) -> Iterator[Database]:
 
 
 def test_upgrade_from_0002_keeps_users_and_certificates(bare_db: Database) -> None:
-    """0003 only adds a table: rebuilding `users` on SQLite would cascade-delete certificates."""
+    """Later migrations only add tables and columns: rebuilding `users` on SQLite would
+    cascade-delete certificates. Rows are written as the 0002 schema knew them."""
     alembic_command(bare_db, "upgrade", "0002")
-    UserStore(bare_db).add(ALICE, "hash", auth_policy="certificate")
     ca_cert, ca_key = pki.create_ca("migration test CA")
-    cert = CertificateStore(bare_db).add(ALICE, pki.issue_client_cert(ca_cert, ca_key, ALICE)[0])
+    cert = pki.issue_client_cert(ca_cert, ca_key, ALICE)[0]
+    serial = pki.format_serial(cert.serial_number)
+    with bare_db.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO users (email, password_hash, enabled, created_at, updated_at, "
+                "auth_policy) VALUES (:e, 'hash', true, :t, :t, 'certificate')"
+            ),
+            {"e": ALICE, "t": datetime(2026, 1, 2, tzinfo=UTC)},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO certificates (serial, user_id, fingerprint_sha256, subject, "
+                "not_before, not_after, issued_at, pem) SELECT :s, id, :f, 'x', :t, :t, :t, 'pem' "
+                "FROM users WHERE email = :e"
+            ),
+            {
+                "s": serial,
+                "f": pki.fingerprint_sha256(cert),
+                "t": datetime(2026, 1, 2, tzinfo=UTC),
+                "e": ALICE,
+            },
+        )
 
-    alembic_command(bare_db, "upgrade", "0003")
+    bare_db.upgrade()
 
     assert "sender_bindings" in inspect(bare_db.engine).get_table_names()
-    assert [c.serial for c in CertificateStore(bare_db).list(ALICE)] == [cert.serial]
+    assert [c.serial for c in CertificateStore(bare_db).list(ALICE)] == [serial]
     record = UserStore(bare_db).get(ALICE)
     assert record is not None and record.auth_policy == "certificate"
     assert SenderStore(bare_db).allowed(ALICE) == [ALICE]
 
 
 def test_downgrade_to_0002_drops_only_the_bindings(bare_db: Database) -> None:
-    alembic_command(bare_db, "upgrade", "0003")
+    bare_db.upgrade()
     UserStore(bare_db).add(ALICE, "hash")
     SenderStore(bare_db).add(ALICE, "@example.net")
 
     alembic_command(bare_db, "downgrade", "0002")
 
     assert "sender_bindings" not in inspect(bare_db.engine).get_table_names()
-    assert UserStore(bare_db).get(ALICE) is not None
+    with bare_db.engine.connect() as connection:
+        assert connection.execute(text("SELECT email FROM users")).scalars().all() == [ALICE]
 
 
 def test_bindings_table_constraints_have_deterministic_names(db: Database) -> None:

@@ -1,24 +1,40 @@
-"""`submitgw user …`: accounts that may relay through the gateway."""
+"""`submitgw user …`: accounts that may relay through the gateway.
+
+Password changes go through AccountService, so the CLI applies the same policy
+as the self-service site and every change lands in the account trail, signed
+with the admin's OS login name and this host.
+"""
 
 from __future__ import annotations
 
+import getpass
 import json
-import secrets
+import os
+import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import click
 
-from submitgw.auth import make_hasher
+from submitgw.account import AccountService, Actor
 from submitgw.cli import Context, email_argument, pass_context
+from submitgw.config import selfservice_url
+from submitgw.passwords import PasswordRejected
 from submitgw.store import (
     AUTH_POLICIES,
+    AppPasswordNotFound,
     CertificateStore,
+    CredentialStore,
+    EventRecord,
     UserExists,
     UserNetworkStore,
     UserNotFound,
     UserStore,
 )
+
+HISTORY_LIMIT = 50
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -35,8 +51,26 @@ def _read_password(from_stdin: bool) -> str:
     return password
 
 
-def _users(ctx: Context) -> UserStore:
-    return UserStore(ctx.database())
+def admin_actor() -> Actor:
+    """Who the trail names for a CLI change: the OS login running it, on this host."""
+    try:
+        login = getpass.getuser()
+    except OSError:
+        # No login name in the environment nor the password database (bare containers).
+        login = f"uid {os.getuid()}"
+    return Actor(f"admin:{login}", f"cli on {socket.gethostname()}")
+
+
+@contextmanager
+def account_service(ctx: Context) -> Iterator[AccountService]:
+    """AccountService on its own database handle; its expected refusals become one-line errors."""
+    db = ctx.database()
+    try:
+        yield AccountService(db, ctx.config.auth, ctx.config.passwords)
+    except (PasswordRejected, UserExists, UserNotFound, AppPasswordNotFound) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        db.dispose()
 
 
 @click.group("user")
@@ -57,39 +91,67 @@ def user_group() -> None:
 )
 @pass_context
 def add(ctx: Context, email: str, password_stdin: bool, policy: str) -> None:
-    """Create an enabled user with a password (optional for --auth certificate)."""
+    """Create an enabled user with a password (optional for --auth certificate).
+
+    The password must pass the [passwords] policy.
+    """
     address = email_argument(email)
-    if policy == "certificate" and not password_stdin:
-        # Never used to log in; a valid hash of a secret nobody knows keeps the
-        # column meaningful should the policy later change (then: user passwd).
-        password = secrets.token_urlsafe(32)
-    else:
+    # None for a certificate user: AccountService stores the hash of a random
+    # secret nobody knows (then `user passwd` should the policy change).
+    password: str | None = None
+    if policy != "certificate" or password_stdin:
         password = _read_password(password_stdin)
-    digest = make_hasher(ctx.config.auth).hash(password)
-    try:
-        _users(ctx).add(address, digest, auth_policy=policy)
-    except UserExists as exc:
-        raise click.ClickException(str(exc)) from exc
+    with account_service(ctx) as accounts:
+        accounts.create_user(address, password, policy, admin_actor())
     click.echo(f"user {address} added")
     if policy != "password":
         click.echo(f"next: submitgw pki issue {address}")
 
 
+def _expired_lines(address: str, url: str | None, app_passwords: int) -> list[str]:
+    if url:
+        first = (
+            f"password of {address} expired: it must be changed at {url} before mail is accepted"
+        )
+    else:
+        first = (
+            f"password of {address} expired: mail is refused until you set a new one with "
+            f"'submitgw user passwd {address}' (the self-service site is off)"
+        )
+    if not app_passwords:
+        return [first]
+    return [
+        first,
+        f"its {app_passwords} app password(s) keep working: "
+        f"submitgw user app-password list {address}",
+    ]
+
+
 @user_group.command("passwd")
 @click.argument("email")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option(
+    "--expire",
+    is_flag=True,
+    help="Set no password: the user must change the current one on the self-service site "
+    "before SMTP AUTH accepts it again.",
+)
 @pass_context
-def passwd(ctx: Context, email: str, password_stdin: bool) -> None:
-    """Set a user's password."""
+def passwd(ctx: Context, email: str, password_stdin: bool, expire: bool) -> None:
+    """Set a user's password (it must pass the [passwords] policy), or --expire it."""
     address = email_argument(email)
-    users = _users(ctx)
-    if users.get(address) is None:
-        raise click.ClickException(f"no such user: {address}")
-    digest = make_hasher(ctx.config.auth).hash(_read_password(password_stdin))
-    try:
-        users.set_password(address, digest)
-    except UserNotFound as exc:
-        raise click.ClickException(str(exc)) from exc
+    if expire and password_stdin:
+        raise click.ClickException("--expire sets no password: leave out --password-stdin")
+    with account_service(ctx) as accounts:
+        if accounts.users.get(address) is None:
+            raise click.ClickException(f"no such user: {address}")
+        if expire:
+            accounts.expire_password(address, admin_actor())
+            count = len(accounts.credentials.app_passwords(address))
+            for line in _expired_lines(address, selfservice_url(ctx.config), count):
+                click.echo(line)
+            return
+        accounts.change_password(address, _read_password(password_stdin), admin_actor())
     click.echo(f"password of {address} changed")
 
 
@@ -106,6 +168,8 @@ def set_auth(ctx: Context, email: str, policy: str) -> None:
     db = ctx.database()
     try:
         UserStore(db).set_auth_policy(address, policy)
+        accounts = AccountService(db, ctx.config.auth, ctx.config.passwords)
+        accounts.trail(address, "auth-changed", admin_actor(), f"auth {policy}")
         usable = [
             c
             for c in CertificateStore(db).list(address)
@@ -122,10 +186,10 @@ def set_auth(ctx: Context, email: str, policy: str) -> None:
 
 def _set_enabled(ctx: Context, email: str, enabled: bool) -> None:
     address = email_argument(email)
-    try:
-        _users(ctx).set_enabled(address, enabled)
-    except UserNotFound as exc:
-        raise click.ClickException(str(exc)) from exc
+    with account_service(ctx) as accounts:
+        accounts.users.set_enabled(address, enabled)
+        action = "user-enabled" if enabled else "user-disabled"
+        accounts.trail(address, action, admin_actor())
     click.echo(f"user {address} {'enabled' if enabled else 'disabled'}")
 
 
@@ -149,12 +213,11 @@ def enable(ctx: Context, email: str) -> None:
 @click.argument("email")
 @pass_context
 def delete(ctx: Context, email: str) -> None:
-    """Remove a user."""
+    """Remove a user, with their app passwords; `user history` keeps their trail."""
     address = email_argument(email)
-    try:
-        _users(ctx).delete(address)
-    except UserNotFound as exc:
-        raise click.ClickException(str(exc)) from exc
+    with account_service(ctx) as accounts:
+        accounts.users.delete(address)
+        accounts.trail(address, "user-deleted", admin_actor())
     click.echo(f"user {address} deleted")
 
 
@@ -187,13 +250,58 @@ def list_users(ctx: Context, as_json: bool) -> None:
         click.echo(f"{r.email}\t{state}\t{r.auth_policy}\tlast login: {last}{nets}")
 
 
+def _event_json(event: EventRecord) -> dict[str, str]:
+    return {
+        "at": event.at.isoformat(),
+        "action": event.action,
+        "actor": event.actor,
+        "source": event.source,
+        "detail": event.detail,
+    }
+
+
+@user_group.command("history")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=HISTORY_LIMIT,
+    show_default=True,
+    help="Show at most this many entries.",
+)
+@pass_context
+def history(ctx: Context, email: str, as_json: bool, limit: int) -> None:
+    """The account trail of EMAIL, newest first: when, what, by whom, from where.
+
+    Kept after the user is deleted, so it still says who deleted them.
+    """
+    address = email_argument(email)
+    db = ctx.database()
+    try:
+        events = CredentialStore(db).events(address, limit)
+    finally:
+        db.dispose()
+    if as_json:
+        click.echo(json.dumps([_event_json(e) for e in events], indent=2))
+        return
+    if not events:
+        click.echo(f"no account changes recorded for {address}")
+        return
+    for e in events:
+        when = e.at.isoformat(timespec="seconds")
+        click.echo("\t".join((when, e.action, e.actor, e.source, e.detail)).rstrip("\t"))
+
+
 def register(group: click.Group) -> None:
-    # Imported here: `user sender` and the limit commands (`set-limit`, `limits`,
-    # `unlock`) live in their own modules, which import this one.
+    # Imported here: `user sender`, `user app-password` and the limit commands
+    # (`set-limit`, `limits`, `unlock`) live in their own modules, which import this one.
     from submitgw.cli import user_limits
+    from submitgw.cli.user_app_password import app_password_group
     from submitgw.cli.user_sender import sender_group
 
     user_group.add_command(sender_group)
+    user_group.add_command(app_password_group)
     for command in (user_limits.set_limit, user_limits.show_limits, user_limits.unlock):
         user_group.add_command(command)
     group.add_command(user_group)
