@@ -20,6 +20,7 @@ SINK_OUT="$QS_DIR/capture-smarthost.out"
 DEMO_USER=demo@example.org
 SUBMISSION=127.0.0.1:2587
 SUBMISSIONS=127.0.0.1:2465
+SELFSERVICE=127.0.0.1:2443
 SMARTHOST=127.0.0.1:2525
 START_WAIT_SECONDS=15
 
@@ -141,6 +142,7 @@ banner() {
    submissions (TLS):      $SUBMISSIONS
    demo user:              $DEMO_USER
    demo password:          $password   (saved in $PASSWORD_FILE)
+   self-service site:      https://localhost:${SELFSERVICE##*:}/   (sign in as the demo user)
    CA certificate:         $ca
    relayed mail lands in:  $mail/<seq>.eml (+ .json envelope)
 
@@ -149,6 +151,10 @@ banner() {
 
  or with Python alone:
    python3 -c "$smtplib_cmd"
+
+ Change the demo password or make an app password in a browser that trusts the CA
+ certificate above, or with curl:
+   curl --cacert '$ca' -H Content-Type:application/json -d '{"email": "$DEMO_USER", "password": "$password"}' https://localhost:${SELFSERVICE##*:}/api/session
 
  Ctrl-C stops the gateway and the capture smarthost.
 ========================================================================================
@@ -164,13 +170,14 @@ banner
 say "starting submitgw (JSON log lines follow)"
 # In the background so that a signal to this script runs its trap at once; `wait` returns then.
 "$VENV/bin/submitgw" --config "$CONFIG" serve \
-    --listen "$SUBMISSION" --listen-tls "$SUBMISSIONS" --smarthost "$SMARTHOST" &
+    --listen "$SUBMISSION" --listen-tls "$SUBMISSIONS" --smarthost "$SMARTHOST" \
+    --listen-selfservice "$SELFSERVICE" &
 GATEWAY_PID=$!
 status=0
 wait "$GATEWAY_PID" || status=$?
 GATEWAY_PID=""
 if [ "$status" -ne 0 ]; then
-    echo "ERROR: submitgw exited with status $status (are $SUBMISSION and $SUBMISSIONS free?)" >&2
+    echo "ERROR: submitgw exited with status $status (are $SUBMISSION, $SUBMISSIONS and $SELFSERVICE free?)" >&2
 fi
 cleanup
 exit "$status"
