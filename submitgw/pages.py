@@ -173,6 +173,7 @@ th, td { text-align: left; padding: .4rem .5rem; border-bottom: 1px solid #e5e7e
 .error { background: #fee2e2; color: #991b1b; padding: .6rem .8rem; border-radius: 4px; }
 .notice { background: #dcfce7; color: #166534; padding: .6rem .8rem; border-radius: 4px; }
 .secret { background: #fef9c3; padding: .8rem; border-radius: 4px; margin: .8rem 0; }
+.secret p { margin-top: 0; }
 .secret code { display: block; font-size: 1.4rem; letter-spacing: .05em; user-select: all; }
 .who { display: inline-block; margin: 0 1rem 0 0; }
 #logout { display: inline-block; }
