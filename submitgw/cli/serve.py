@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from submitgw import audit, runner
+from submitgw import audit
 from submitgw.cli import Context, pass_context
 from submitgw.config import Config, ConfigError, make_smarthost, parse_listen
 
@@ -75,6 +75,10 @@ def serve_command(
     for path in (cfg.tls.cert, cfg.tls.key):
         if not path.is_file():
             raise click.ClickException(f"TLS file {path} not found (see [tls] in {ctx.path})")
+    # Here, not at the top: the web and SMTP server stack is only needed to serve, and
+    # every other command (one process per admin action) starts faster without it.
+    from submitgw import runner
+
     db = ctx.database()
     audit.setup_logging(cfg.log)
     try:
