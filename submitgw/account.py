@@ -24,7 +24,7 @@ from submitgw.passwords import (
     new_app_password,
 )
 from submitgw.store import AppPasswordRecord, CredentialStore, Database, UserNotFound, UserStore
-from submitgw.store.users import UserRecord
+from submitgw.store.users import UserRecord, normalise_email
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class AccountService:
         self.hasher = hasher or make_hasher(auth)
 
     def _trail(self, email: str, action: str, actor: Actor, detail: str = "") -> None:
+        email = normalise_email(email)
         self.credentials.record(email, action, actor.who, actor.source, detail)
         audit.emit(
             {
@@ -79,11 +80,11 @@ class AccountService:
         recent = self.credentials.recent_hashes(email, self.cfg.history)
         check_new_password(password, email, self.cfg, recent, self.hasher)
         self.credentials.change_password(email, self.hasher.hash(password), keep=self.cfg.history)
-        self._trail(email.lower(), "password-changed", actor)
+        self._trail(email, "password-changed", actor)
 
     def expire_password(self, email: str, actor: Actor) -> None:
         self.credentials.expire_password(email)
-        self._trail(email.lower(), "password-expired", actor)
+        self._trail(email, "password-expired", actor)
 
     def add_app_password(
         self, email: str, label: str, actor: Actor
@@ -91,7 +92,7 @@ class AccountService:
         """The new record and its password, which is stored only as a hash."""
         label = check_label(label)
         if self.users.get(email) is None:
-            raise UserNotFound(email.lower())
+            raise UserNotFound(normalise_email(email))
         for _ in range(5):
             secret = new_app_password()
             form = app_password_form(secret.encode())
@@ -103,15 +104,15 @@ class AccountService:
                 )
             except ValueError:
                 continue
-            self._trail(email.lower(), "app-password-added", actor, f"{record.id} {label}")
+            self._trail(email, "app-password-added", actor, f"{record.id} {label}")
             return record, secret
         raise RuntimeError("could not draw an unused app password selector")
 
     def revoke_app_password(self, email: str, app_id: int, actor: Actor) -> str:
         label = self.credentials.revoke_app_password(email, app_id)
-        self._trail(email.lower(), "app-password-revoked", actor, f"{app_id} {label}")
+        self._trail(email, "app-password-revoked", actor, f"{app_id} {label}")
         return label
 
     def trail(self, email: str, action: str, actor: Actor, detail: str = "") -> None:
         """Record a change made elsewhere (user disabled, certificate revoked …)."""
-        self._trail(email.lower(), action, actor, detail)
+        self._trail(email, action, actor, detail)

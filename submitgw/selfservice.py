@@ -36,7 +36,7 @@ from submitgw import audit, pages
 from submitgw.account import AccountService, Actor
 from submitgw.auth import CertificateAuthenticator, CertificateUser, PasswordAuthenticator
 from submitgw.config import Config, Endpoint
-from submitgw.errors import AuthBusy, AuthFailed, SmtpReply
+from submitgw.errors import AuthFailed, SmtpReply
 from submitgw.limiter import Limiter
 from submitgw.limits import LoginLocked, format_time
 from submitgw.passwords import PasswordRejected, is_expired
@@ -108,17 +108,29 @@ class SessionTable:
         self._clock = clock
         self._sessions: dict[str, WebSession] = {}
 
-    def create(self, user: str, method: str, changed: datetime | None, **extra: Any) -> WebSession:
+    def create(
+        self,
+        user: str,
+        method: str,
+        changed: datetime | None,
+        cert: CertificateUser | None = None,
+    ) -> WebSession:
         self.prune()
         if len(self._sessions) >= MAX_SESSIONS:
             oldest = min(self._sessions.values(), key=lambda s: s.seen)
             self.drop(oldest.token)
         now = self._clock()
         session = WebSession(
-            secrets.token_urlsafe(32), user, secrets.token_urlsafe(32), method, now, now, changed
+            secrets.token_urlsafe(32),
+            user,
+            secrets.token_urlsafe(32),
+            method,
+            now,
+            now,
+            changed,
+            cert.fingerprint if cert else None,
+            cert.serial if cert else None,
         )
-        for key, value in extra.items():
-            setattr(session, key, value)
         self._sessions[session.token] = session
         return session
 
@@ -343,9 +355,7 @@ class SelfService:
 
     # --- signing in (shared by the form and the API) ------------------------------------
 
-    async def _sign_in_password(
-        self, request: web.Request, email: Any, password: Any
-    ) -> WebSession:
+    async def _sign_in_password(self, request: web.Request, email: Any, password: Any) -> Visit:
         if not isinstance(email, str) or not isinstance(password, str) or not email or not password:
             raise WebError(401, GENERIC_LOGIN_ERROR)
         email = email.strip()
@@ -357,7 +367,7 @@ class SelfService:
                 found = await verify()
             else:
                 found = await self.limiter.login(email.encode("utf-8", "replace"), ip, verify)
-        except (AuthFailed, LoginLocked, AuthBusy, SmtpReply) as err:
+        except SmtpReply as err:
             audit.auth_event(
                 session="web",
                 client=ip,
@@ -380,15 +390,10 @@ class SelfService:
         audit.auth_event(
             session="web", client=ip, mechanism="selfservice-password", user=record.email, ok=True
         )
-        return self.sessions.create(
-            record.email,
-            "password",
-            record.password_changed_at,
-            cert_fingerprint=cert.fingerprint if cert else None,
-            cert_serial=cert.serial if cert else None,
-        )
+        session = self.sessions.create(record.email, "password", record.password_changed_at, cert)
+        return Visit(session, record, found.expired)
 
-    async def _sign_in_certificate(self, request: web.Request) -> WebSession:
+    async def _sign_in_certificate(self, request: web.Request) -> Visit:
         cert = await self._peer(request)
         ip = _client_ip(request)
         if cert is None or cert.auth_policy == "password+certificate":
@@ -408,13 +413,8 @@ class SelfService:
         audit.auth_event(
             session="web", client=ip, mechanism="selfservice-certificate", user=cert.user, ok=True
         )
-        return self.sessions.create(
-            cert.user,
-            "certificate",
-            record.password_changed_at,
-            cert_fingerprint=cert.fingerprint,
-            cert_serial=cert.serial,
-        )
+        session = self.sessions.create(cert.user, "certificate", record.password_changed_at, cert)
+        return Visit(session, record, False)
 
     def _set_cookie(self, response: web.StreamResponse, session: WebSession) -> None:
         response.set_cookie(
@@ -479,10 +479,32 @@ class SelfService:
         except (ValueError, AppPasswordNotFound, UserNotFound) as err:
             raise WebError(404, "No such app password") from err
 
+    async def _app_passwords(self, email: str) -> list[dict[str, Any]]:
+        apps = await self._db(self.accounts.credentials.app_passwords, email)
+        return [
+            {
+                "id": a.id,
+                "label": a.label,
+                "created_at": _iso(a.created_at),
+                "last_used_at": _iso(a.last_used_at),
+            }
+            for a in apps
+        ]
+
+    async def _certificates(self, email: str) -> list[dict[str, Any]]:
+        certs = await self._db(self.cert_store.list, email)
+        return [
+            {
+                "serial": c.serial,
+                "not_before": _iso(c.not_before),
+                "not_after": _iso(c.not_after),
+                "revoked_at": _iso(c.revoked_at),
+            }
+            for c in certs
+        ]
+
     async def _account(self, visit: Visit) -> dict[str, Any]:
         email = visit.record.email
-        apps = await self._db(self.accounts.credentials.app_passwords, email)
-        certs = await self._db(self.cert_store.list, email)
         changed = visit.record.password_changed_at
         max_age = self.cfg.passwords.max_age_days
         return {
@@ -494,24 +516,8 @@ class SelfService:
             if changed and max_age
             else None,
             "password_expired": visit.expired,
-            "app_passwords": [
-                {
-                    "id": a.id,
-                    "label": a.label,
-                    "created_at": _iso(a.created_at),
-                    "last_used_at": _iso(a.last_used_at),
-                }
-                for a in apps
-            ],
-            "certificates": [
-                {
-                    "serial": c.serial,
-                    "not_before": _iso(c.not_before),
-                    "not_after": _iso(c.not_after),
-                    "revoked_at": _iso(c.revoked_at),
-                }
-                for c in certs
-            ],
+            "app_passwords": await self._app_passwords(email),
+            "certificates": await self._certificates(email),
         }
 
     # --- JSON API -----------------------------------------------------------------------
@@ -538,29 +544,20 @@ class SelfService:
         self._same_site(request)
         body = await self._json(request)
         if body.get("certificate") is True:
-            session = await self._sign_in_certificate(request)
+            visit = await self._sign_in_certificate(request)
         else:
-            session = await self._sign_in_password(request, body.get("email"), body.get("password"))
-        visit = await self._visit_for(request, session)
+            visit = await self._sign_in_password(request, body.get("email"), body.get("password"))
+        session = visit.session
         response = web.json_response(
             {
                 "user": session.user,
                 "csrf_token": session.csrf,
                 "expires_at": _iso(self.sessions.expires_at(session)),
-                "password_expired": visit.expired if visit else False,
+                "password_expired": visit.expired,
             }
         )
         self._set_cookie(response, session)
         return response
-
-    async def _visit_for(self, request: web.Request, session: WebSession) -> Visit | None:
-        record = await self._db(self.users.get, session.user)
-        if record is None:
-            return None
-        expired = session.method == "password" and is_expired(
-            record.password_changed_at, record.password_expired, self.cfg.passwords
-        )
-        return Visit(session, record, expired)
 
     async def api_logout(self, request: web.Request) -> web.Response:
         visit = await self._api_visit(request, allow_expired=True)
@@ -583,7 +580,7 @@ class SelfService:
 
     async def api_app_passwords(self, request: web.Request) -> web.Response:
         visit = await self._api_visit(request)
-        return web.json_response((await self._account(visit))["app_passwords"])
+        return web.json_response(await self._app_passwords(visit.record.email))
 
     async def api_add_app_password(self, request: web.Request) -> web.Response:
         visit = await self._api_visit(request)
@@ -603,7 +600,7 @@ class SelfService:
 
     async def api_certificates(self, request: web.Request) -> web.Response:
         visit = await self._api_visit(request)
-        return web.json_response((await self._account(visit))["certificates"])
+        return web.json_response(await self._certificates(visit.record.email))
 
     # --- HTML forms -----------------------------------------------------------------------
 
@@ -644,12 +641,13 @@ class SelfService:
         return response
 
     async def _form_sign_in(
-        self, request: web.Request, sign_in: Callable[[], Awaitable[WebSession]]
+        self, request: web.Request, sign_in: Callable[[dict[str, str]], Awaitable[Visit]]
     ) -> web.Response:
+        """Check the sign-in form's CSRF token, then sign in with what the form holds."""
         form = await self._form(request)
         self._check_csrf(request.cookies.get(LOGIN_COOKIE, ""), form.get("csrf"))
         try:
-            session = await sign_in()
+            visit = await sign_in(form)
         except WebError as err:
             # A page asking again, not an HTTP authentication challenge (which a 401
             # would announce without the WWW-Authenticate header it requires).
@@ -658,19 +656,18 @@ class SelfService:
             if err.retry_after is not None:
                 response.headers["Retry-After"] = str(err.retry_after)
             return response
-        response = self._redirect(session)
+        response = self._redirect(visit.session)
         response.del_cookie(LOGIN_COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
         return response
 
     async def form_login(self, request: web.Request) -> web.Response:
-        form = await self._form(request)
         return await self._form_sign_in(
             request,
-            lambda: self._sign_in_password(request, form.get("email"), form.get("password")),
+            lambda form: self._sign_in_password(request, form.get("email"), form.get("password")),
         )
 
     async def form_certificate_login(self, request: web.Request) -> web.Response:
-        return await self._form_sign_in(request, lambda: self._sign_in_certificate(request))
+        return await self._form_sign_in(request, lambda _form: self._sign_in_certificate(request))
 
     async def _form_visit(
         self, request: web.Request, *, allow_expired: bool = False

@@ -27,7 +27,7 @@ from submitgw.auth import (
 )
 from submitgw.config import AuthConfig
 from submitgw.errors import AuthBusy, AuthFailed, SmtpReply
-from submitgw.store import Database, UserStore
+from submitgw.store import CredentialStore, Database, UserStore
 
 CHEAP = AuthConfig(argon2_time_cost=1, argon2_memory_kib=8192, argon2_parallelism=1)
 # Slow enough (~0.5 s a verify) that blocking the loop or a busy pool cannot be missed.
@@ -291,10 +291,10 @@ def test_a_failed_login_never_rehashes(
 
 @pytest.mark.slow
 def test_a_full_pool_answers_454_at_once(
-    make_auth: Callable[[AuthConfig], PasswordAuthenticator], users: UserStore
+    make_auth: Callable[[AuthConfig], PasswordAuthenticator], db: Database
 ) -> None:
     auth = make_auth(dataclasses.replace(SLOW, workers=1, max_pending=0))
-    users.set_password(ALICE, auth.hasher.hash(PASSWORD))
+    CredentialStore(db).change_password(ALICE, auth.hasher.hash(PASSWORD), keep=1)
 
     async def burst() -> list[Identity | BaseException]:
         return await asyncio.gather(
@@ -331,10 +331,10 @@ def test_capacity_is_workers_plus_max_pending(
 
 @pytest.mark.slow
 def test_verification_does_not_block_the_event_loop(
-    make_auth: Callable[[AuthConfig], PasswordAuthenticator], users: UserStore
+    make_auth: Callable[[AuthConfig], PasswordAuthenticator], db: Database
 ) -> None:
     auth = make_auth(dataclasses.replace(SLOW, workers=2))
-    users.set_password(ALICE, auth.hasher.hash(PASSWORD))
+    CredentialStore(db).change_password(ALICE, auth.hasher.hash(PASSWORD), keep=1)
 
     async def measure() -> tuple[float, float, int]:
         started = time.monotonic()
@@ -360,12 +360,12 @@ def test_verification_does_not_block_the_event_loop(
 
 @pytest.mark.slow
 def test_unknown_user_costs_as_much_as_a_wrong_password(
-    make_auth: Callable[[AuthConfig], PasswordAuthenticator], users: UserStore
+    make_auth: Callable[[AuthConfig], PasswordAuthenticator], db: Database
 ) -> None:
     """Without the dummy-hash verify an unknown user would answer ~100x faster."""
     cfg = AuthConfig(argon2_time_cost=2, argon2_memory_kib=16384, argon2_parallelism=1)
     auth = make_auth(cfg)
-    users.set_password(ALICE, auth.hasher.hash(PASSWORD))
+    CredentialStore(db).change_password(ALICE, auth.hasher.hash(PASSWORD), keep=1)
 
     def timed(login: str) -> float:
         started = time.perf_counter()

@@ -343,6 +343,29 @@ def test_sign_in_with_a_client_certificate(site: GatewayProcess) -> None:
     assert web.call("GET", "/api/account").status == 401
 
 
+def test_two_factor_users_need_password_and_certificate(site: GatewayProcess) -> None:
+    cert = site.issue_cert()
+    assert run_cli(site.config, "user", "set-auth", USER, "password+certificate").returncode == 0
+    with_cert = client(site, cert.context(site.ca_file))
+
+    cert_only = with_cert.request("POST", "/api/session", json_body={"certificate": True})
+    password_only = client(site).login(USER, PASSWORD)
+
+    assert cert_only.status == password_only.status == 401
+    assert password_only.json() == {"error": "Invalid email or password"}
+    assert with_cert.login(USER, PASSWORD).status == 200
+
+
+def test_sign_in_from_outside_the_users_networks_is_refused(site: GatewayProcess) -> None:
+    result = run_cli(site.config, "user", "set-networks", USER, "10.0.0.0/8")
+    assert result.returncode == 0, result.stderr
+
+    refused = client(site).login(USER, PASSWORD)
+
+    assert refused.status == 401
+    assert refused.json() == {"error": "Invalid email or password"}
+
+
 def test_no_certificate_no_certificate_sign_in(site: GatewayProcess) -> None:
     web = client(site)
     assert 'id="cert-login"' not in web.request("GET", "/").text

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from submitgw.store import Database, UserExists, UserNotFound, UserRecord, UserStore
+from submitgw.store import (
+    CredentialStore,
+    Database,
+    UserExists,
+    UserNotFound,
+    UserRecord,
+    UserStore,
+)
 from submitgw.store.models import User
 
 
@@ -56,16 +63,19 @@ def test_get_ignores_case_and_returns_none_when_missing(store: UserStore) -> Non
     assert store.get("nobody@example.org") is None
 
 
-def test_set_password_replaces_hash_and_bumps_updated_at(store: UserStore) -> None:
+def test_a_new_password_replaces_the_hash_and_bumps_updated_at(
+    store: UserStore, db: Database
+) -> None:
     before = store.add("dave@example.org", "old")
 
-    store.set_password("Dave@example.org", "new")
+    CredentialStore(db).change_password("Dave@example.org", "new", keep=5)
 
     after = store.get("dave@example.org")
     assert after is not None
     assert after.password_hash == "new"
     assert after.created_at == before.created_at
     assert after.updated_at > before.updated_at
+    assert after.password_changed_at == after.updated_at
     assert after.last_login_at is None
 
 
@@ -96,7 +106,6 @@ def test_delete_removes_user_and_frees_address(store: UserStore) -> None:
 @pytest.mark.parametrize(
     "change",
     [
-        pytest.param(lambda s: s.set_password("ghost@example.org", "h"), id="set_password"),
         pytest.param(lambda s: s.set_enabled("ghost@example.org", False), id="set_enabled"),
         pytest.param(lambda s: s.record_login("ghost@example.org"), id="record_login"),
         pytest.param(lambda s: s.record_login("ghost@example.org", "h"), id="record_login_rehash"),

@@ -97,16 +97,6 @@ def test_change_password_sets_the_date_and_clears_a_forced_expiry(
     assert recent_enough(record.password_changed_at)
 
 
-def test_change_password_may_leave_the_new_one_expired(
-    users: UserStore, creds: CredentialStore
-) -> None:
-    creds.change_password(ALICE, "hash-1", keep=5, expired=True)
-
-    record = user(users, ALICE)
-    assert record.password_expired
-    assert record.password_hash == "hash-1"
-
-
 def test_expire_password_touches_only_that_user(users: UserStore, creds: CredentialStore) -> None:
     creds.expire_password("ALICE@example.org")
 

@@ -123,9 +123,7 @@ class CredentialStore:
             ).all()
             return [user.password_hash, *older][:count]
 
-    def change_password(
-        self, email: str, new_hash: str, *, keep: int, expired: bool = False
-    ) -> None:
+    def change_password(self, email: str, new_hash: str, *, keep: int) -> None:
         """Set a new password in one transaction: the old hash moves to the history,
         which is trimmed to the `keep - 1` newest (the current one makes `keep`)."""
         now = utcnow()
@@ -140,7 +138,7 @@ class CredentialStore:
             )
             user.password_hash = new_hash
             user.password_changed_at = now
-            user.password_expired = expired
+            user.password_expired = False
             user.updated_at = now
             session.flush()
             stale = session.scalars(

@@ -105,16 +105,6 @@ class UserStore:
             user = session.scalars(select(User).where(User.email == normalise_email(email))).first()
             return _record(user) if user is not None else None
 
-    def set_password(self, email: str, password_hash: str) -> None:
-        now = utcnow()
-        self._update(
-            email,
-            password_hash=password_hash,
-            updated_at=now,
-            password_changed_at=now,
-            password_expired=False,
-        )
-
     def set_enabled(self, email: str, enabled: bool) -> None:
         self._update(email, enabled=enabled, updated_at=utcnow())
 
