@@ -181,3 +181,17 @@ def certificate_event(
         },
         logging.INFO if result == "ok" else logging.WARNING,
     )
+
+
+def connection_refused(*, listener: str, client: str, reason: str) -> None:
+    """A socket closed at accept, before any TLS work: over a connection cap or stopping."""
+    emit(
+        {
+            "event": "connection",
+            "listener": listener,
+            "client": client,
+            "result": "refused",
+            "reason": reason,
+        },
+        logging.WARNING,
+    )

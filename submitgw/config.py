@@ -134,6 +134,7 @@ class LimitsConfig:
     max_recipients: int = 100
     max_connections: int = 200
     idle_timeout: float = 300.0
+    tls_handshake_timeout: float = 10.0
     max_session_seconds: float = 1800.0
     max_messages_per_session: int = 1000
     max_junk_commands: int = 100
@@ -552,6 +553,8 @@ max_recipients = 100
 max_connections = 200
 # Seconds a client may stay silent (also between DATA lines).
 idle_timeout = 300.0
+# Seconds a TLS handshake (implicit TLS or after STARTTLS) may take.
+tls_handshake_timeout = 10.0
 # Seconds a session may last in all.
 max_session_seconds = 1800.0
 # Messages per session.

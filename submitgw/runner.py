@@ -37,7 +37,7 @@ async def _listen(gw: Gateway, listener: Listener, endpoint: Endpoint) -> asynci
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
     server = await loop.create_server(
-        gw.session_factory(listener),
+        gw.connection_factory(listener),
         host=endpoint.host,
         port=endpoint.port,
         family=family,
@@ -93,6 +93,22 @@ def _listeners(cfg: Config) -> list[tuple[Listener, Endpoint]]:
     ]
 
 
+def _status(gw: Gateway) -> None:
+    """SIGHUP: until configuration can be reloaded live, say so instead of dying."""
+    log.warning(
+        "SIGHUP: live reload is not supported; restart to apply configuration changes",
+        extra={
+            "event": {
+                "event": "status",
+                "signal": "SIGHUP",
+                "reload": "unsupported",
+                "connections": gw.connections.total,
+                "sessions": len(gw.sessions),
+            }
+        },
+    )
+
+
 async def serve(cfg: Config, db: Database) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
     networks = UserNetworkStore(db)
@@ -137,9 +153,10 @@ async def serve(cfg: Config, db: Database) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _status, gw)
     await stop.wait()
 
-    log.info("stopping: no new connections, %d session(s) open", len(gw.sessions))
+    log.info("stopping: no new connections, %d connection(s) open", gw.connections.total)
     for server in servers:
         server.close()
     if site is not None:

@@ -41,9 +41,10 @@ from submitgw.auth import (
 )
 from submitgw.binding import from_addresses
 from submitgw.config import Config, ListenerConfig
+from submitgw.connections import Connection, ConnectionTable
 from submitgw.errors import AuthFailed, RelayError, SmtpReply
 from submitgw.limiter import Limiter
-from submitgw.limits import LoginLocked, Quota, client_key
+from submitgw.limits import LoginLocked, Quota
 from submitgw.relay import Upstream, as_client_reply
 from submitgw.screen import ClientScreen
 from submitgw.store import SenderStore
@@ -106,6 +107,9 @@ class Gateway:
         # Sending limits and login lockouts; None (tests) checks neither.
         self.limiter = limiter
         self.sessions: set[Session] = set()
+        self.connections = ConnectionTable(
+            cfg.limits.max_connections, cfg.limits.max_connections_per_ip
+        )
         self.stopping = False
         self._background: set[asyncio.Task[None]] = set()
 
@@ -115,12 +119,19 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def session_factory(self, listener: Listener) -> Callable[[], Session]:
-        return lambda: Session(self, listener)
+    def connection_factory(self, listener: Listener) -> Callable[[], Connection]:
+        """Each accepted socket is counted (and maybe refused) before any TLS work."""
+        return lambda: Connection(
+            self.connections,
+            listener.name,
+            lambda connection: Session(self, listener, connection),
+            greet_refusals=not listener.implicit_tls,
+        )
 
     async def drain(self, grace: float) -> None:
         """Shutdown: idle sessions get 421 now, busy ones may finish within `grace`."""
         self.stopping = True
+        self.connections.closed = True
         for session in list(self.sessions):
             session.request_stop()
         deadline = time.monotonic() + grace
@@ -133,7 +144,7 @@ class Gateway:
 
 
 class Session(SMTP):
-    def __init__(self, gateway: Gateway, listener: Listener) -> None:
+    def __init__(self, gateway: Gateway, listener: Listener, connection: Connection) -> None:
         cfg = gateway.cfg
         self.line_length_limit = max(cfg.limits.max_auth_length, DATA_LINE_LIMIT) + 2
         super().__init__(
@@ -148,6 +159,8 @@ class Session(SMTP):
         self.gw = gateway
         self.cfg = cfg
         self.listener = listener
+        self.connection = connection
+        self.lost = False
         self.id = secrets.token_hex(6)
         self.tls_info: str | None = None
         self.tls_waiter: asyncio.Future[None] | None = None
@@ -176,14 +189,17 @@ class Session(SMTP):
         if upgrading:
             self.tls_info = describe(transport.get_extra_info("ssl_object"))
             return
-        peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if peer else "?"
+        self.client_ip = self.connection.client_ip
         self.gw.sessions.add(self)
         if self.listener.implicit_tls:
             # Before any byte arrives, so the ClientHello reaches the TLS layer.
             self.tls_waiter = self._begin_tls()
 
     def connection_lost(self, error: Exception | None) -> None:
+        """Called by the TLS layer, or by the connection when the layer did not."""
+        if self.lost:
+            return
+        self.lost = True
         self.gw.sessions.discard(self)
         super().connection_lost(error)
 
@@ -259,16 +275,6 @@ class Session(SMTP):
         try:
             if self.tls_waiter is not None:
                 await self._finish_tls(self.tls_waiter)
-            if len(self.gw.sessions) > self.cfg.limits.max_connections or self.gw.stopping:
-                self.end_reason = "too-many-connections"
-                await self.push("421 4.7.0 Too many connections, try again later")
-                return
-            client = client_key(self.client_ip)
-            same = sum(1 for s in self.gw.sessions if client_key(s.client_ip) == client)
-            if same > self.cfg.limits.max_connections_per_ip:
-                self.end_reason = "too-many-connections-from-client"
-                await self.push("421 4.7.0 Too many connections from your address, try later")
-                return
             if self.gw.screen is not None:
                 refusal = await self.gw.screen.refusal(self.client_ip, self.id)
                 if refusal is not None:
@@ -303,6 +309,7 @@ class Session(SMTP):
             self.gw.spawn(upstream.quit())
         if self.transport is not None:
             self.transport.close()
+        self.connection.finished()
         audit.session_event(
             session=self.id,
             listener=self.listener.name,
@@ -417,21 +424,24 @@ class Session(SMTP):
         )
         self._original_transport = self.transport
         assert self._original_transport is not None
-        self._original_transport.set_protocol(self._tls_protocol)
+        self.connection.layer(self._tls_protocol)
         self.transport = self._tls_protocol._app_transport
         self._tls_protocol.connection_made(self._original_transport)
         return waiter
 
     async def _finish_tls(self, waiter: asyncio.Future[None]) -> None:
         try:
-            await asyncio.wait_for(waiter, self.cfg.limits.idle_timeout)
+            await asyncio.wait_for(waiter, self.cfg.limits.tls_handshake_timeout)
         except (TimeoutError, ConnectionError, ssl.SSLError, OSError) as exc:
             self.end_reason = "tls-failed"
             reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
             audit.tls_failure(
                 session=self.id, client=self.client_ip, reason=str(reason or type(exc).__name__)
             )
-            raise _Closed("TLS handshake failed") from exc
+            # The TLS layer's frames in this traceback refer back to the exception, a
+            # cycle that would keep each failed handshake's buffers until a full GC.
+            exc.__traceback__ = None
+            raise _Closed("TLS handshake failed") from None
         assert self.transport is not None
         ssl_object = self.transport.get_extra_info("ssl_object")
         self.tls_info = describe(ssl_object)
