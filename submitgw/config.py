@@ -135,6 +135,7 @@ class LimitsConfig:
     max_connections: int = 200
     idle_timeout: float = 300.0
     tls_handshake_timeout: float = 10.0
+    login_timeout: float = 60.0
     max_session_seconds: float = 1800.0
     max_messages_per_session: int = 1000
     max_junk_commands: int = 100
@@ -555,6 +556,9 @@ max_connections = 200
 idle_timeout = 300.0
 # Seconds a TLS handshake (implicit TLS or after STARTTLS) may take.
 tls_handshake_timeout = 10.0
+# Seconds a client has from connecting to logging in (AUTH, or a certificate of a
+# known user); then "421 4.4.2". Strangers cannot hold a connection longer.
+login_timeout = 60.0
 # Seconds a session may last in all.
 max_session_seconds = 1800.0
 # Messages per session.

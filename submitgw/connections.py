@@ -29,39 +29,60 @@ CLOSE_GRACE = 5.0
 class Upper(Protocol):
     """What `Connection` needs of the protocol it carries (a session)."""
 
+    @property
+    def identified(self) -> bool: ...
     def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
     def connection_lost(self, exc: Exception | None) -> None: ...
+    def evict(self) -> None: ...
 
 
 class ConnectionTable:
-    """Live connections, in all and per client address (IPv6 grouped by /64)."""
+    """Live connections, in all and per client address (IPv6 grouped by /64).
+
+    When every slot is taken, the oldest connection whose client has not yet
+    identified itself gives its slot to the newcomer: otherwise idle or slow
+    strangers could hold every slot, and identified users would be refused.
+    """
 
     def __init__(self, max_total: int, max_per_client: int) -> None:
         self.max_total = max_total
         self.max_per_client = max_per_client
-        self.total = 0
+        self.live: dict[Connection, None] = {}  # oldest first
         self.per_client: Counter[str] = Counter()
         self.closed = False
+        self.evicted = 0
 
-    def admit(self, ip: str) -> str | None:
+    @property
+    def total(self) -> int:
+        return len(self.live)
+
+    def admit(self, connection: Connection) -> str | None:
         """Count a new connection; or say why it is refused (and count nothing)."""
         if self.closed:
             return "shutting-down"
-        if self.total >= self.max_total:
-            return "too-many-connections"
-        key = client_key(ip)
+        key = client_key(connection.client_ip)
         if self.per_client[key] >= self.max_per_client:
             return "too-many-connections-from-client"
-        self.total += 1
+        if self.total >= self.max_total and not self._evict_one():
+            return "too-many-connections"
+        self.live[connection] = None
         self.per_client[key] += 1
         return None
 
-    def release(self, ip: str) -> None:
-        key = client_key(ip)
-        self.total -= 1
+    def release(self, connection: Connection) -> None:
+        del self.live[connection]
+        key = client_key(connection.client_ip)
         self.per_client[key] -= 1
         if self.per_client[key] <= 0:
             del self.per_client[key]
+
+    def _evict_one(self) -> bool:
+        for connection in self.live:
+            if not connection.identified:
+                connection.evict()
+                self.evicted += 1
+                return True
+        return False
 
 
 REFUSALS = {
@@ -110,7 +131,7 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "?"
-        refusal = self.table.admit(self.client_ip)
+        refusal = self.table.admit(self)
         if refusal is not None:
             audit.connection_refused(listener=self.listener, client=self.client_ip, reason=refusal)
             if self.greet_refusals:
@@ -126,12 +147,11 @@ class Connection(asyncio.Protocol):
         session.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
         if self._cut is not None:
             self._cut.cancel()
             self._cut = None
-        if self.counted:
-            self.counted = False
-            self.table.release(self.client_ip)
+        self._release()
         upper, self.upper = self.upper, None
         if upper is not None and upper is not self.session:
             # The layer may or may not tell the session (a TLS layer does not
@@ -140,6 +160,22 @@ class Connection(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self._session_lost, exc)
         else:
             self._session_lost(exc)
+
+    def _release(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.table.release(self)
+
+    @property
+    def identified(self) -> bool:
+        return self.session is not None and self.session.identified
+
+    def evict(self) -> None:
+        """Give the slot up now; the session says goodbye, the socket follows."""
+        self._release()
+        if self.session is not None:
+            self.session.evict()
+        self._cut_later()
 
     def _session_lost(self, exc: Exception | None) -> None:
         if self.session is not None and not self.session_lost:
@@ -181,6 +217,9 @@ class Connection(asyncio.Protocol):
 
     def finished(self) -> None:
         """The session is over: the socket gets a moment to flush, then is cut."""
-        if self.transport is None or self._cut is not None or not self.counted:
+        self._cut_later()
+
+    def _cut_later(self) -> None:
+        if self.transport is None or self._cut is not None:
             return
         self._cut = asyncio.get_running_loop().call_later(CLOSE_GRACE, self.transport.abort)

@@ -177,6 +177,7 @@ class Session(SMTP):
         self.client_ip = "?"
         self.started = time.monotonic()
         self.deadline = self.started + cfg.limits.max_session_seconds
+        self.login_deadline = self.started + cfg.limits.login_timeout
         self.waiting_for_command = False
         self.stop_requested = False
         self.end_reason = "disconnect"
@@ -203,6 +204,16 @@ class Session(SMTP):
         self.gw.sessions.discard(self)
         super().connection_lost(error)
 
+    @property
+    def identified(self) -> bool:
+        """Logged in, or holding a certificate of a known user: no longer a stranger."""
+        return self.identity is not None or self.cert is not None
+
+    def evict(self) -> None:
+        """Every slot is taken and a newcomer needs this stranger's."""
+        self.end_reason = "evicted"
+        self._say_goodbye("421 4.7.0 Too many connections, closing this one")
+
     def request_stop(self) -> None:
         self.stop_requested = True
         if self.waiting_for_command and self.txn is None:
@@ -211,6 +222,9 @@ class Session(SMTP):
     def abort(self, line: str) -> None:
         """End the session from outside the command loop (shutdown)."""
         self.end_reason = "shutdown"
+        self._say_goodbye(line)
+
+    def _say_goodbye(self, line: str) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(line.encode("ascii") + b"\r\n")
@@ -234,14 +248,14 @@ class Session(SMTP):
 
     async def _readline(self, limit: int) -> bytes:
         """One line including its LF; idle timeout and session lifetime both apply."""
-        remaining = self.deadline - time.monotonic()
+        remaining, why = self._time_left()
         timeout = min(self.cfg.limits.idle_timeout, remaining)
         if timeout <= 0:
-            await self._timeout("Session lifetime exceeded")
+            await self._timeout(why)
         try:
             line = await asyncio.wait_for(self._reader.readuntil(b"\n"), timeout)
         except TimeoutError:
-            await self._timeout("Idle timeout" if remaining > timeout else "Session too long")
+            await self._timeout("Idle timeout" if remaining > timeout else why)
         except asyncio.IncompleteReadError as exc:
             raise _Closed("eof") from exc
         except asyncio.LimitOverrunError as exc:
@@ -250,6 +264,13 @@ class Session(SMTP):
         if len(line) > limit:
             raise _LineTooLong()
         return line
+
+    def _time_left(self) -> tuple[float, str]:
+        """Seconds until the session's lifetime, or a stranger's time to log in, ends."""
+        now = time.monotonic()
+        if not self.identified and self.login_deadline < self.deadline:
+            return self.login_deadline - now, "No login in time"
+        return self.deadline - now, "Session lifetime exceeded"
 
     async def _discard_line(self, consumed: int) -> None:
         await self._reader.readexactly(consumed)

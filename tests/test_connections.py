@@ -228,3 +228,40 @@ def test_per_address_cap_applies_at_accept_before_tls(gateway_factory: Any) -> N
     assert (
         Dialog(gw.tls_port, tls_context=gw.ssl_context(), source="127.0.0.5").greeting.code == 220
     )
+
+
+def test_strangers_give_their_slots_to_newcomers_when_full(
+    gateway_factory: Any, smarthost: CaptureSmarthost
+) -> None:
+    gw = gateway_factory({"limits": {"max_connections": 4, "max_connections_per_ip": 4}})
+    strangers = [Dialog(gw.port, source=f"127.0.2.{n}") for n in (1, 1, 2, 2)]
+    assert all(d.greeting.code == 220 for d in strangers)
+
+    client = gw.smtp()  # from 127.0.0.1: the oldest stranger makes room
+    assert strangers[0].read().lines == ["421 4.7.0 Too many connections, closing this one"]
+    assert strangers[0].closed()
+    client.sendmail("alice@example.org", ["bob@example.net"], MSG)
+    assert smarthost.wait_for_messages(1)
+
+    # Identified users are never evicted: with only them left, a newcomer is refused.
+    users = [client] + [gw.smtp() for _ in range(3)]
+    assert all(d.closed() for d in strangers)
+    assert Dialog(gw.port, source="127.0.2.3").greeting.lines == [
+        "421 4.7.0 Too many connections, try again later"
+    ]
+    for user in users:
+        assert user.noop()[0] == 250
+    assert [e["end"] for e in gw.log_events("session")].count("evicted") == 4
+
+
+def test_strangers_must_log_in_in_time(gateway_factory: Any) -> None:
+    gw = gateway_factory({"limits": {"login_timeout": 1.0}})
+    stranger = Dialog(gw.port)
+    assert stranger.cmd("EHLO client.test").code == 250
+    user = gw.smtp()
+    started = time.monotonic()
+    assert stranger.read().lines == ["421 4.4.2 gw.test No login in time, closing connection"]
+    assert time.monotonic() - started < 2
+    assert stranger.closed()
+    time.sleep(1)
+    assert user.noop()[0] == 250
