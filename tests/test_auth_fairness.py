@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from submitgw.auth import Identity, PasswordAuthenticator, make_hasher
-from submitgw.config import AuthConfig, LimitsConfig
+from submitgw.config import AuthConfig, ConfigError, LimitsConfig, from_dict
 from submitgw.errors import AuthBusy, AuthFailed
 from submitgw.limiter import Limiter
 from submitgw.limits import (
@@ -113,6 +113,20 @@ def test_successes_are_counted_apart_from_failures() -> None:
     assert success_key(account_key("Alice@Example.org")) == "ok:acct:alice@example.org"
     assert success_key(ip_key("2001:db8::1")) == "ok:ip:2001:db8::/64"
     assert TooManyLogins().line == "454 4.7.0 Too many logins, try again later"
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("auth", "max_pending_per_ip"),
+        ("auth", "max_pending_per_account"),
+        ("limits", "auth_successes_per_account"),
+        ("limits", "auth_successes_per_ip"),
+    ],
+)
+def test_shares_and_success_limits_must_be_positive(section: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        from_dict({section: {key: 0}}, Path("/"))
 
 
 # --- the authenticator ----------------------------------------------------------------------
@@ -272,10 +286,9 @@ def test_successes_are_refused_unchecked_once_over_the_limit(sqlite_db: Database
     assert asyncio.run(attempt(ALICE, "127.0.0.2")) == ALICE
 
 
-def test_a_success_is_one_write_that_also_forgets_the_names_failures(
-    sqlite_db: Database,
-) -> None:
-    store = CounterStore(sqlite_db)
+def test_a_success_is_one_write_that_also_forgets_the_names_failures(db: Database) -> None:
+    """On each backend (the shared `db` fixture)."""
+    store = CounterStore(db)
     store.record_failure(["acct:alice", "ip:127.0.0.2"], 100, 0)
 
     store.record_success(["ok:acct:alice", "ok:ip:127.0.0.2"], 100, forget="acct:alice")
