@@ -277,13 +277,18 @@ class Limiter:
         now = self._clock()
         try:
             await self._off_loop(
-                self.store.record_success,
-                [success_key(account), success_key(client)],
-                self.logins.bucket(now),
-                forget,
+                self._record_success, account, client, forget, now, self._prune_due(now)
             )
         except Exception as exc:
             log.error("could not count a login: %s", type(exc).__name__)
+
+    def _record_success(
+        self, account: str, client: str, forget: str | None, now: float, prune: bool
+    ) -> None:
+        keys = [success_key(account), success_key(client)]
+        self.store.record_success(keys, self.logins.bucket(now), forget)
+        if prune:
+            self._prune(now)
 
     async def _failed(self, authcid: bytes, client_ip: str) -> None:
         now = self._clock()
