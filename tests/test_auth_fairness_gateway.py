@@ -125,7 +125,7 @@ def test_a_correct_password_in_a_loop_does_not_keep_others_out(
         flooding = list(flood.codes)
 
     assert [code for code, _ in victim] == [235] * VICTIM_TRIES, victim
-    assert max(seconds for _, seconds in victim) < 5, victim
+    assert max(seconds for _, seconds in victim) < 10, victim
     # The flood did run, and was held to its share: some got through, the excess 454.
     assert 235 in flooding and 454 in flooding, sorted(set(flooding))
     assert set(flooding) <= {235, 454}, sorted(set(flooding))
