@@ -2,7 +2,11 @@
 
 argon2id costs ~100 ms of CPU per verify, so verification (and the database read
 that goes with it) runs in a bounded thread pool; when the pool and its queue are
-full the client gets `454 4.7.0` at once instead of stalling every session.
+full the client gets `454 4.7.0` at once instead of stalling every session. One
+client address or login name holds only a few of its places (`limits.PoolShares`),
+so a loop of logins, even with the right password, cannot keep others out. A
+place is given back when the work is over, not when the client stops waiting:
+a client that hangs up mid-verify still holds it while argon2 runs.
 Every failure path verifies a hash, so unknown, disabled and wrong-password
 logins all cost the same time and get the same `535 5.7.8`.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +35,7 @@ from submitgw.access import source_allowed
 from submitgw.address import normalise_login
 from submitgw.config import AuthConfig, PasswordsConfig
 from submitgw.errors import AuthBusy, AuthFailed, SmtpReply
+from submitgw.limits import PoolShares, account_key, client_key
 from submitgw.passwords import app_password_form, is_expired
 from submitgw.store import (
     AppPasswordHash,
@@ -167,8 +173,9 @@ class PasswordAuthenticator:
         self._hasher = make_hasher(cfg)
         self._dummy_hash = self._hasher.hash("not a password of anybody's")
         self._pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="argon2")
-        self._capacity = cfg.workers + cfg.max_pending
-        self._in_flight = 0
+        self.shares = PoolShares(
+            cfg.workers + cfg.max_pending, cfg.max_pending_per_ip, cfg.max_pending_per_account
+        )
 
     @property
     def hasher(self) -> argon2.PasswordHasher:
@@ -176,13 +183,31 @@ class PasswordAuthenticator:
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run argon2 work in the bounded pool; `454 4.7.0` when it is full or the store fails."""
-        if self._in_flight >= self._capacity:
-            log.warning("auth pool saturated (%d in flight)", self._in_flight)
+        return await self._run(None, None, functools.partial(fn, *args, **kwargs))
+
+    async def _run(self, client_ip: str | None, authcid: bytes | None, call: Callable[[], T]) -> T:
+        """`run`, counted against the client's and the login name's share of the pool."""
+        client = client_key(client_ip) if client_ip is not None else None
+        account = account_key(authcid) if authcid is not None else None
+        share = self.shares.claim(client, account)
+        if share is None:
+            log.warning(
+                "auth pool: %s share full (%d in flight)",
+                self.shares.refusal(client, account) or "pool",
+                self.shares.holding(),
+            )
             raise AuthBusy()
-        self._in_flight += 1
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+            work = self._pool.submit(call)
+        except RuntimeError as exc:
+            share.release()
+            raise SmtpReply(
+                454, "4.7.0", "Temporary authentication failure, try again later"
+            ) from exc
+        # Before the loop hears of the result, so the place is free when the caller resumes.
+        work.add_done_callback(lambda _: share.release())
+        try:
+            return await asyncio.wrap_future(work)
         except (SmtpReply, ValueError, UserNotFound, AppPasswordNotFound):
             # Answers for the caller to give (a rule broken, no such account).
             raise
@@ -191,8 +216,6 @@ class PasswordAuthenticator:
             raise SmtpReply(
                 454, "4.7.0", "Temporary authentication failure, try again later"
             ) from exc
-        finally:
-            self._in_flight -= 1
 
     async def login(
         self,
@@ -204,7 +227,10 @@ class PasswordAuthenticator:
         client_ip: str = "?",
     ) -> Identity:
         """SMTP AUTH: the password or an app password; raises AuthFailed, PasswordExpired, 454."""
-        found = await self.run(self._check, authcid, password, authzid, cert, client_ip, True)
+        check = functools.partial(
+            self._check, authcid, password, authzid, cert, client_ip, allow_app=True
+        )
+        found = await self._run(client_ip, authcid, check)
         if found is None:
             raise AuthFailed()
         if found.app is None and found.expired:
@@ -219,9 +245,11 @@ class PasswordAuthenticator:
     ) -> Verified:
         """Self-service sign-in: the account password only (never an app password),
         accepted even when expired, so that it can set a new one."""
-        found = await self.run(
-            self._check, login.encode(), password.encode(), b"", cert, client_ip, False
+        authcid = login.encode()
+        check = functools.partial(
+            self._check, authcid, password.encode(), b"", cert, client_ip, allow_app=False
         )
+        found = await self._run(client_ip, authcid, check)
         if found is None:
             raise AuthFailed()
         return found

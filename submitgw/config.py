@@ -100,6 +100,10 @@ class DatabaseConfig:
 class AuthConfig:
     workers: int = 2
     max_pending: int = 16
+    # Places in the pool (waiting or running) one client IP (IPv6: one /64) and one
+    # login name may hold at once, so that no client can keep the others out.
+    max_pending_per_ip: int = 4
+    max_pending_per_account: int = 3
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     argon2_parallelism: int = 4
@@ -155,6 +159,9 @@ class LimitsConfig:
     auth_lockout: float = 900.0
     auth_delay: float = 0.5
     auth_max_delay: float = 8.0
+    # Successful logins per login name and per client IP within auth_window.
+    auth_successes_per_account: int = 600
+    auth_successes_per_ip: int = 1200
 
 
 @dataclass(frozen=True)
@@ -407,6 +414,8 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
             raise ConfigError(f"[limits] {name} must be positive")
     if auth.workers < 1 or auth.max_pending < 0:
         raise ConfigError("[auth] workers must be >= 1 and max_pending >= 0")
+    if auth.max_pending_per_ip < 1 or auth.max_pending_per_account < 1:
+        raise ConfigError("[auth] max_pending_per_ip and max_pending_per_account must be >= 1")
     passwords = _build(PasswordsConfig, _section(data, "passwords"), "passwords")
     if not 1 <= passwords.min_length <= passwords.max_length:
         raise ConfigError("[passwords] need 1 <= min_length <= max_length")
@@ -516,6 +525,10 @@ url = "sqlite:///submitgw.db"
 workers = 2
 # Logins allowed to wait for a worker; beyond it clients get "454 4.7.0".
 max_pending = 16
+# Logins one client IP (IPv6: one /64) and one login name may have waiting or
+# running at once; beyond it "454 4.7.0" without checking the password.
+max_pending_per_ip = 4
+max_pending_per_account = 3
 # argon2id parameters for new hashes; older hashes are upgraded at the next login.
 argon2_time_cost = 3
 argon2_memory_kib = 65536
@@ -592,6 +605,10 @@ auth_failures_per_ip = 20
 auth_lockout = 900.0
 auth_delay = 0.5
 auth_max_delay = 8.0
+# Successful logins per login name and per client IP within auth_window; beyond
+# them "454 4.7.0", refused before the password is checked.
+auth_successes_per_account = 600
+auth_successes_per_ip = 1200
 
 [smarthost]
 # The internal MTA(s) that receive accepted mail, tried in order on connection failure.

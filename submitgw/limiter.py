@@ -5,10 +5,14 @@ it for the transaction's RCPTs; a message is counted (an UPSERT per key) once
 the smarthost has accepted it, so refused or failed messages cost nothing.
 Messages accepted while a count is being written share the next write.
 
-Logins: the lockouts and failure counts of the account name and the client
-are read *before* a password is checked, so a locked-out guesser costs one
-small query and no argon2 work; the delay is served by the event loop, not a
-worker thread. Only a checked password that failed is counted.
+Logins: the lockouts, failure and success counts of the account name and the
+client are read in one query *before* a password is checked, so a locked-out
+guesser, or a client that has used up its successful logins, costs that small
+query and no argon2 work; the delay is served by the event loop, not a worker
+thread. A checked password is counted once: as a failure, or as a success (one
+upsert, which also forgets the account's failures when it had any).
+Concurrent logins all read the counts before any is written, so a limit may be
+overshot by the logins in flight, which `[auth] max_pending_per_*` bound.
 
 A database error never lets a message or a login through unchecked: MAIL gets
 `451 4.3.0` and AUTH `454 4.7.0`, as when the user store is unavailable.
@@ -26,12 +30,14 @@ from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
 
 from submitgw import audit
+from submitgw.auth import PasswordExpired
 from submitgw.config import LimitsConfig
 from submitgw.errors import AuthFailed, SmtpReply
 from submitgw.limits import (
     IP,
     LoginLocked,
     Quota,
+    TooManyLogins,
     Window,
     account_key,
     format_time,
@@ -42,6 +48,8 @@ from submitgw.limits import (
     login_name,
     quota,
     reset_time,
+    success_key,
+    success_limit_reached,
     user_key,
 )
 from submitgw.store.counters import CounterStore
@@ -203,14 +211,16 @@ class Limiter:
     ) -> T:
         """Run `verify` (the password check) unless the name or client is locked out.
 
-        Raises `LoginLocked` (454) without calling `verify`; waits the escalating
-        delay before calling it; counts it if it raises `AuthFailed`.
+        Raises `LoginLocked` or `TooManyLogins` (454) without calling `verify`;
+        waits the escalating delay before calling it; counts it as a failure if
+        it raises `AuthFailed`, as a success if it returns.
         """
         account, client = account_key(authcid), ip_key(client_ip)
+        keys = [account, client, success_key(account), success_key(client)]
         now = self._clock()
         try:
             state = await self._off_loop(
-                self.store.login_state, [account, client], self.logins.first_counted(now)
+                self.store.login_state, keys, self.logins.first_counted(now)
             )
         except Exception as exc:
             log.error("login counters unavailable: %s", type(exc).__name__)
@@ -220,6 +230,13 @@ class Limiter:
         until = max((lock.locked_until.timestamp() for lock in state.locks), default=0.0)
         if until > now:
             raise LoginLocked(until)
+        over = success_limit_reached(
+            state.failures.get(success_key(account), 0),
+            state.failures.get(success_key(client), 0),
+            self.cfg,
+        )
+        if over is not None:
+            raise self._too_many_logins(over, authcid, client_ip)
         account_failures = state.failures.get(account, 0)
         delay = login_delay(account_failures, state.failures.get(client, 0), self.cfg)
         if delay > 0:
@@ -229,12 +246,49 @@ class Limiter:
         except AuthFailed:
             await self._failed(authcid, client_ip)
             raise
-        if account_failures:
-            try:
-                await self._off_loop(self.store.forget_failures, account)
-            except Exception as exc:
-                log.error("login counters unavailable: %s", type(exc).__name__)
+        except PasswordExpired:
+            # The right password all the same: a client retrying it in a loop is counted.
+            await self._succeeded(account, client, None)
+            raise
+        await self._succeeded(account, client, account if account_failures else None)
         return identity
+
+    def _too_many_logins(self, which: str, authcid: bytes, client_ip: str) -> TooManyLogins:
+        """The refusal, logged for the admin with the limit that was reached."""
+        reply = TooManyLogins()
+        limit = (
+            self.cfg.auth_successes_per_ip if which == IP else self.cfg.auth_successes_per_account
+        )
+        audit.emit(
+            {
+                "event": "limit",
+                "client": client_ip,
+                "user": login_name(authcid) if which == "account" else None,
+                "limit": f"{which} logins",
+                "max": limit,
+                "reply": reply.line,
+            },
+            logging.WARNING,
+        )
+        return reply
+
+    async def _succeeded(self, account: str, client: str, forget: str | None) -> None:
+        """Count a successful login; a failure to count is logged, the login stands."""
+        now = self._clock()
+        try:
+            await self._off_loop(
+                self._record_success, account, client, forget, now, self._prune_due(now)
+            )
+        except Exception as exc:
+            log.error("could not count a login: %s", type(exc).__name__)
+
+    def _record_success(
+        self, account: str, client: str, forget: str | None, now: float, prune: bool
+    ) -> None:
+        keys = [success_key(account), success_key(client)]
+        self.store.record_success(keys, self.logins.bucket(now), forget)
+        if prune:
+            self._prune(now)
 
     async def _failed(self, authcid: bytes, client_ip: str) -> None:
         now = self._clock()

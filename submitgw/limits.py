@@ -8,7 +8,8 @@ which buckets a window covers, whether a limit is exceeded, when it frees up
 again, how long a login waits and which keys a failure locks.
 
 Keys name who is counted: `user:EMAIL` and `ip:CLIENT` for sending limits,
-`acct:LOGIN` and `ip:CLIENT` for failed logins. CLIENT is the IPv4 address or
+`acct:LOGIN` and `ip:CLIENT` for failed logins, `ok:acct:LOGIN` and
+`ok:ip:CLIENT` for successful ones. CLIENT is the IPv4 address or
 the IPv6 /64 a client connects from: one IPv6 host can use a whole /64, so
 counting single IPv6 addresses would let it step around every per-IP limit.
 """
@@ -19,7 +20,9 @@ import functools
 import hashlib
 import ipaddress
 import math
-from dataclasses import dataclass
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from submitgw.config import LimitsConfig
@@ -106,6 +109,11 @@ def ip_key(client_ip: str) -> str:
 
 def account_key(authcid: bytes | str) -> str:
     return f"acct:{login_name(authcid)}"
+
+
+def success_key(key: str) -> str:
+    """Where the successful logins of `key` (an account or client key) are counted."""
+    return f"ok:{key}"
 
 
 # --- sending limits ---------------------------------------------------------------------
@@ -293,3 +301,107 @@ class LoginLocked(SmtpReply):
             454, "4.7.0", f"Too many failed logins, try again after {format_time(until)}"
         )
         self.until = until
+
+
+def success_limit_reached(
+    account_successes: int, ip_successes: int, cfg: LimitsConfig
+) -> str | None:
+    """Which of ("account", "ip") has used up its successful logins, if any.
+
+    Checked before a password is verified, so a client that logs in far more
+    often than any mail client would costs a query, not argon2 work.
+    """
+    if account_successes >= cfg.auth_successes_per_account:
+        return "account"
+    if ip_successes >= cfg.auth_successes_per_ip:
+        return IP
+    return None
+
+
+class TooManyLogins(SmtpReply):
+    """Successful logins of the name or the client used up for the window.
+
+    One text for both, and no time, so it says nothing about which was counted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(454, "4.7.0", "Too many logins, try again later")
+
+
+# --- the password-checking pool ---------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Share:
+    """One place in the pool, held by a client and maybe an account name until released."""
+
+    owner: PoolShares
+    client: str | None
+    account: str | None
+    released: bool = field(default=False, init=False)
+
+    def release(self) -> None:
+        """Give the place back; only the first call counts (every path may call it)."""
+        self.owner._release(self)
+
+
+class PoolShares:
+    """Who holds the places (waiting or running) of the bounded argon2 pool.
+
+    First come, first served alone lets one client with a correct password
+    fill the pool in a loop and leave every other login a 454. So besides the
+    pool's capacity, each client (`client_key`) and each login name holds at
+    most a few places. Thread-safe: places are claimed on the event loop and
+    given back by the worker thread that finished the work.
+    """
+
+    def __init__(self, capacity: int, per_client: int, per_account: int) -> None:
+        self.capacity = capacity
+        self.per_client = per_client
+        self.per_account = per_account
+        self.held = 0
+        self._clients: Counter[str] = Counter()
+        self._accounts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def claim(self, client: str | None = None, account: str | None = None) -> Share | None:
+        """A place for `client` and `account` (None: not counted), or None when refused."""
+        with self._lock:
+            if self.refusal(client, account) is not None:
+                return None
+            self.held += 1
+            if client is not None:
+                self._clients[client] += 1
+            if account is not None:
+                self._accounts[account] += 1
+            return Share(self, client, account)
+
+    def refusal(self, client: str | None, account: str | None) -> str | None:
+        """Why a claim would be refused now ("pool", "ip", "account"), or None."""
+        if self.held >= self.capacity:
+            return "pool"
+        if client is not None and self._clients[client] >= self.per_client:
+            return IP
+        if account is not None and self._accounts[account] >= self.per_account:
+            return "account"
+        return None
+
+    def holding(self, client: str | None = None, account: str | None = None) -> int:
+        """Places held in all (no arguments), or by `client` or `account`."""
+        if client is not None:
+            return self._clients[client]
+        if account is not None:
+            return self._accounts[account]
+        return self.held
+
+    def _release(self, share: Share) -> None:
+        with self._lock:
+            if share.released:
+                return
+            share.released = True
+            self.held -= 1
+            for counter, key in ((self._clients, share.client), (self._accounts, share.account)):
+                if key is not None:
+                    counter[key] -= 1
+                    if counter[key] == 0:
+                        del counter[key]

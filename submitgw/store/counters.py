@@ -10,6 +10,9 @@ the rows in the same order and cannot deadlock.
 Everything here is keyed by name, not by a `users` row, because failed logins
 must be counted and locked for names that do not exist exactly as for names
 that do. Only the per-user limits belong to a user (and go with it).
+Successful logins are counted in `auth_failures` too, under keys of their own
+(`ok:acct:…`, `ok:ip:…`, see `limits`): one window query then reads a login's
+failures and successes together, and one prune forgets both.
 """
 
 from __future__ import annotations
@@ -43,7 +46,10 @@ class RateCounter(Base):
 
 
 class AuthFailure(Base):
-    """Failed logins of an account name or a client during one bucket of time."""
+    """Logins of an account name or a client during one bucket of time.
+
+    Failed ones under `acct:`/`ip:` keys, successful ones under `ok:` keys.
+    """
 
     __tablename__ = "auth_failures"
 
@@ -235,7 +241,10 @@ class CounterStore:
     # --- failed logins and lockouts -----------------------------------------------------
 
     def login_state(self, keys: Iterable[str], since: int) -> LoginState:
-        """Locks on the keys (expired ones included) and their failures since bucket `since`."""
+        """Locks on the keys (expired ones included) and their counts since bucket `since`.
+
+        `failures` holds the count of every key asked for, `ok:` keys included.
+        """
         keys = list(keys)
         with self._db.engine.begin() as connection:
             locks = tuple(
@@ -255,6 +264,17 @@ class CounterStore:
             sums = connection.execute(_FAILURES, {"keys": keys, "since": since})
             counted = {row[0]: int(row[1] or 0) for row in sums}
         return {key: counted.get(key, 0) for key in keys}
+
+    def record_success(self, keys: Iterable[str], bucket: int, forget: str | None = None) -> None:
+        """Count one successful login for every key, and forget the failures of `forget`.
+
+        One transaction: a login writes once, whether or not it had failures to forget.
+        """
+        rows = [{"key": key, "bucket": bucket, "failures": 1} for key in sorted(set(keys))]
+        with self._db.engine.begin() as connection:
+            connection.execute(self._add_failures, rows)
+            if forget is not None:
+                connection.execute(delete(AuthFailure).where(AuthFailure.key == forget))
 
     def lock(self, key: str, until: datetime, failures: int) -> None:
         """Lock `key` until `until`; a lock set meanwhile by another gateway is replaced.
