@@ -131,11 +131,23 @@ def auth_event(
     ok: bool,
     locked: bool = False,
     expired: bool = False,
+    limited: bool = False,
     app_password: str | None = None,
 ) -> None:
     """`locked`: refused unchecked because the name or the client is locked out;
-    `expired`: the right password, refused because it is too old or expired by an admin."""
-    result = "ok" if ok else "locked" if locked else "expired" if expired else "failed"
+    `expired`: the right password, refused because it is too old or expired by an admin;
+    `limited`: refused unchecked, the name or client used up its successful logins."""
+    result = (
+        "ok"
+        if ok
+        else "locked"
+        if locked
+        else "limited"
+        if limited
+        else "expired"
+        if expired
+        else "failed"
+    )
     event: dict[str, Any] = {
         "event": "auth",
         "session": session,

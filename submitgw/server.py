@@ -44,7 +44,7 @@ from submitgw.config import Config, ListenerConfig
 from submitgw.connections import Connection, ConnectionTable
 from submitgw.errors import AuthFailed, RelayError, SmtpReply
 from submitgw.limiter import Limiter
-from submitgw.limits import LoginLocked, Quota
+from submitgw.limits import LoginLocked, Quota, TooManyLogins
 from submitgw.relay import Upstream, as_client_reply
 from submitgw.screen import ClientScreen
 from submitgw.store import SenderStore
@@ -527,6 +527,7 @@ class Session(SMTP):
                 user=attempted,
                 ok=False,
                 locked=isinstance(err, LoginLocked),
+                limited=isinstance(err, TooManyLogins),
                 expired=isinstance(err, PasswordExpired),
             )
             raise

@@ -155,6 +155,8 @@ def test_successful_logins_are_limited_per_account_and_per_address(
     assert bob_elsewhere.code == 235
     limits = [e["limit"] for e in gw.log_events("limit")]
     assert limits == ["account logins", "account logins", "ip logins"]
+    results = [e["result"] for e in gw.log_events("auth")]
+    assert results.count("limited") == 3 and "failed" not in results
 
 
 def test_logins_over_the_success_limit_cost_no_password_check(gateway_factory: Any) -> None:
