@@ -574,13 +574,15 @@ def test_error_flood_is_cut(gateway_factory: Any) -> None:
 
 def test_connection_limit(gateway_factory: Any) -> None:
     gw = gateway_factory({"limits": {"max_connections": 2}})
-    first, second = Dialog(gw.port), Dialog(gw.port)
-    assert first.greeting.code == second.greeting.code == 220
+    # Logged in, so neither gives way to a newcomer (strangers would: see test_connections).
+    first, second = tls_dialog(gw), tls_dialog(gw)
     third = Dialog(gw.port)
     assert third.greeting.lines == ["421 4.7.0 Too many connections, try again later"]
     first.cmd("QUIT")
+    first.close()  # the slot is the socket's: it is free once the socket is gone
     time.sleep(0.3)
     assert Dialog(gw.port).greeting.code == 220
+    assert second.cmd("NOOP").code == 250
 
 
 def test_auth_pool_saturation_answers_454(gateway_factory: Any) -> None:
