@@ -103,6 +103,7 @@ SLOW_PER_ADDRESS = 5
 ROTATING_ADDRESSES = 254
 HANDSHAKE_TIMEOUT = 10.0
 CHILD_MARGIN = 20.0  # a child process is stopped this long after its phase's deadline
+STARTUP = 2.0  # seconds the child processes get to start before the phase begins
 SAMPLE_INTERVAL = 0.25
 FROM_BOMB_BYTES = 400 * 1024
 NESTED_COMMENTS = 400
@@ -140,7 +141,12 @@ class Target:
     tls_port: int
     ca_file: str
     io_timeout: float
-    deadline: float  # time.monotonic(), which all processes share on Linux
+    start: float  # time.monotonic(), which all processes share on Linux
+    deadline: float
+
+    async def wait_for_start(self) -> None:
+        """Clients and attackers begin together, however long each process took to start."""
+        await asyncio.sleep(max(self.start - time.monotonic(), 0.0))
 
 
 @dataclass
@@ -402,6 +408,7 @@ async def legit_population(
 ) -> LegitResult:
     """`clients` at a time, even ones with passwords, odd ones with certificates."""
     result = LegitResult()
+    await target.wait_for_start()
     tasks = []
     for i in range(clients):
         accounts = cert_users if i % 2 and cert_users else password_users
@@ -478,6 +485,9 @@ class Attack:
         """Keep a connection until the deadline, sending `dribble` one byte a second; says who
         ended it."""
         opened = time.monotonic()
+        if self.remaining() <= 0:
+            client.abort()
+            return "connected only after the attack ended"
         self.result.open_now += 1
         self.result.peak_open = max(self.result.peak_open, self.result.open_now)
         try:
@@ -606,13 +616,11 @@ class Attack:
                 client = await Smtp.open(self.target.port, HANDSHAKE_TIMEOUT, source=source)
             try:
                 greeting = await client.read_reply()
-            except BaseException:
+                if not greeting.startswith("220"):
+                    return f"{name}: refused: {reply_category(greeting)}"
+                return f"{name}: {await self.hold(client)}"
+            finally:
                 client.abort()
-                raise
-            if not greeting.startswith("220"):
-                client.abort()
-                return f"{name}: refused: {reply_category(greeting)}"
-            return f"{name}: {await self.hold(client)}"
 
         await self.loops(self.attackers * self.per_ip_cap, op, pause=1.0)
 
@@ -685,8 +693,8 @@ class Attack:
     async def final_reply(self, client: Smtp, payload: bytes) -> str:
         try:
             reply = await client.send(self.attacker.email, payload)
-        except SmtpFailure as failure:
-            return str(failure)
+        except SmtpFailure as refused:
+            return str(refused)
         await client.quit()
         return reply_category(reply)
 
@@ -717,6 +725,7 @@ def attack_process(
 ) -> None:
     async def run() -> AttackResult:
         attack = Attack(target, attackers, per_ip_cap, attacker, foreign)
+        await target.wait_for_start()
         hard_limit = attack.remaining() + CHILD_MARGIN / 2
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(getattr(attack, name)(), max(hard_limit, 1.0))
@@ -799,7 +808,7 @@ def run_phase(name: str, args: argparse.Namespace, setup: Setup, sink: Sink, run
     ctx = multiprocessing.get_context("spawn")
     children: list[tuple[Any, Connection]] = []
     try:
-        warm = Target(gateway.port, gateway.tls_port, str(setup.ca_file), args.io_timeout, 0.0)
+        warm = Target(gateway.port, gateway.tls_port, str(setup.ca_file), args.io_timeout, 0.0, 0.0)
         warm_up(warm, setup)
         rss, fds = [status_kib(pid, "VmRSS")], [open_fds(pid)]
         cpu_start = cpu_seconds(pid)
@@ -808,7 +817,8 @@ def run_phase(name: str, args: argparse.Namespace, setup: Setup, sink: Sink, run
             gateway.tls_port,
             str(setup.ca_file),
             args.io_timeout,
-            time.monotonic() + args.seconds,
+            time.monotonic() + STARTUP,
+            time.monotonic() + STARTUP + args.seconds,
         )
         receive, send = ctx.Pipe(duplex=False)
         legit = ctx.Process(
