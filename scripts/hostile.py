@@ -64,12 +64,14 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from multiprocessing.connection import Connection
@@ -97,13 +99,14 @@ CLIENT_NAME = "client.hostile.test"
 ATTACKER = f"mallory@{DOMAIN}"
 SENDING_LIMIT = 10_000_000
 SHUTDOWN_GRACE = 5.0
+SETUP_WORKERS = 4
 MAX_ATTACK_OPS = 100_000
 MAX_LEGIT_PER_CLIENT = 10_000
 SLOW_PER_ADDRESS = 5
 ROTATING_ADDRESSES = 254
 HANDSHAKE_TIMEOUT = 10.0
 CHILD_MARGIN = 20.0  # a child process is stopped this long after its phase's deadline
-STARTUP = 2.0  # seconds the child processes get to start before the phase begins
+STARTUP_TIMEOUT = 60.0  # seconds the child processes may take to start
 SAMPLE_INTERVAL = 0.25
 FROM_BOMB_BYTES = 400 * 1024
 NESTED_COMMENTS = 400
@@ -141,12 +144,15 @@ class Target:
     tls_port: int
     ca_file: str
     io_timeout: float
-    start: float  # time.monotonic(), which all processes share on Linux
-    deadline: float
+    seconds: float
+    deadline: float = 0.0  # time.monotonic(), which all processes share on Linux
 
-    async def wait_for_start(self) -> None:
-        """Clients and attackers begin together, however long each process took to start."""
-        await asyncio.sleep(max(self.start - time.monotonic(), 0.0))
+
+def begin(target: Target, barrier: Any) -> Target:
+    """Clients, attackers and the sampling parent begin the phase together, however long each
+    process took to start (spawning one takes a while)."""
+    barrier.wait(STARTUP_TIMEOUT)
+    return replace(target, deadline=time.monotonic() + target.seconds)
 
 
 @dataclass
@@ -408,7 +414,6 @@ async def legit_population(
 ) -> LegitResult:
     """`clients` at a time, even ones with passwords, odd ones with certificates."""
     result = LegitResult()
-    await target.wait_for_start()
     tasks = []
     for i in range(clients):
         accounts = cert_users if i % 2 and cert_users else password_users
@@ -428,8 +433,10 @@ def legit_process(
     clients: int,
     pause: float,
     label: str,
+    barrier: Any,
     out: Connection,
 ) -> None:
+    target = begin(target, barrier)
     result = asyncio.run(
         legit_population(target, password_users, cert_users, clients, pause, label)
     )
@@ -721,11 +728,13 @@ def attack_process(
     per_ip_cap: int,
     attacker: Account,
     foreign: Account,
+    barrier: Any,
     out: Connection,
 ) -> None:
+    target = begin(target, barrier)
+
     async def run() -> AttackResult:
         attack = Attack(target, attackers, per_ip_cap, attacker, foreign)
-        await target.wait_for_start()
         hard_limit = attack.remaining() + CHILD_MARGIN / 2
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(getattr(attack, name)(), max(hard_limit, 1.0))
@@ -808,18 +817,13 @@ def run_phase(name: str, args: argparse.Namespace, setup: Setup, sink: Sink, run
     ctx = multiprocessing.get_context("spawn")
     children: list[tuple[Any, Connection]] = []
     try:
-        warm = Target(gateway.port, gateway.tls_port, str(setup.ca_file), args.io_timeout, 0.0, 0.0)
-        warm_up(warm, setup)
+        target = Target(
+            gateway.port, gateway.tls_port, str(setup.ca_file), args.io_timeout, args.seconds
+        )
+        warm_up(target, setup)
         rss, fds = [status_kib(pid, "VmRSS")], [open_fds(pid)]
         cpu_start = cpu_seconds(pid)
-        target = Target(
-            gateway.port,
-            gateway.tls_port,
-            str(setup.ca_file),
-            args.io_timeout,
-            time.monotonic() + STARTUP,
-            time.monotonic() + STARTUP + args.seconds,
-        )
+        barrier = ctx.Barrier(2 if name == "baseline" else 3)
         receive, send = ctx.Pipe(duplex=False)
         legit = ctx.Process(
             name="the legitimate clients",
@@ -831,6 +835,7 @@ def run_phase(name: str, args: argparse.Namespace, setup: Setup, sink: Sink, run
                 args.clients,
                 args.pause,
                 f"{run_id}.{name}",
+                barrier,
                 send,
             ),
         )
@@ -847,12 +852,17 @@ def run_phase(name: str, args: argparse.Namespace, setup: Setup, sink: Sink, run
                     setup.per_ip_cap,
                     setup.attacker,
                     setup.foreign,
+                    barrier,
                     send,
                 ),
             )
             children.append((attacker, receive))
         for process, _ in children:
             process.start()
+        try:
+            target = begin(target, barrier)
+        except threading.BrokenBarrierError:
+            raise RuntimeError(f"{name}: the client processes did not start") from None
         results = collect(children, target.deadline + CHILD_MARGIN, pid, rss, fds, phase)
         if gateway.proc.poll() is None:
             time.sleep(args.settle)
@@ -987,19 +997,29 @@ def prepare(base: Path, args: argparse.Namespace, phases: list[str]) -> Setup:
         )
         return Account(email, cert=str(folder / f"{email}.crt"), key=str(folder / f"{email}.key"))
 
-    password_users = [add_password_user(f"pw{i}@{DOMAIN}") for i in range(1, args.users + 1)]
-    cert_users = [
-        add_cert_user(config, f"cert{i}@{DOMAIN}", certs) for i in range(1, args.users + 1)
-    ]
-    needs_attacker = {"login", "frombomb", "shortlines"} & set(phases)
-    attacker = add_password_user(ATTACKER) if needs_attacker else Account(ATTACKER)
-    foreign = Account(ATTACKER)
-    if "handshake" in phases:
-        # A whole second setup, for a CA the gateway has never seen and a certificate from it.
+    def add_foreign_cert_user() -> Account:
+        """A whole second setup, for a CA the gateway has never seen and a certificate from it."""
         foreign_dir, foreign_certs = base / "foreign", base / "foreign-certs"
         foreign_certs.mkdir()
         run_cli("init", "--dir", str(foreign_dir), "--hostname", "foreign.test")
-        foreign = add_cert_user(foreign_dir / "submitgw.toml", ATTACKER, foreign_certs)
+        return add_cert_user(foreign_dir / "submitgw.toml", ATTACKER, foreign_certs)
+
+    # Each CLI call starts an interpreter; independent ones run side by side (SQLite waits for
+    # its lock) to keep the setup short.
+    users = range(1, args.users + 1)
+    with ThreadPoolExecutor(max_workers=SETUP_WORKERS) as pool:
+        password_jobs = [pool.submit(add_password_user, f"pw{i}@{DOMAIN}") for i in users]
+        cert_jobs = [pool.submit(add_cert_user, config, f"cert{i}@{DOMAIN}", certs) for i in users]
+        attacker_job = (
+            pool.submit(add_password_user, ATTACKER)
+            if {"login", "frombomb", "shortlines"} & set(phases)
+            else None
+        )
+        foreign_job = pool.submit(add_foreign_cert_user) if "handshake" in phases else None
+        password_users = [job.result() for job in password_jobs]
+        cert_users = [job.result() for job in cert_jobs]
+        attacker = attacker_job.result() if attacker_job else Account(ATTACKER)
+        foreign = foreign_job.result() if foreign_job else Account(ATTACKER)
     return Setup(
         base=base,
         config=config,
