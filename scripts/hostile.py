@@ -114,6 +114,7 @@ SHORT_LINE_BYTES = 4 * 1024 * 1024
 CUT_OFF = "still waiting when the phase ended"
 HOSTILE_HEADER = re.compile(rb"^X-Hostile: (\S+)\r?$", re.MULTILINE)
 MAX_REASONS_SHOWN = 6
+MAX_REPLY_LINES = 100
 
 
 def say(text: str) -> None:
@@ -247,7 +248,7 @@ class Smtp:
 
     async def read_reply(self) -> str:
         """The last line of the next reply (continuation lines are skipped)."""
-        while True:
+        for _ in range(MAX_REPLY_LINES):
             try:
                 line = await asyncio.wait_for(self.reader.readline(), self.timeout)
             except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
@@ -256,6 +257,7 @@ class Smtp:
                 raise SmtpFailure(self.step, "connection closed")
             if line[3:4] != b"-":
                 return line.rstrip(b"\r\n").decode(errors="replace")
+        raise SmtpFailure(self.step, f"a reply of more than {MAX_REPLY_LINES} lines")
 
     async def expect(self, code: int, step: str) -> str:
         self.step = step
