@@ -39,9 +39,11 @@ class Upper(Protocol):
 class ConnectionTable:
     """Live connections, in all and per client address (IPv6 grouped by /64).
 
-    When every slot is taken, the oldest connection whose client has not yet
-    identified itself gives its slot to the newcomer: otherwise idle or slow
-    strangers could hold every slot, and identified users would be refused.
+    When every slot is taken, a connection whose client has not yet identified
+    itself gives its slot to the newcomer: otherwise idle or slow strangers
+    could hold every slot, and identified users would be refused. The stranger
+    chosen is the oldest of the address holding the most connections, so a
+    flood from a few addresses cannot push out a mail client still logging in.
     """
 
     def __init__(self, max_total: int, max_per_client: int) -> None:
@@ -77,12 +79,17 @@ class ConnectionTable:
             del self.per_client[key]
 
     def _evict_one(self) -> bool:
-        for connection in self.live:
-            if not connection.identified:
-                connection.evict()
-                self.evicted += 1
-                return True
-        return False
+        victim: Connection | None = None
+        heaviest = 0
+        for connection in self.live:  # oldest first: ties go to the oldest
+            held = self.per_client[client_key(connection.client_ip)]
+            if held > heaviest and not connection.identified:
+                victim, heaviest = connection, held
+        if victim is None:
+            return False
+        victim.evict()
+        self.evicted += 1
+        return True
 
 
 REFUSALS = {

@@ -451,22 +451,23 @@ class Session(SMTP):
         return waiter
 
     async def _finish_tls(self, waiter: asyncio.Future[None]) -> None:
+        """A client that closes cleanly mid-handshake completes the waiter without an
+        error, so success is judged by the TLS object being there, not by the waiter."""
+        ssl_object = None
+        reason = "closed during the handshake"
         try:
             await asyncio.wait_for(waiter, self.cfg.limits.tls_handshake_timeout)
+            if self.transport is not None:
+                ssl_object = self.transport.get_extra_info("ssl_object")
         except (TimeoutError, ConnectionError, ssl.SSLError, OSError) as exc:
+            why = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+            reason = str(why or type(exc).__name__)
+        if ssl_object is None:
             self.end_reason = "tls-failed"
-            reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
-            audit.tls_failure(
-                session=self.id, client=self.client_ip, reason=str(reason or type(exc).__name__)
-            )
-            # The TLS layer's frames in this traceback refer back to the exception, a
-            # cycle that would keep each failed handshake's buffers until a full GC.
-            exc.__traceback__ = None
-            raise _Closed("TLS handshake failed") from None
-        assert self.transport is not None
-        ssl_object = self.transport.get_extra_info("ssl_object")
+            audit.tls_failure(session=self.id, client=self.client_ip, reason=reason)
+            raise _Closed("TLS handshake failed")
         self.tls_info = describe(ssl_object)
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        der = ssl_object.getpeercert(binary_form=True)
         if der and self.gw.certificates is not None:
             self.cert, why = await self.gw.certificates.identify(der, self.client_ip)
             audit.certificate_event(

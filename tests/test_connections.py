@@ -265,3 +265,13 @@ def test_strangers_must_log_in_in_time(gateway_factory: Any) -> None:
     assert stranger.closed()
     time.sleep(1)
     assert user.noop()[0] == 250
+
+
+def test_the_address_holding_most_connections_gives_way_first(gateway_factory: Any) -> None:
+    gw = gateway_factory({"limits": {"max_connections": 4, "max_connections_per_ip": 4}})
+    lone = Dialog(gw.port, source="127.0.2.9")  # the oldest, but alone on its address
+    flood = [Dialog(gw.port, source="127.0.2.1") for _ in range(3)]
+    newcomer = Dialog(gw.port, source="127.0.2.5")
+    assert newcomer.greeting.code == 220
+    assert flood[0].read().lines == ["421 4.7.0 Too many connections, closing this one"]
+    assert lone.cmd("NOOP").code == 250
