@@ -7,10 +7,17 @@ the same bounded pool as SMTP AUTH, database work to worker threads; failed
 sign-ins count towards the same per-account and per-client lockouts as SMTP
 AUTH (`Limiter.login`), and all failures get one generic answer.
 
+Sign-in follows the account's policy as SMTP AUTH does: a certificate alone
+only for "certificate" users, both for "password+certificate" users, whose
+session stays bound to that certificate. Changing the password needs the
+current one, checked and counted like a sign-in, so a left-open session cannot
+take the account.
+
 Sessions live in this process's memory: a gateway restart signs everyone out,
 and behind a load balancer a browser must stay with one gateway. Every request
-re-reads the account, so a disabled user, a revoked certificate or a password
-changed anywhere (CLI, another gateway) ends the session at once.
+re-reads the account, so a disabled user, a revoked certificate, a changed
+policy or a password changed anywhere (CLI, another gateway) ends the session
+at once. Connections are capped and timed by `sitelistener`.
 """
 
 from __future__ import annotations
@@ -298,11 +305,11 @@ class SelfService:
             # The body first, even from a refused client: closing on unread data would
             # reset the connection under the answer.
             refused = await self._read_body(request) if request.body_exists else None
-            if refused is not None and refused.status == 408:
+            denied = self._refusal(conn)
+            if denied is not None:
+                refused, conn.end = denied, "access-denied"
+            elif refused is not None and refused.status == 408:
                 conn.end = "body-timeout"
-            elif self._refusal(conn) is not None:
-                refused = self._refusal(conn)
-                conn.end = "access-denied"
             if refused is not None:
                 response = self._error_response(request, refused)
                 response.force_close()
@@ -458,6 +465,7 @@ class SelfService:
     async def _check_password(
         self,
         request: web.Request,
+        cert: CertificateUser | None,
         email: str,
         password: str,
         mechanism: str,
@@ -470,7 +478,6 @@ class SelfService:
         """
         ip = _client_ip(request)
         usable = _usable(email) and _usable(password)
-        cert = await self._peer(request)
 
         async def verify() -> Verified:
             if not usable:
@@ -511,16 +518,19 @@ class SelfService:
     async def _sign_in_password(self, request: web.Request, email: Any, password: Any) -> Visit:
         if not isinstance(email, str) or not isinstance(password, str) or not email or not password:
             raise WebError(401, GENERIC_LOGIN_ERROR)
+        cert = await self._peer(request)
         found = await self._check_password(
             request,
+            cert,
             email.strip(),
             password,
             "selfservice-password",
             WebError(401, GENERIC_LOGIN_ERROR),
         )
         record = found.record
-        cert = await self._peer(request) if record.auth_policy == TWO_FACTOR else None
-        session = self.sessions.create(record.email, "password", record.password_changed_at, cert)
+        # Only a two-factor session is bound to the certificate it signed in with.
+        bound = cert if record.auth_policy == TWO_FACTOR else None
+        session = self.sessions.create(record.email, "password", record.password_changed_at, bound)
         return Visit(session, record, found.expired)
 
     async def _sign_in_certificate(self, request: web.Request) -> Visit:
@@ -598,6 +608,7 @@ class SelfService:
             raise WebError(400, "Type your current password")
         await self._check_password(
             request,
+            await self._peer(request),
             visit.record.email,
             current,
             "selfservice-current-password",
