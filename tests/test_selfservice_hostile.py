@@ -13,11 +13,13 @@ import socket
 import ssl
 import struct
 import time
+import tomllib
 from collections import Counter
 from typing import Any
 
 import pytest
 
+from submitgw import config as config_mod
 from submitgw.runner import raise_fd_limit
 from tests.support.gateway import PASSWORD, USER, GatewayProcess, run_cli
 from tests.support.web import WebClient
@@ -217,6 +219,30 @@ def test_each_phase_of_a_connection_has_a_clock(gateway_factory: Any) -> None:
         "body-timeout": 1,
         "idle-timeout": 1,
     }, ends
+
+
+SITE_LIMITS = [
+    "max_connections",
+    "max_connections_per_ip",
+    "handshake_timeout",
+    "header_timeout",
+    "body_timeout",
+    "idle_timeout",
+]
+
+
+@pytest.mark.parametrize("key", SITE_LIMITS)
+def test_site_caps_and_clocks_must_be_positive(key: str, tmp_path: Any) -> None:
+    with pytest.raises(config_mod.ConfigError, match=key):
+        config_mod.from_dict({"selfservice": {key: 0}}, tmp_path)
+
+
+def test_the_generated_config_lists_the_site_caps_and_clocks(tmp_path: Any) -> None:
+    generated = tomllib.loads(config_mod.render_default_config("gw.test"))["selfservice"]
+    cfg = config_mod.from_dict({}, tmp_path).selfservice
+    assert {key: generated[key] for key in SITE_LIMITS} == {
+        key: getattr(cfg, key) for key in SITE_LIMITS
+    }
 
 
 def test_open_file_limit_is_raised_to_the_hard_limit() -> None:
