@@ -130,6 +130,16 @@ class SelfServiceConfig:
     session_max_minutes: int = 30
     # "optional": the browser may sign in with a client certificate of the bundled CA.
     client_certificates: str = "optional"
+    # Connections to the site at once, in all and from one client address (IPv6: one
+    # /64); beyond them a connection is closed at accept, before any TLS work.
+    max_connections: int = 100
+    max_connections_per_ip: int = 10
+    # Seconds for the TLS handshake, for a request's head (from the connection or its
+    # first byte), for its body and answer, and for an idle kept-alive connection.
+    handshake_timeout: float = 10.0
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -441,6 +451,16 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
     )
 
 
+_SELFSERVICE_POSITIVE = (
+    "max_connections",
+    "max_connections_per_ip",
+    "handshake_timeout",
+    "header_timeout",
+    "body_timeout",
+    "idle_timeout",
+)
+
+
 def _selfservice(values: dict[str, Any]) -> SelfServiceConfig:
     values = dict(values)
     listen = values.pop("listen", "off")
@@ -454,6 +474,9 @@ def _selfservice(values: dict[str, Any]) -> SelfServiceConfig:
         raise ConfigError("[selfservice] url must start with https://")
     if not 1 <= cfg.session_idle_minutes <= cfg.session_max_minutes:
         raise ConfigError("[selfservice] need 1 <= session_idle_minutes <= session_max_minutes")
+    for key in _SELFSERVICE_POSITIVE:
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"[selfservice] {key} must be positive")
     return cfg
 
 
@@ -557,6 +580,17 @@ session_max_minutes = 30
 # "optional": browsers may sign in with a client certificate of the bundled CA. A
 # browser offering a certificate of another CA then fails the TLS handshake; "off" avoids it.
 client_certificates = "optional"
+# Connections at once, in all and from one client IP (IPv6: one /64); beyond them a
+# new connection is closed at once, before any TLS work.
+max_connections = 100
+max_connections_per_ip = 10
+# Seconds for the TLS handshake; for a request's head, counted from the connection or
+# the request's first byte; for its body and answer ("408" when the body is late); and
+# for a kept-alive connection to stay idle between requests.
+handshake_timeout = 10.0
+header_timeout = 10.0
+body_timeout = 30.0
+idle_timeout = 15.0
 
 [limits]
 # Largest message in bytes, advertised as SIZE; larger gets "552 5.3.4".

@@ -51,11 +51,20 @@ def login_page(csrf: str, cert_user: str | None, error: str | None) -> str:
     return layout("Sign in", "".join(parts))
 
 
-def _password_form(csrf: str) -> str:
+def _password_form(csrf: str, needs_current: bool) -> str:
+    """The current password is asked for unless a certificate alone signs the user in."""
+    current = (
+        '<label for="current_password">Current password</label>'
+        '<input id="current_password" name="current_password" type="password" '
+        'autocomplete="current-password" required>'
+        if needs_current
+        else ""
+    )
     return (
         '<form id="password-form" method="post" action="/password">'
         f'<input type="hidden" name="csrf" value="{E(csrf)}">'
-        '<label for="new_password">New password</label>'
+        + current
+        + '<label for="new_password">New password</label>'
         '<input id="new_password" name="new_password" type="password" '
         'autocomplete="new-password" required>'
         '<label for="new_password_again">New password again</label>'
@@ -78,6 +87,7 @@ def account_page(
     secret: tuple[int, str, str] | None,
 ) -> str:
     user = account["user"]
+    needs_current = account["auth_policy"] != "certificate"
     head = (
         f'<p class="who">Signed in as <span id="user">{E(user)}</span></p>'
         f'<form id="logout" method="post" action="/logout">'
@@ -91,7 +101,7 @@ def account_page(
             head + '<p class="error" id="expired">Your password has expired. Choose a new one: '
             "until then it sends no mail.</p>"
             + "<section><h2>Change password</h2>"
-            + _password_form(csrf)
+            + _password_form(csrf, needs_current)
             + "</section>",
         )
     rows = "".join(
@@ -146,7 +156,7 @@ def account_page(
     age = f"Last changed {changed}" + (f"; expires {_when(expires)}." if expires else ".")
     password = (
         f'<section><h2>Change password</h2><p class="hint">{age}</p>'
-        + _password_form(csrf)
+        + _password_form(csrf, needs_current)
         + "</section>"
     )
     return layout("Your account", head + password + apps + certs)

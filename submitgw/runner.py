@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import socket
 
@@ -81,6 +82,20 @@ async def _listen_selfservice(
     return runner
 
 
+def raise_fd_limit() -> int:
+    """Lift the soft limit on open files to the hard one: every connection, SMTP or
+    HTTPS, costs a descriptor, and the usual soft 1024 runs out long before the caps."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
+    log.info("open-file limit %d", soft, extra={"event": {"event": "fd-limit", "nofile": soft}})
+    return soft
+
+
 def _listeners(cfg: Config) -> list[tuple[Listener, Endpoint]]:
     chosen: list[tuple[str, ListenerConfig, bool]] = [
         ("submission", cfg.submission, False),
@@ -111,6 +126,7 @@ def _status(gw: Gateway) -> None:
 
 async def serve(cfg: Config, db: Database) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
+    raise_fd_limit()
     networks = UserNetworkStore(db)
     authenticator = PasswordAuthenticator(
         UserStore(db),
@@ -136,7 +152,9 @@ async def serve(cfg: Config, db: Database) -> int:
         for listener, endpoint in listeners:
             servers.append(await _listen(gw, listener, endpoint))
         if cfg.selfservice.listen is not None:
-            selfservice = SelfService(cfg, db, authenticator, certificates, limiter)
+            selfservice = SelfService(
+                cfg, db, authenticator, certificates, limiter, screen=screen.refusal
+            )
             site = await _listen_selfservice(cfg, selfservice, cfg.selfservice.listen)
     except OSError as exc:
         log.error("cannot listen: %s", exc)

@@ -7,10 +7,17 @@ the same bounded pool as SMTP AUTH, database work to worker threads; failed
 sign-ins count towards the same per-account and per-client lockouts as SMTP
 AUTH (`Limiter.login`), and all failures get one generic answer.
 
+Sign-in follows the account's policy as SMTP AUTH does: a certificate alone
+only for "certificate" users, both for "password+certificate" users, whose
+session stays bound to that certificate. Changing the password needs the
+current one, checked and counted like a sign-in, so a left-open session cannot
+take the account.
+
 Sessions live in this process's memory: a gateway restart signs everyone out,
 and behind a load balancer a browser must stay with one gateway. Every request
-re-reads the account, so a disabled user, a revoked certificate or a password
-changed anywhere (CLI, another gateway) ends the session at once.
+re-reads the account, so a disabled user, a revoked certificate, a changed
+policy or a password changed anywhere (CLI, another gateway) ends the session
+at once. Connections are capped and timed by `sitelistener`.
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ import functools
 import hmac
 import html
 import ipaddress
-import json
 import logging
 import secrets
 import ssl
@@ -34,12 +40,20 @@ from aiohttp import web
 
 from submitgw import audit, pages
 from submitgw.account import AccountService, Actor
-from submitgw.auth import CertificateAuthenticator, CertificateUser, PasswordAuthenticator
+from submitgw.auth import (
+    CERTIFICATE,
+    TWO_FACTOR,
+    CertificateAuthenticator,
+    CertificateUser,
+    PasswordAuthenticator,
+    Verified,
+)
 from submitgw.config import Config, Endpoint
 from submitgw.errors import AuthFailed, SmtpReply
 from submitgw.limiter import Limiter
 from submitgw.limits import LoginLocked, format_time
 from submitgw.passwords import PasswordRejected, is_expired
+from submitgw.sitelistener import CLOSE_GRACE, GuardedSite, Screen, SiteConnection, connection_of
 from submitgw.store import (
     AppPasswordNotFound,
     CertificateStore,
@@ -59,7 +73,10 @@ COOKIE = "__Host-submitgw"
 LOGIN_COOKIE = "__Host-submitgw-login"
 MAX_SESSIONS = 10_000
 MAX_BODY = 64 * 1024
+LINGER = 2.0
 GENERIC_LOGIN_ERROR = "Invalid email or password"
+WRONG_CURRENT_PASSWORD = "The current password is wrong"
+UNUSABLE_TEXT = "The text contains characters that cannot be used"
 
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -176,6 +193,20 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value else None
 
 
+def _usable(value: str) -> bool:
+    """Whether text can be stored and hashed: JSON may carry lone surrogates, UTF-8 cannot."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(value: str) -> str:
+    """Client-typed text made safe for a log line."""
+    return value.encode("utf-8", "replace").decode("utf-8").lower()[:320]
+
+
 def _client_ip(request: web.Request) -> str:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     if not peer:
@@ -198,8 +229,10 @@ class SelfService:
         certificates: CertificateAuthenticator | None,
         limiter: Limiter | None,
         clock: Callable[[], float] = time.time,
+        screen: Screen | None = None,
     ) -> None:
         self.cfg = cfg
+        self.screen = screen
         self.auth = authenticator
         self.certificates = certificates
         self.limiter = limiter
@@ -214,7 +247,9 @@ class SelfService:
     # --- plumbing -----------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors, self._headers], client_max_size=MAX_BODY)
+        app = web.Application(
+            middlewares=[self._guard, self._errors, self._headers], client_max_size=MAX_BODY
+        )
         app.add_routes(
             [
                 web.get("/", self.page),
@@ -238,13 +273,74 @@ class SelfService:
         return app
 
     async def start(self, endpoint: Endpoint, context: ssl.SSLContext) -> web.AppRunner:
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(
-            runner, endpoint.host, endpoint.port, ssl_context=context, reuse_address=True
+        """Serve on `endpoint`; the runner's `cleanup` stops it (see `sitelistener`)."""
+        runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            # A backstop only: the site's own clocks end idle connections first.
+            keepalive_timeout=self.cfg.selfservice.idle_timeout + CLOSE_GRACE,
+            # After a refused body, how long to read what is still coming before closing.
+            lingering_time=LINGER,
         )
-        await site.start()
+        await runner.setup()
+        site = GuardedSite(runner, endpoint, context, self.cfg.selfservice, self.screen)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
         return runner
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Outermost: the connection's clocks, the access rules, and the body read in time."""
+        conn = connection_of(request)
+        if conn is None:
+            return await handler(request)
+        conn.request_started()
+        try:
+            # The body first, even from a refused client: closing on unread data would
+            # reset the connection under the answer.
+            refused = await self._read_body(request) if request.body_exists else None
+            denied = self._refusal(conn)
+            if denied is not None:
+                refused, conn.end = denied, "access-denied"
+            elif refused is not None and refused.status == 408:
+                conn.end = "body-timeout"
+            if refused is not None:
+                response = self._error_response(request, refused)
+                response.force_close()
+                return response
+            return await handler(request)
+        finally:
+            conn.request_finished()
+
+    @staticmethod
+    def _refusal(conn: SiteConnection) -> WebError | None:
+        """The access rules' verdict on this connection's client, as an HTTP answer."""
+        if conn.refusal is None:
+            return None
+        code, _status, text = [*conn.refusal.split(" ", 2), "", ""][:3]
+        if code.startswith("4"):
+            return WebError(503, "Temporarily unavailable, try again later")
+        return WebError(403, text or "Access denied")
+
+    async def _read_body(self, request: web.Request) -> WebError | None:
+        """Read the whole body within `body_timeout`; handlers then find it in memory."""
+        try:
+            await asyncio.wait_for(request.read(), self.cfg.selfservice.body_timeout)
+        except TimeoutError:
+            return WebError(408, "The request took too long")
+        except web.HTTPException as exc:
+            return WebError(exc.status, exc.reason)
+        except ConnectionError:
+            raise
+        except Exception:
+            return WebError(400, "The request body could not be read")
+        return None
 
     @web.middleware
     async def _headers(
@@ -308,25 +404,36 @@ class SelfService:
         if session is None:
             return None
         record = await self._db(self.users.get, session.user)
-        if record is None or not record.enabled:
+        if record is None or not record.enabled or not await self._holds(request, session, record):
             self.sessions.drop(session.token)
             return None
-        if session.method == "password":
-            if record.password_changed_at != session.password_changed_at:
-                # Changed elsewhere (admin, another gateway): whoever signed in with the
-                # old password is out.
-                self.sessions.drop(session.token)
-                return None
-            expired = is_expired(
-                record.password_changed_at, record.password_expired, self.cfg.passwords
-            )
-        else:
-            cert = await self._peer(request)
-            if cert is None or cert.fingerprint != session.cert_fingerprint:
-                self.sessions.drop(session.token)
-                return None
-            expired = False
+        expired = session.method == "password" and is_expired(
+            record.password_changed_at, record.password_expired, self.cfg.passwords
+        )
         return Visit(session, record, expired)
+
+    async def _holds(self, request: web.Request, session: WebSession, record: UserRecord) -> bool:
+        """Whether the session still meets the account's policy, as SMTP AUTH would.
+
+        A certificate, where the policy needs one, must be the session's own, on this
+        very connection, and pass the inventory now (not revoked, user enabled).
+        """
+        wanted = "certificate" if record.auth_policy == CERTIFICATE else "password"
+        if session.method != wanted:
+            return False
+        if wanted == "password" and record.password_changed_at != session.password_changed_at:
+            # Changed elsewhere (admin, another gateway): whoever signed in with the
+            # old password is out.
+            return False
+        if record.auth_policy not in (CERTIFICATE, TWO_FACTOR):
+            return True
+        cert = await self._peer(request)
+        return (
+            cert is not None
+            and session.cert_fingerprint is not None
+            and cert.user == record.email
+            and hmac.compare_digest(cert.fingerprint, session.cert_fingerprint)
+        )
 
     async def _require(self, request: web.Request, *, allow_expired: bool = False) -> Visit:
         visit = await self._visit(request)
@@ -355,13 +462,28 @@ class SelfService:
 
     # --- signing in (shared by the form and the API) ------------------------------------
 
-    async def _sign_in_password(self, request: web.Request, email: Any, password: Any) -> Visit:
-        if not isinstance(email, str) or not isinstance(password, str) or not email or not password:
-            raise WebError(401, GENERIC_LOGIN_ERROR)
-        email = email.strip()
+    async def _check_password(
+        self,
+        request: web.Request,
+        cert: CertificateUser | None,
+        email: str,
+        password: str,
+        mechanism: str,
+        refused: WebError,
+    ) -> Verified:
+        """The account password, through the lockouts SMTP AUTH uses; a wrong one is counted.
+
+        Text that cannot be a password (a lone surrogate from JSON) is a counted failure
+        too, answered 400 instead of `refused`, without costing a hash.
+        """
         ip = _client_ip(request)
-        cert = await self._peer(request)
-        verify = functools.partial(self.auth.verify_account, email, password, cert, ip)
+        usable = _usable(email) and _usable(password)
+
+        async def verify() -> Verified:
+            if not usable:
+                raise AuthFailed()
+            return await self.auth.verify_account(email, password, cert, ip)
+
         try:
             if self.limiter is None:
                 found = await verify()
@@ -371,8 +493,8 @@ class SelfService:
             audit.auth_event(
                 session="web",
                 client=ip,
-                mechanism="selfservice-password",
-                user=email.lower()[:320],
+                mechanism=mechanism,
+                user=_shown(email),
                 ok=False,
                 locked=isinstance(err, LoginLocked),
             )
@@ -384,19 +506,38 @@ class SelfService:
                     retry_after=wait,
                 ) from err
             if isinstance(err, AuthFailed):
-                raise WebError(401, GENERIC_LOGIN_ERROR) from err
+                if not usable:
+                    raise WebError(400, UNUSABLE_TEXT) from err
+                raise refused from err
             raise WebError(503, "The server is busy; try again shortly") from err
-        record = found.record
         audit.auth_event(
-            session="web", client=ip, mechanism="selfservice-password", user=record.email, ok=True
+            session="web", client=ip, mechanism=mechanism, user=found.record.email, ok=True
         )
-        session = self.sessions.create(record.email, "password", record.password_changed_at, cert)
+        return found
+
+    async def _sign_in_password(self, request: web.Request, email: Any, password: Any) -> Visit:
+        if not isinstance(email, str) or not isinstance(password, str) or not email or not password:
+            raise WebError(401, GENERIC_LOGIN_ERROR)
+        cert = await self._peer(request)
+        found = await self._check_password(
+            request,
+            cert,
+            email.strip(),
+            password,
+            "selfservice-password",
+            WebError(401, GENERIC_LOGIN_ERROR),
+        )
+        record = found.record
+        # Only a two-factor session is bound to the certificate it signed in with.
+        bound = cert if record.auth_policy == TWO_FACTOR else None
+        session = self.sessions.create(record.email, "password", record.password_changed_at, bound)
         return Visit(session, record, found.expired)
 
     async def _sign_in_certificate(self, request: web.Request) -> Visit:
         cert = await self._peer(request)
         ip = _client_ip(request)
-        if cert is None or cert.auth_policy == "password+certificate":
+        if cert is None or cert.auth_policy != CERTIFICATE:
+            # As on SMTP: a certificate alone identifies only a "certificate" user.
             audit.auth_event(
                 session="web",
                 client=ip,
@@ -404,11 +545,13 @@ class SelfService:
                 user=cert.user if cert else None,
                 ok=False,
             )
-            if cert is not None:
+            if cert is not None and cert.auth_policy == TWO_FACTOR:
                 raise WebError(401, "Your account needs your password as well as the certificate")
+            if cert is not None:
+                raise WebError(401, "Your account signs in with its password")
             raise WebError(401, "No valid client certificate was presented")
         record = await self._db(self.users.get, cert.user)
-        if record is None or not record.enabled:
+        if record is None or not record.enabled or record.auth_policy != CERTIFICATE:
             raise WebError(401, "No valid client certificate was presented")
         audit.auth_event(
             session="web", client=ip, mechanism="selfservice-certificate", user=cert.user, ok=True
@@ -430,12 +573,15 @@ class SelfService:
     # --- the operations (shared by the form and the API) ---------------------------------
 
     async def _change_password(
-        self, request: web.Request, visit: Visit, new: Any, again: Any
+        self, request: web.Request, visit: Visit, current: Any, new: Any, again: Any
     ) -> None:
         if not isinstance(new, str) or not isinstance(again, str) or not new:
             raise WebError(400, "Type the new password twice")
         if new != again:
             raise WebError(400, "The two new passwords differ")
+        if not _usable(new):
+            raise WebError(400, UNUSABLE_TEXT)
+        await self._check_current(request, visit, current)
         try:
             await self.auth.run(
                 self.accounts.change_password, visit.record.email, new, self._actor(request, visit)
@@ -449,11 +595,33 @@ class SelfService:
         # Other browsers signed in with the old password are signed out.
         self.sessions.drop_user(visit.record.email, keep=visit.session.token)
 
+    async def _check_current(self, request: web.Request, visit: Visit, current: Any) -> None:
+        """Proof that the account's owner is at the keyboard, not just their session.
+
+        The current password, checked and counted like a sign-in; a "certificate"
+        user has none, and the session's certificate on this connection (checked by
+        `_visit` for this very request) stands for it.
+        """
+        if visit.record.auth_policy == CERTIFICATE:
+            return
+        if not isinstance(current, str) or not current:
+            raise WebError(400, "Type your current password")
+        await self._check_password(
+            request,
+            await self._peer(request),
+            visit.record.email,
+            current,
+            "selfservice-current-password",
+            WebError(403, WRONG_CURRENT_PASSWORD),
+        )
+
     async def _add_app_password(
         self, request: web.Request, visit: Visit, label: Any
     ) -> tuple[int, str, datetime, str]:
         if not isinstance(label, str):
             raise WebError(400, "Give the app password a label")
+        if not _usable(label):
+            raise WebError(400, UNUSABLE_TEXT)
         try:
             record, secret = await self.auth.run(
                 self.accounts.add_app_password,
@@ -527,7 +695,8 @@ class SelfService:
             raise WebError(415, "Send JSON (Content-Type: application/json)")
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except (ValueError, LookupError, RecursionError) as err:
+            # ValueError covers bad JSON and bad UTF-8; RecursionError deep nesting.
             raise WebError(400, "The body is not valid JSON") from err
         if not isinstance(body, dict):
             raise WebError(400, "The body must be a JSON object")
@@ -574,7 +743,11 @@ class SelfService:
         visit = await self._api_visit(request, allow_expired=True)
         body = await self._json(request)
         await self._change_password(
-            request, visit, body.get("new_password"), body.get("new_password_again")
+            request,
+            visit,
+            body.get("current_password"),
+            body.get("new_password"),
+            body.get("new_password_again"),
         )
         return web.Response(status=204)
 
@@ -622,7 +795,9 @@ class SelfService:
     ) -> web.Response:
         token = secrets.token_urlsafe(32)
         cert = await self._peer(request)
-        body = pages.login_page(token, cert.user if cert else None, error)
+        # The certificate button only where a certificate alone may sign in.
+        cert_user = cert.user if cert and cert.auth_policy == CERTIFICATE else None
+        body = pages.login_page(token, cert_user, error)
         response = web.Response(text=body, content_type="text/html", status=status)
         response.set_cookie(
             LOGIN_COOKIE, token, path="/", secure=True, httponly=True, samesite="Strict"
@@ -631,7 +806,12 @@ class SelfService:
 
     async def _form(self, request: web.Request) -> dict[str, str]:
         self._same_site(request)
-        data = await request.post()
+        if request.content_type != "application/x-www-form-urlencoded":
+            raise WebError(415, "Send a form (application/x-www-form-urlencoded)")
+        try:
+            data = await request.post()
+        except (ValueError, LookupError) as err:
+            raise WebError(400, "The form could not be read") from err
         return {k: v for k, v in data.items() if isinstance(v, str)}
 
     def _redirect(self, session: WebSession | None = None) -> web.Response:
@@ -692,7 +872,11 @@ class SelfService:
         visit, form = await self._form_visit(request, allow_expired=True)
         try:
             await self._change_password(
-                request, visit, form.get("new_password"), form.get("new_password_again")
+                request,
+                visit,
+                form.get("current_password"),
+                form.get("new_password"),
+                form.get("new_password_again"),
             )
         except WebError as err:
             visit.session.flash.append(("error", err.message))

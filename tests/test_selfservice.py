@@ -23,6 +23,11 @@ from tests.support.web import WebClient
 
 NEW_PASSWORD = "a fresh passphrase for spring"
 FAST_LOCKOUT = {"limits": {"auth_delay": 0.01, "auth_max_delay": 0.02}}
+CHANGE = {
+    "current_password": PASSWORD,
+    "new_password": NEW_PASSWORD,
+    "new_password_again": NEW_PASSWORD,
+}
 
 
 @pytest.fixture
@@ -146,7 +151,7 @@ def test_failed_smtp_logins_lock_the_site_too(site: GatewayProcess) -> None:
 
 def test_api_changes_need_the_csrf_token(site: GatewayProcess) -> None:
     web = signed_in(site)
-    body = {"new_password": NEW_PASSWORD, "new_password_again": NEW_PASSWORD}
+    body = CHANGE
 
     missing = web.call("PUT", "/api/password", body, csrf=False)
     wrong = web.request("PUT", "/api/password", json_body=body, headers={"X-CSRF-Token": "x" * 43})
@@ -172,7 +177,7 @@ def test_forms_need_the_csrf_token(site: GatewayProcess) -> None:
         "POST", "/login", form={"email": USER, "password": PASSWORD, "csrf": login_token}
     )
     assert ok.status == 303
-    form = {"new_password": NEW_PASSWORD, "new_password_again": NEW_PASSWORD}
+    form = CHANGE
     assert web.request("POST", "/password", form=form).status == 403
     assert web.request("POST", "/password", form={**form, "csrf": login_token}).status == 403
     assert web.request("POST", "/app-passwords", form={"label": "x"}).status == 403
@@ -201,9 +206,7 @@ def test_password_change_takes_effect_at_once(site: GatewayProcess) -> None:
     web = signed_in(site)
     other_browser = signed_in(site)
 
-    reply = web.call(
-        "PUT", "/api/password", {"new_password": NEW_PASSWORD, "new_password_again": NEW_PASSWORD}
-    )
+    reply = web.call("PUT", "/api/password", CHANGE)
 
     assert reply.status == 204
     assert smtp_login(site, USER, PASSWORD)[0] == 535
@@ -230,7 +233,8 @@ def test_each_policy_rule_is_refused_with_its_message(
     site: GatewayProcess, new: str, again: str, message: str
 ) -> None:
     web = signed_in(site)
-    reply = web.call("PUT", "/api/password", {"new_password": new, "new_password_again": again})
+    body = {"current_password": PASSWORD, "new_password": new, "new_password_again": again}
+    reply = web.call("PUT", "/api/password", body)
 
     assert reply.status == 400
     assert message in reply.json()["error"]
@@ -272,8 +276,7 @@ def test_expired_password_may_only_be_replaced(site: GatewayProcess) -> None:
     assert web.call("POST", "/api/app-passwords", {"label": "x"}).status == 403
     assert 'id="expired"' in web.request("GET", "/").text
 
-    body = {"new_password": NEW_PASSWORD, "new_password_again": NEW_PASSWORD}
-    assert web.call("PUT", "/api/password", body).status == 204
+    assert web.call("PUT", "/api/password", CHANGE).status == 204
     assert web.call("GET", "/api/app-passwords").status == 200
     assert smtp_login(site, USER, NEW_PASSWORD)[0] == 235
 
@@ -331,6 +334,7 @@ def test_certificates_are_listed_read_only(site: GatewayProcess) -> None:
 
 def test_sign_in_with_a_client_certificate(site: GatewayProcess) -> None:
     cert = site.issue_cert()
+    assert run_cli(site.config, "user", "set-auth", USER, "certificate").returncode == 0
     web = client(site, cert.context(site.ca_file))
     assert 'id="cert-login"' in web.request("GET", "/").text
 
@@ -411,7 +415,8 @@ def test_curl_script_rotates_a_password(site: GatewayProcess, tmp_path: Any) -> 
             "-H",
             f"X-CSRF-Token: {token}",
             "-d",
-            f'{{"new_password": "{NEW_PASSWORD}", "new_password_again": "{NEW_PASSWORD}"}}',
+            f'{{"current_password": "{PASSWORD}", "new_password": "{NEW_PASSWORD}", '
+            f'"new_password_again": "{NEW_PASSWORD}"}}',
             f"{url}/api/password",
         ]
     )

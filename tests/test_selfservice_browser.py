@@ -151,16 +151,33 @@ def test_password_and_app_password_lifecycle_in_chromium(
         rule = str(err)
     else:
         raise AssertionError(f"{TOO_SHORT!r} should break the length rule")
-    fill(driver, {"new_password": TOO_SHORT, "new_password_again": TOO_SHORT})
+    fill(
+        driver,
+        {"current_password": PASSWORD, "new_password": TOO_SHORT, "new_password_again": TOO_SHORT},
+    )
     submit(driver, "password-submit")
     assert text_of(driver, "error") == rule
-    fill(driver, {"new_password": NEW_PASSWORD, "new_password_again": NEW_PASSWORD + "!"})
+    fill(
+        driver,
+        {
+            "current_password": PASSWORD,
+            "new_password": NEW_PASSWORD,
+            "new_password_again": NEW_PASSWORD + "!",
+        },
+    )
     submit(driver, "password-submit")
     assert text_of(driver, "error")
     assert absent(driver, By.ID, "notice")
     smtp_login(gw, PASSWORD)  # neither attempt changed anything
 
-    fill(driver, {"new_password": NEW_PASSWORD, "new_password_again": NEW_PASSWORD})
+    fill(
+        driver,
+        {
+            "current_password": PASSWORD,
+            "new_password": NEW_PASSWORD,
+            "new_password_again": NEW_PASSWORD,
+        },
+    )
     submit(driver, "password-submit")
     assert absent(driver, By.ID, "error"), text_of(driver, "error")
     assert text_of(driver, "notice")

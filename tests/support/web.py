@@ -48,6 +48,8 @@ class WebClient:
     host: str = "127.0.0.1"
     cookies: dict[str, str] = field(default_factory=dict)
     csrf: str | None = None
+    # A loopback address to connect from, so a test can be several clients.
+    source: str | None = None
 
     def request(
         self,
@@ -70,7 +72,11 @@ class WebClient:
         if self.cookies:
             sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         connection = http.client.HTTPSConnection(
-            self.host, self.port, context=self.context, timeout=TIMEOUT
+            self.host,
+            self.port,
+            context=self.context,
+            timeout=TIMEOUT,
+            source_address=(self.source, 0) if self.source else None,
         )
         try:
             connection.request(method, path, body=body, headers=sent)
