@@ -3,6 +3,7 @@
 from pki.bundle import pkcs12_bundles
 from pki.ca import (
     KEY_TYPES,
+    MAX_DAYS,
     PrivateKey,
     certificate_email,
     create_ca,
@@ -19,6 +20,7 @@ from pki.identity import fingerprint_sha256, format_serial, parse_serial
 
 __all__ = [
     "KEY_TYPES",
+    "MAX_DAYS",
     "REVOCATION_REASONS",
     "PrivateKey",
     "build_crl",

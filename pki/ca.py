@@ -26,6 +26,8 @@ FilePath: TypeAlias = str | os.PathLike[str]
 
 # Tolerates clocks of peers that are slightly behind ours.
 BACKDATE = timedelta(minutes=5)
+# The CA's own lifetime, and so the longest any certificate it signs can be valid.
+MAX_DAYS = 3650
 CN_MAX_LENGTH = 64
 
 
@@ -107,8 +109,8 @@ def _end_entity(
     days: int,
 ) -> x509.CertificateBuilder:
     """A non-CA certificate signed by `ca_cert`, never outliving it."""
-    if days < 1:
-        raise ValueError(f"a certificate must be valid for at least one day, not {days}")
+    if not 1 <= days <= MAX_DAYS:
+        raise ValueError(f"a certificate is valid for 1 to {MAX_DAYS} days, not {days}")
     not_after = min(datetime.now(UTC) + timedelta(days=days), ca_cert.not_valid_after_utc)
     return (
         _base(subject, ca_cert.subject, public_key, not_after)
@@ -132,7 +134,7 @@ def _domain_subtrees(domains: list[str]) -> list[x509.GeneralName]:
 
 
 def create_ca(
-    common_name: str, *, days: int = 3650, permitted_domains: list[str] | None = None
+    common_name: str, *, days: int = MAX_DAYS, permitted_domains: list[str] | None = None
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A self-signed CA that may sign end-entity certificates only (path length 0).
 
