@@ -431,7 +431,16 @@ def _replace(path: Path, data: bytes) -> None:
 )
 @pass_context
 def server_cert(ctx: Context, hostnames: tuple[str, ...], out: Path, days: int) -> None:
-    """Issue a TLS server certificate for HOSTNAMES (DNS names or IP addresses)."""
+    """Issue a TLS server certificate for HOSTNAMES (DNS names or IP addresses).
+
+    Each must be a DNS name (letters, digits, inner hyphens; `*` only as the whole
+    left-most label; xn-- form for international names) or an IPv4/IPv6 address,
+    and one the CA's name constraints permit.
+    """
+    try:
+        pki.server_names(list(hostnames))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     out = _out_dir(out)
     paths = [out / "server.crt", out / "server.key"]
     _refuse_existing(paths)
