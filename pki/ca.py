@@ -6,7 +6,6 @@ Certificate builders share `_end_entity` so that each later certificate kind
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,11 +20,15 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from pki import names
+
 PrivateKey: TypeAlias = CertificateIssuerPrivateKeyTypes
 FilePath: TypeAlias = str | os.PathLike[str]
 
 # Tolerates clocks of peers that are slightly behind ours.
 BACKDATE = timedelta(minutes=5)
+# The CA's own lifetime, and so the longest any certificate it signs can be valid.
+MAX_DAYS = 3650
 CN_MAX_LENGTH = 64
 
 
@@ -107,8 +110,8 @@ def _end_entity(
     days: int,
 ) -> x509.CertificateBuilder:
     """A non-CA certificate signed by `ca_cert`, never outliving it."""
-    if days < 1:
-        raise ValueError(f"a certificate must be valid for at least one day, not {days}")
+    if not 1 <= days <= MAX_DAYS:
+        raise ValueError(f"a certificate is valid for 1 to {MAX_DAYS} days, not {days}")
     not_after = min(datetime.now(UTC) + timedelta(days=days), ca_cert.not_valid_after_utc)
     return (
         _base(subject, ca_cert.subject, public_key, not_after)
@@ -132,13 +135,19 @@ def _domain_subtrees(domains: list[str]) -> list[x509.GeneralName]:
 
 
 def create_ca(
-    common_name: str, *, days: int = 3650, permitted_domains: list[str] | None = None
+    common_name: str,
+    *,
+    days: int = MAX_DAYS,
+    permitted_domains: list[str] | None = None,
+    server_names: list[str] | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A self-signed CA that may sign end-entity certificates only (path length 0).
 
-    `permitted_domains` adds critical NameConstraints, so even a stolen CA key
-    cannot mint client certificates that verifiers accept for other mail domains.
-    Only rfc822Name is constrained; server certificates' DNS names are unaffected.
+    Clients are told to trust this CA, so it should vouch for nothing else: critical
+    NameConstraints limit server certificates to `server_names` (DNS names and the
+    names below them, IP addresses) and client certificates to mailboxes at
+    `permitted_domains`. Verifiers enforce them, even on what a stolen key signs.
+    A list left as None leaves that name form unconstrained.
     """
     key = _new_key()
     name = _name(common_name)
@@ -151,19 +160,25 @@ def create_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(cert_sign=True), critical=True)
     )
+    permitted: list[x509.GeneralName] = []
+    excluded: list[x509.GeneralName] = []
+    if server_names is not None:
+        permitted, excluded = names.server_subtrees(server_names)
     if permitted_domains is not None:
+        permitted += _domain_subtrees(permitted_domains)
+    if permitted or excluded:
         constraints = x509.NameConstraints(
-            permitted_subtrees=_domain_subtrees(permitted_domains), excluded_subtrees=None
+            permitted_subtrees=permitted or None, excluded_subtrees=excluded or None
         )
         builder = builder.add_extension(constraints, critical=True)
     return builder.sign(key, _hash_for(key)), key
 
 
-def _san_entry(hostname: str) -> x509.GeneralName:
+def _name_constraints(ca_cert: x509.Certificate) -> x509.NameConstraints | None:
     try:
-        return x509.IPAddress(ipaddress.ip_address(hostname))
-    except ValueError:
-        return x509.DNSName(hostname)
+        return ca_cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
 
 
 def issue_server_cert(
@@ -173,15 +188,25 @@ def issue_server_cert(
     *,
     days: int = 825,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A TLS server certificate for `hostnames` (DNS names or IP addresses); CN is the first."""
-    if not hostnames:
+    """A TLS server certificate for `hostnames`: DNS names or IP addresses (`pki.names`).
+
+    CN repeats the first DNS name that fits in one for old clients. Without such a
+    name the subject is empty and the SAN critical (RFC 5280 4.2.1.6): a CN of digits
+    would be read as a DNS name by NameConstraints checks and fail them.
+    """
+    entries = names.server_names(hostnames)
+    if not entries:
         raise ValueError("a server certificate needs at least one hostname")
+    constraints = _name_constraints(ca_cert)
+    if constraints is not None:
+        names.check_server_names(constraints, entries)
+    dns = [e.value for e in entries if isinstance(e, x509.DNSName)]
+    cn = next((name for name in dns if len(name) <= CN_MAX_LENGTH), None)
+    subject = _name(cn) if cn is not None else x509.Name([])
     key = _new_key()
     cert = (
-        _end_entity(ca_cert, _name(hostnames[0]), key.public_key(), days)
-        .add_extension(
-            x509.SubjectAlternativeName([_san_entry(name) for name in hostnames]), critical=False
-        )
+        _end_entity(ca_cert, subject, key.public_key(), days)
+        .add_extension(x509.SubjectAlternativeName(entries), critical=cn is None)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, _hash_for(ca_key))
     )
@@ -210,9 +235,8 @@ def _rfc822_matches(constraint: str, address: str) -> bool:
 
 def _check_name_constraints(ca_cert: x509.Certificate, address: str) -> None:
     """Refuse to issue what every verifier would reject anyway, with a clearer reason."""
-    try:
-        constraints = ca_cert.extensions.get_extension_for_class(x509.NameConstraints).value
-    except x509.ExtensionNotFound:
+    constraints = _name_constraints(ca_cert)
+    if constraints is None:
         return
     excluded = [
         n.value for n in constraints.excluded_subtrees or [] if isinstance(n, x509.RFC822Name)

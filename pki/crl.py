@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 
-from pki.ca import BACKDATE, PrivateKey, _authority_key_id, _hash_for
+from pki.ca import BACKDATE, MAX_DAYS, PrivateKey, _authority_key_id, _hash_for
 
 # RFC 5280 5.3.1 reason names. certificateHold/removeFromCRL (suspension) and the
 # CA/AA compromise codes do not apply to a mini-CA's end-entity certificates.
@@ -65,8 +65,8 @@ def build_crl(
     Verifiers that require a fresh CRL reject it after nextUpdate, so it has to be
     rebuilt (e.g. from cron) at least that often.
     """
-    if next_update_days < 1:
-        raise ValueError(f"next_update_days must be at least 1, not {next_update_days}")
+    if not 1 <= next_update_days <= MAX_DAYS:
+        raise ValueError(f"next_update_days must be 1 to {MAX_DAYS}, not {next_update_days}")
     now = datetime.now(UTC)
     builder = (
         x509.CertificateRevocationListBuilder()

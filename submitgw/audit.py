@@ -3,6 +3,11 @@
 Events are plain dictionaries; the formatter renders them as JSON (one object a
 line, for log shippers) or as `key=value` text. Callers pass only the fields
 listed in the event functions, so no AUTH payload can slip into a log line.
+
+Values come from clients (login names, addresses, TLS alerts), so neither format
+lets them start a line or a field of their own: JSON is pure ASCII (U+2028, U+0085
+and friends split lines for many readers), and text escapes every non-printable
+character and quotes values with spaces, quotes or `=`.
 """
 
 from __future__ import annotations
@@ -32,7 +37,44 @@ class JsonFormatter(logging.Formatter):
             entry["msg"] = record.getMessage()
         if record.exc_info and record.levelno >= logging.ERROR:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return json.dumps(entry, default=str, ensure_ascii=True)
+
+
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Characters that make a `key=value` field ambiguous unless the value is quoted.
+_FIELD_BREAKERS = frozenset(' "=')
+
+
+def _escape_char(char: str) -> str:
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape_text(text: str) -> str:
+    """`text` with a backslash escape for every character Python does not call printable.
+
+    That covers C0/C1 controls (CR, LF, NEL), line and paragraph separators, other
+    Unicode spaces, format characters (bidi overrides) and lone surrogates; the ASCII
+    space stays. Backslashes are doubled, so every escape reads back one way.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(_escape_char(c) for c in text)
+
+
+def text_value(value: object) -> str:
+    """One `key=value` value: escaped, and in double quotes when it could look like more."""
+    text = escape_text(str(value))
+    if text and _FIELD_BREAKERS.isdisjoint(text):
+        return text
+    return '"' + text.replace('"', '\\"') + '"'
 
 
 class TextFormatter(logging.Formatter):
@@ -40,10 +82,12 @@ class TextFormatter(logging.Formatter):
         event = getattr(record, "event", None)
         when = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         if isinstance(event, dict):
-            body = " ".join(f"{k}={v}" for k, v in event.items())
+            body = " ".join(f"{escape_text(str(k))}={text_value(v)}" for k, v in event.items())
         else:
-            body = record.getMessage()
-        return f"{when} {record.levelname.lower()} {record.name}: {body}"
+            body = escape_text(record.getMessage())
+        if record.exc_info and record.levelno >= logging.ERROR:
+            body += f" error={text_value(self.formatException(record.exc_info))}"
+        return f"{when} {record.levelname.lower()} {escape_text(record.name)}: {body}"
 
 
 def setup_logging(cfg: LogConfig) -> None:

@@ -476,7 +476,7 @@ def test_crl_out_verifies_with_openssl_and_lists_the_revoked(
 def test_server_cert_writes_a_verifiable_pair_and_never_overwrites(
     config: Path, setup: Path, out: Path
 ) -> None:
-    output = ok(run_pki(config, "server-cert", "mail.example.org", "192.0.2.7", "--out", str(out)))
+    output = ok(run_pki(config, "server-cert", "mail.gw.test", "127.0.0.1", "--out", str(out)))
 
     crt, key = out / "server.crt", out / "server.key"
     assert (mode(crt), mode(key)) == (0o644, 0o600)
@@ -490,13 +490,13 @@ def test_server_cert_writes_a_verifiable_pair_and_never_overwrites(
         "-purpose",
         "sslserver",
         "-verify_hostname",
-        "mail.example.org",
+        "mail.gw.test",
         str(crt),
     )
     assert checked.returncode == 0, checked.stderr
     before = crt.read_bytes()
 
-    line = one_line_error(run_pki(config, "server-cert", "other.example.org", "--out", str(out)))
+    line = one_line_error(run_pki(config, "server-cert", "other.gw.test", "--out", str(out)))
 
     assert "refusing to overwrite" in line
     assert crt.read_bytes() == before
@@ -623,7 +623,7 @@ def test_init_ca_domain_constrains_the_ca(tmp_path: Path) -> None:
     constraints = pki.load_certificate(folder / "ca/ca.crt").extensions.get_extension_for_class(
         x509.NameConstraints
     )
-    assert constraints.value.permitted_subtrees == [
+    assert [n for n in constraints.value.permitted_subtrees if isinstance(n, x509.RFC822Name)] == [
         x509.RFC822Name("example.org"),
         x509.RFC822Name(".example.org"),
     ]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 from cryptography import x509
+from sqlalchemy.exc import SQLAlchemyError
 
 # Names, not `import pki`: loading the submodule submitgw.cli.pki rebinds `pki` here.
 from pki import PrivateKey, load_certificate, load_private_key
@@ -20,6 +21,11 @@ from submitgw.config import Config, ConfigError
 from submitgw.store import Database, MigrationRequired
 
 CA_PASSPHRASE_ENV = "SUBMITGW_CA_PASSPHRASE"
+# Row IDs are SQL INTEGER columns: 32-bit signed on PostgreSQL.
+ID_MAX = 2**31 - 1
+# Far above any real sending limit, far below every database's integer range.
+COUNT_MAX = 10**9
+row_id = click.IntRange(1, ID_MAX)
 
 
 def read_secret_line(path: Path, what: str) -> bytes:
@@ -117,7 +123,31 @@ def email_argument(text: str) -> str:
     return email
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+
+
+class _Commands(click.Group):
+    """Errors no command expected still end as one `Error: …` line and exit status 1.
+
+    Commands turn the refusals they know into ClickException; this catches what the
+    database, the file system or a number beyond every range can still raise.
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except SQLAlchemyError as exc:
+            raise click.ClickException(f"database error: {_first_line(exc)}") from exc
+        except OverflowError as exc:
+            raise click.ClickException(f"a number is out of range: {_first_line(exc)}") from exc
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or _first_line(exc)}") from exc
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -130,9 +160,14 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = Context(config_mod.config_path(config_path, dict(os.environ)))
 
 
-def main() -> None:
+def commands() -> click.Group:
+    """`cli` with every command group attached (imports each command module)."""
     from submitgw.cli import access, db, init, pki, serve, user
 
     for module in (init, serve, user, access, pki, db):
         module.register(cli)
-    cli()
+    return cli
+
+
+def main() -> None:
+    commands()()

@@ -14,7 +14,7 @@ import click
 
 from submitgw.access import CONFIRMED, DNS_ERROR, NO_PTR, ClientName, RuleError, client_address
 from submitgw.address import normalise_login
-from submitgw.cli import Context, pass_context
+from submitgw.cli import Context, pass_context, row_id
 from submitgw.cli.user import user_group
 from submitgw.dns import ReverseDns
 from submitgw.screen import ClientScreen, Verdict, deny_reply
@@ -117,7 +117,7 @@ def list_rules(ctx: Context, as_json: bool) -> None:
 
 
 @access_group.command("remove")
-@click.argument("rule_id", metavar="ID", type=int)
+@click.argument("rule_id", metavar="ID", type=row_id)
 @pass_context
 def remove(ctx: Context, rule_id: int) -> None:
     """Delete rule ID (as shown by list)."""

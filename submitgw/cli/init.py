@@ -28,6 +28,14 @@ LAYOUT = {
     "--smarthost", default="127.0.0.1:25", show_default=True, help="Internal MTA, HOST:PORT."
 )
 @click.option(
+    "--server-name",
+    "extra_names",
+    multiple=True,
+    metavar="NAME",
+    help="Another DNS name or IP address clients use for this gateway (repeatable). "
+    "With the hostname, localhost and 127.0.0.1, the only server names the CA can certify.",
+)
+@click.option(
     "--ca-domain",
     "ca_domains",
     multiple=True,
@@ -36,10 +44,23 @@ LAYOUT = {
     "(repeatable; a NameConstraints extension that verifiers enforce).",
 )
 def init_command(
-    directory: Path, hostname: str | None, smarthost: str, ca_domains: tuple[str, ...]
+    directory: Path,
+    hostname: str | None,
+    smarthost: str,
+    extra_names: tuple[str, ...],
+    ca_domains: tuple[str, ...],
 ) -> None:
-    """Create DIR: commented config, migrated SQLite database, CA and server certificate."""
+    """Create DIR: commented config, migrated SQLite database, CA and server certificate.
+
+    The CA may certify only this gateway's names for servers (and, with --ca-domain,
+    only those mail domains for clients), as mail clients are told to trust it.
+    """
     hostname = (hostname or socket.getfqdn() or "localhost").lower()
+    names = [hostname, *extra_names, "localhost", "127.0.0.1"]
+    try:
+        pki.server_names(names)
+    except ValueError as exc:
+        raise click.ClickException(f"{exc} (see --hostname and --server-name)") from exc
     if directory.exists() and not directory.is_dir():
         raise click.ClickException(f"{directory} exists and is not a folder")
     targets = {name: directory / rel for name, rel in LAYOUT.items()}
@@ -50,7 +71,9 @@ def init_command(
         )
     try:
         ca_cert, ca_key = pki.create_ca(
-            f"submitgw CA for {hostname}", permitted_domains=list(ca_domains) or None
+            f"submitgw CA for {hostname}",
+            permitted_domains=list(ca_domains) or None,
+            server_names=names,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -60,7 +83,6 @@ def init_command(
 
     pki.write_private_key(targets["ca_key"], ca_key)
     pki.write_certificate(targets["ca_cert"], ca_cert)
-    names = list(dict.fromkeys([hostname, "localhost", "127.0.0.1"]))
     cert, key = pki.issue_server_cert(ca_cert, ca_key, names)
     pki.write_private_key(targets["server_key"], key)
     pki.write_certificate(targets["server_cert"], cert)
@@ -87,6 +109,8 @@ def init_command(
         ("server private key", "server_key"),
     ):
         click.echo(f"  {label}: {targets[name]}")
+    shown = ", ".join(str(n.value) for n in pki.server_names(names))
+    click.echo(f"The CA can certify these server names only: {shown}")
     click.echo(f"Next: submitgw --config {targets['config']} user add you@example.org")
 
 

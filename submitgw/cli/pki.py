@@ -229,7 +229,11 @@ def _output_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @pki_group.command("issue")
 @click.argument("email")
 @click.option(
-    "--days", type=click.IntRange(min=1), default=365, show_default=True, help="Validity."
+    "--days",
+    type=click.IntRange(1, pki.MAX_DAYS),
+    default=365,
+    show_default=True,
+    help=f"Validity (at most {pki.MAX_DAYS}, and never beyond the CA's).",
 )
 @click.option("--key-type", type=click.Choice(pki.KEY_TYPES), default="ec", show_default=True)
 @_output_options
@@ -255,7 +259,7 @@ def renew(ctx: Context, serial: str, out: Path, p12_password_stdin: bool) -> Non
     cert = x509.load_pem_x509_certificate(old.pem.encode("ascii"))
     # The old length, without the backdating every certificate gets.
     length = old.not_after - old.not_before - pki.ca.BACKDATE
-    days = max(1, round(length / timedelta(days=1)))
+    days = min(pki.MAX_DAYS, max(1, round(length / timedelta(days=1))))
     _issue(ctx, old.email, days, _key_type(cert), out, p12_password_stdin)
     click.echo(f"the old certificate {old.serial} stays valid: revoke it when no longer needed")
 
@@ -365,7 +369,7 @@ def revoke(ctx: Context, serial: str | None, email: str | None, reason: str) -> 
 )
 @click.option(
     "--next-update-days",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, pki.MAX_DAYS),
     default=7,
     show_default=True,
     help="Verifiers treat the CRL as stale after this; rebuild it more often.",
@@ -418,10 +422,25 @@ def _replace(path: Path, data: bytes) -> None:
     show_default="the current folder",
     help="Folder for server.crt and server.key.",
 )
-@click.option("--days", type=click.IntRange(min=1), default=825, show_default=True)
+@click.option(
+    "--days",
+    type=click.IntRange(1, pki.MAX_DAYS),
+    default=825,
+    show_default=True,
+    help=f"Validity (at most {pki.MAX_DAYS}, and never beyond the CA's).",
+)
 @pass_context
 def server_cert(ctx: Context, hostnames: tuple[str, ...], out: Path, days: int) -> None:
-    """Issue a TLS server certificate for HOSTNAMES (DNS names or IP addresses)."""
+    """Issue a TLS server certificate for HOSTNAMES (DNS names or IP addresses).
+
+    Each must be a DNS name (letters, digits, inner hyphens; `*` only as the whole
+    left-most label; xn-- form for international names) or an IPv4/IPv6 address,
+    and one the CA's name constraints permit.
+    """
+    try:
+        pki.server_names(list(hostnames))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     out = _out_dir(out)
     paths = [out / "server.crt", out / "server.key"]
     _refuse_existing(paths)

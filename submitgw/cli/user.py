@@ -35,6 +35,7 @@ from submitgw.store import (
 )
 
 HISTORY_LIMIT = 50
+HISTORY_MAX = 1_000_000
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -265,7 +266,7 @@ def _event_json(event: EventRecord) -> dict[str, str]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
     "--limit",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, HISTORY_MAX),
     default=HISTORY_LIMIT,
     show_default=True,
     help="Show at most this many entries.",

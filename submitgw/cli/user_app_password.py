@@ -12,7 +12,7 @@ from datetime import datetime
 
 import click
 
-from submitgw.cli import Context, email_argument, pass_context
+from submitgw.cli import Context, email_argument, pass_context, row_id
 from submitgw.cli.user import account_service, admin_actor
 from submitgw.store import AppPasswordRecord
 
@@ -85,7 +85,7 @@ def list_app_passwords(ctx: Context, email: str, as_json: bool) -> None:
 
 @app_password_group.command("revoke")
 @click.argument("email")
-@click.argument("app_id", metavar="ID", type=int)
+@click.argument("app_id", metavar="ID", type=row_id)
 @pass_context
 def revoke(ctx: Context, email: str, app_id: int) -> None:
     """Delete app password ID of EMAIL (IDs as `list` shows them); refused from the next AUTH."""

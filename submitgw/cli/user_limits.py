@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from submitgw.cli import Context, email_argument, pass_context
+from submitgw.cli import COUNT_MAX, Context, email_argument, pass_context
 from submitgw.limits import Window, account_key, login_name, per_window, user_key
 from submitgw.store import UserNotFound
 from submitgw.store.counters import CounterStore
@@ -20,19 +20,20 @@ DEFAULT = "default"
 
 
 class LimitValue(click.ParamType):
-    """A whole number >= 0, or the word `default` (None): back to the configured value."""
+    """A whole number 0 to COUNT_MAX, or the word `default`: back to the configured value."""
 
     name = "N|default"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if value is None or isinstance(value, int):
+        if value is None:
             return value
         text = str(value).strip().lower()
         if text == DEFAULT:
             return DEFAULT
-        if text.isdigit():
+        # isdigit() also takes other scripts' digits and superscripts; int() does not.
+        if text.isascii() and text.isdigit() and int(text) <= COUNT_MAX:
             return int(text)
-        self.fail(f"{value!r} is not a whole number >= 0 or 'default'", param, ctx)
+        self.fail(f"{value!r} is not a whole number from 0 to {COUNT_MAX} or 'default'", param, ctx)
 
 
 def _with_store(ctx: Context) -> tuple[CounterStore, Any]:
