@@ -70,6 +70,7 @@ class ServerConfig:
     hostname: str = "localhost"
     shutdown_grace: float = 30.0
     hide_client_ip: bool = False
+    memory_trim_interval: float = 30.0
 
 
 CLIENT_CERT_MODES = ("off", "optional", "required")
@@ -432,10 +433,13 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
     if passwords.history < 1 or passwords.max_age_days < 0:
         raise ConfigError("[passwords] history must be >= 1 and max_age_days >= 0")
     selfservice = _selfservice(_section(data, "selfservice"))
+    server = _build(ServerConfig, _section(data, "server"), "server")
+    if server.memory_trim_interval < 0:
+        raise ConfigError("[server] memory_trim_interval must be >= 0 (0: off)")
 
     return Config(
         path=path,
-        server=_build(ServerConfig, _section(data, "server"), "server"),
+        server=server,
         submission=listeners["submission"],
         submissions=listeners["submissions"],
         tls=tls,
@@ -511,6 +515,9 @@ hostname = "{hostname}"
 shutdown_grace = 30.0
 # true: the client's IP address is left out of the Received: header.
 hide_client_ip = false
+# Seconds between returns of freed heap memory to the system after connections
+# ended (glibc's malloc_trim); 0 turns it off.
+memory_trim_interval = 30.0
 
 [submission]
 # Message submission with STARTTLS (RFC 6409), "HOST:PORT" or "off".

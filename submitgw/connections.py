@@ -53,6 +53,7 @@ class ConnectionTable:
         self.per_client: Counter[str] = Counter()
         self.closed = False
         self.evicted = 0
+        self.released = 0
 
     @property
     def total(self) -> int:
@@ -73,6 +74,7 @@ class ConnectionTable:
 
     def release(self, connection: Connection) -> None:
         del self.live[connection]
+        self.released += 1
         key = client_key(connection.client_ip)
         self.per_client[key] -= 1
         if self.per_client[key] <= 0:

@@ -15,6 +15,7 @@ from submitgw.auth import CertificateAuthenticator, PasswordAuthenticator
 from submitgw.config import Config, Endpoint, ListenerConfig, selfservice_url
 from submitgw.dns import ReverseDns
 from submitgw.limiter import Limiter
+from submitgw.memory import trim_after_churn
 from submitgw.screen import ClientScreen
 from submitgw.selfservice import SelfService
 from submitgw.server import Gateway, Listener
@@ -172,7 +173,11 @@ async def serve(cfg: Config, db: Database) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _status, gw)
+    trimming = asyncio.create_task(
+        trim_after_churn(lambda: gw.connections.released, cfg.server.memory_trim_interval)
+    )
     await stop.wait()
+    trimming.cancel()
 
     log.info("stopping: no new connections, %d connection(s) open", gw.connections.total)
     for server in servers:
