@@ -1,7 +1,7 @@
 """SMTP DATA content from the raw stream, block by block, in linear time and memory.
 
-Reading DATA line by line costs a Python object and a timer per line, so a message
-of empty lines cost ~30 s of CPU and ~60 bytes per byte sent. The decoder here takes
+Reading DATA line by line cost a Python object and a timer per line: 4 MiB of
+empty lines took ~40 s of CPU and ~280 MiB. The decoder here takes
 blocks of any size and does its per-line work with bytes methods, so the cost per
 block is a few calls whatever the shape of the lines. It does no I/O: the session
 reads, and asks `next_read` how much it may take without reading past the end.

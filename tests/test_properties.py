@@ -83,6 +83,13 @@ def test_mail_and_rcpt_parsers_give_an_address_or_a_reply(arg: str | None, utf8:
 # --- From: ----------------------------------------------------------------------------------
 
 
+# Pieces of From: syntax, so that short examples combine quotes, comments, groups, folds.
+_PIECES = b'From: a@b.example <x@y.example> , ; : " ( ) \\ [ ] G: x @ . Alice =?utf-8?q?a?= \xff'
+_FROM_PIECES = st.sampled_from(
+    [*_PIECES.split(b" "), b"From:", b"FROM :", b"From ", b" ", b"\t", b"\r\n", b"\r\n\r\n"]
+)
+from_syntax = st.lists(_FROM_PIECES, max_size=40).map(b"".join)
+
 header_lines = st.lists(
     st.one_of(
         st.sampled_from(
@@ -109,8 +116,10 @@ header_lines = st.lists(
 ).map(lambda lines: b"\r\n".join(lines) + b"\r\n\r\nbody\r\n")
 
 
-@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
-@given(header_lines)
+@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(header_lines, from_syntax))
+@example(b'From:"')  # the parser itself raised IndexError on this
+@example(b'From: a@[x"] ' + b"(" * 400 + b"\r\n\r\n")
 @example(b"From: " + b"(" * 400 + b"x" + b")" * 400 + b" a@b.example\r\n\r\n")
 @example(b"From: " + b", ".join(b"u%d@example.org" % i for i in range(60)) + b"\r\n\r\n")
 def test_from_reader_gives_addresses_or_a_reply(content: bytes) -> None:
