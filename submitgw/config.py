@@ -555,7 +555,8 @@ max_message_size = 26214400
 max_recipients = 100
 # Simultaneous client connections over all listeners; beyond it "421 4.7.0".
 max_connections = 200
-# Seconds a client may stay silent (also between DATA lines).
+# Seconds a client may stay silent; within DATA, seconds per 12 KiB (or per line
+# ending in ".").
 idle_timeout = 300.0
 # Seconds a session may last in all.
 max_session_seconds = 1800.0
