@@ -157,6 +157,11 @@ class LimitsConfig:
     max_errors: int = 20
     max_command_length: int = 512
     max_auth_length: int = 12288
+    # What the From: check reads (see submitgw.binding.from_addresses).
+    max_header_bytes: int = 1048576
+    max_from_length: int = 8192
+    max_from_addresses: int = 50
+    header_check_timeout: float = 5.0
     # Sending and login limits; see submitgw.limits for how they are counted.
     max_connections_per_ip: int = 20
     rate_window: int = 3600
@@ -606,7 +611,8 @@ max_message_size = 26214400
 max_recipients = 100
 # Simultaneous client connections over all listeners; beyond it "421 4.7.0".
 max_connections = 200
-# Seconds a client may stay silent (also between DATA lines).
+# Seconds a client may stay silent; within DATA, seconds per 12 KiB (or per line
+# ending in ".").
 idle_timeout = 300.0
 # Seconds a TLS handshake (implicit TLS or after STARTTLS) may take.
 tls_handshake_timeout = 10.0
@@ -625,6 +631,15 @@ max_errors = 20
 max_command_length = 512
 # Longest AUTH command or AUTH response line in bytes (RFC 4954 section 4).
 max_auth_length = 12288
+# The From: check ([policy] check_header_from) reads at most this: a header
+# section over max_header_bytes gets "554 5.6.0"; From: fields longer than
+# max_from_length bytes in all, with more than max_from_addresses addresses, or
+# with comments nested deeper than 10 get "550 5.7.1"; a check that takes longer
+# than header_check_timeout seconds gets "554 5.6.0".
+max_header_bytes = 1048576
+max_from_length = 8192
+max_from_addresses = 50
+header_check_timeout = 5.0
 # Simultaneous connections from one client IP (IPv6: one /64) to this gateway
 # process; beyond it "421 4.7.0".
 max_connections_per_ip = 20

@@ -15,7 +15,6 @@ from email.utils import format_datetime
 
 from submitgw.errors import SmtpReply
 
-_BARE_EOL = re.compile(rb"\r\n|\r|\n")
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
 
 
@@ -39,7 +38,11 @@ def normalise(data: bytes, *, eight_bit_declared: bool) -> bytes:
         raise SmtpReply(554, "5.6.0", "Message contains NUL characters")
     if not eight_bit_declared and not data.isascii():
         raise SmtpReply(554, "5.6.0", "8-bit message data requires BODY=8BITMIME")
-    return _BARE_EOL.sub(b"\r\n", data)
+    crlf = data.count(b"\r\n")
+    if data.count(b"\r") == crlf == data.count(b"\n"):
+        return data
+    # Three passes of bytes.replace: a regex substitution costs an object per line.
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
 def _split(data: bytes) -> tuple[bytes, bytes]:

@@ -39,9 +39,10 @@ from submitgw.auth import (
     decode_sasl,
     split_plain,
 )
-from submitgw.binding import from_addresses
+from submitgw.binding import HeaderLimits, from_addresses
 from submitgw.config import Config, ListenerConfig
 from submitgw.connections import Connection, ConnectionTable
+from submitgw.dataread import DataDecoder
 from submitgw.errors import AuthFailed, RelayError, SmtpReply
 from submitgw.limiter import Limiter
 from submitgw.limits import LoginLocked, Quota, TooManyLogins
@@ -56,6 +57,26 @@ PRE_TLS_COMMANDS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"
 JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "EHLO", "HELO"})
 _HELO_NAME = re.compile(r"[A-Za-z0-9.:_\-\[\]]+")
 DATA_LINE_LIMIT = 1001  # RFC 5321 4.5.3.1.6: 998 + CRLF, plus one stuffed dot
+# How often, at most, a DATA transfer that is making progress moves its idle timer.
+_IDLE_SLACK = 1.0
+# DATA reads between two turns of the event loop (data is often already buffered).
+_READS_PER_TURN = 64
+
+
+def split_command(raw: bytes, *, command_limit: int, auth_limit: int) -> tuple[str, str | None]:
+    """The verb (upper case) and argument of one command line, or its `500 5.5.2`."""
+    line = raw.rstrip(b"\r\n")
+    if b"\x00" in line or b"\r" in line or not raw.endswith(b"\r\n"):
+        raise SmtpReply(500, "5.5.2", "Syntax error: bare CR, LF or NUL")
+    verb_bytes, _, arg_bytes = line.partition(b" ")
+    verb = verb_bytes.decode("ascii", "replace").upper()
+    if len(raw) > (auth_limit if verb == "AUTH" else command_limit):
+        raise SmtpReply(500, "5.5.2", "Line too long")
+    try:
+        arg = arg_bytes.decode("utf-8").strip() or None
+    except UnicodeDecodeError:
+        raise SmtpReply(500, "5.5.2", "Syntax error: invalid UTF-8") from None
+    return verb, arg
 
 
 class _Closed(Exception):
@@ -352,24 +373,14 @@ class Session(SMTP):
             return
         finally:
             self.waiting_for_command = False
-        line = raw.rstrip(b"\r\n")
-        if b"\x00" in line or b"\r" in line or not raw.endswith(b"\r\n"):
-            await self._error(SmtpReply(500, "5.5.2", "Syntax error: bare CR, LF or NUL"))
-            return
-        verb_bytes, _, arg_bytes = line.partition(b" ")
-        verb = verb_bytes.decode("ascii", "replace").upper()
-        limit = (
-            self.cfg.limits.max_auth_length
-            if verb == "AUTH"
-            else self.cfg.limits.max_command_length
-        )
-        if len(raw) > limit:
-            await self._error(SmtpReply(500, "5.5.2", "Line too long"))
-            return
         try:
-            arg = arg_bytes.decode("utf-8").strip() or None
-        except UnicodeDecodeError:
-            await self._error(SmtpReply(500, "5.5.2", "Syntax error: invalid UTF-8"))
+            verb, arg = split_command(
+                raw,
+                command_limit=self.cfg.limits.max_command_length,
+                auth_limit=self.cfg.limits.max_auth_length,
+            )
+        except SmtpReply as err:
+            await self._error(err)
             return
         handler = self._commands.get(verb)
         try:
@@ -646,7 +657,7 @@ class Session(SMTP):
             data = await self._read_data()
             content = message.normalise(data, eight_bit_declared=txn.params.body == "8BITMIME")
             if self.cfg.policy.check_header_from:
-                self._check_header_from(content)
+                await self._check_header_from(content)
         except SmtpReply:
             await self._reset_transaction()
             raise
@@ -680,36 +691,49 @@ class Session(SMTP):
         raise as_client_reply(result, "5.6.0")
 
     async def _read_data(self) -> bytes:
-        """Read up to CRLF.CRLF; over-size and over-long lines are drained, then refused."""
-        limit = self.cfg.limits.max_message_size
-        chunks: list[bytes] = []
-        size = 0
-        at_line_start = True
-        problem: SmtpReply | None = None
-        while True:
-            try:
-                line = await self._readline(DATA_LINE_LIMIT)
-            except _LineTooLong:
-                problem = problem or SmtpReply(500, "5.5.2", "Line too long")
-                at_line_start = True
-                continue
-            if at_line_start and line == b".\r\n":
-                break
-            if at_line_start and line.startswith(b"."):
-                line = line[1:]
-            at_line_start = line.endswith(b"\r\n")
-            size += len(line)
-            if size > limit:
-                problem = problem or SmtpReply(
-                    552, "5.3.4", f"Message too big; the limit is {limit} bytes"
-                )
-            if problem is None:
-                chunks.append(line)
-            else:
-                chunks.clear()
-        if problem is not None:
-            raise problem
-        return b"".join(chunks)
+        """Read up to CRLF.CRLF in blocks; over-size and over-long lines are drained, then refused.
+
+        One timer covers the whole DATA: it fires at the end of the session's
+        lifetime, or once the client has sent nothing for idle_timeout (moved
+        forward at most every `_IDLE_SLACK` seconds, never past the idle limit).
+        Reads go only as far as `decoder.next_read()` allows, so pipelined
+        commands after the final dot stay in the reader for the command loop.
+        """
+        decoder = DataDecoder(self.cfg.limits.max_message_size, DATA_LINE_LIMIT)
+        loop = asyncio.get_running_loop()
+        idle = self.cfg.limits.idle_timeout
+        slack = min(_IDLE_SLACK, idle / 10)
+        end = loop.time() + (self.deadline - time.monotonic())
+        armed = loop.time()
+        expires = min(end, armed + idle)
+        reads = 0
+        try:
+            async with asyncio.timeout_at(expires) as timer:
+                while not decoder.done:
+                    want = decoder.next_read()
+                    try:
+                        if isinstance(want, int):
+                            block = await self._reader.readexactly(want)
+                        else:
+                            block = await self._reader.readuntil(want)
+                    except asyncio.LimitOverrunError as exc:
+                        block = await self._reader.readexactly(exc.consumed)
+                    if decoder.feed(block) != len(block):
+                        raise RuntimeError("read past the end of DATA")
+                    now = loop.time()
+                    if now - armed >= slack:
+                        armed = now
+                        expires = min(end, now + idle)
+                        timer.reschedule(expires)
+                    reads += 1
+                    if reads % _READS_PER_TURN == 0:
+                        # Reads from the buffer do not yield: let other sessions run.
+                        await asyncio.sleep(0)
+        except TimeoutError:
+            await self._timeout("Session too long" if expires >= end else "Idle timeout")
+        except asyncio.IncompleteReadError as exc:
+            raise _Closed("eof") from exc
+        return decoder.result()
 
     def _log_message(self, txn: Transaction, size: int, reply: str) -> None:
         audit.message_event(
@@ -749,11 +773,31 @@ class Session(SMTP):
                 ) from exc
         return self.allowed_senders
 
-    def _check_header_from(self, content: bytes) -> None:
-        """The From: header is what recipients see: it must be as allowed as MAIL FROM."""
+    async def _check_header_from(self, content: bytes) -> None:
+        """The From: header is what recipients see: it must be as allowed as MAIL FROM.
+
+        Python's header parser is slow on hostile input, so it runs in a worker
+        thread (the event loop serves other sessions meanwhile) and gets
+        `header_check_timeout` seconds; `from_addresses` bounds what it is given.
+        """
+        limits = self.cfg.limits
+        bounds = HeaderLimits(
+            max_header_bytes=limits.max_header_bytes,
+            max_from_length=limits.max_from_length,
+            max_from_addresses=limits.max_from_addresses,
+        )
         addresses: list[str] = []
+        loop = asyncio.get_running_loop()
         try:
-            addresses = from_addresses(content)
+            try:
+                addresses = await asyncio.wait_for(
+                    loop.run_in_executor(None, from_addresses, content, bounds),
+                    limits.header_check_timeout,
+                )
+            except TimeoutError:
+                raise SmtpReply(
+                    554, "5.6.0", "Header section too complex to check in time"
+                ) from None
             policy.check_header_from(addresses, self.allowed_senders or [])
         except SmtpReply as err:
             self._log_sender_refused("header", addresses, err)
