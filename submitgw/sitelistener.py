@@ -170,6 +170,7 @@ class GuardedSite(web.BaseSite):
         screen: Screen | None = None,
     ) -> None:
         super().__init__(runner, ssl_context=context)
+        self.app_runner = runner
         self.endpoint = endpoint
         self.context = context
         self.cfg = cfg
@@ -259,7 +260,7 @@ class GuardedSite(web.BaseSite):
             return
         self.open += 1
         self.per_client[key] = self.per_client.get(key, 0) + 1
-        runner_server = self._runner.server
+        runner_server = self.app_runner.server
         assert runner_server is not None
         conn = SiteConnection(self, runner_server(), client_ip, key)
         self._spawn(self._handshake(conn, sock))
