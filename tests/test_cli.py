@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from cryptography import x509
 
 from submitgw import config as config_mod
 from submitgw.store import Database, UserRecord, UserStore
+from tests.support.smarthost import free_port
 
 SUBMITGW = [sys.executable, "-m", "submitgw"]
 FILES = [
@@ -156,12 +156,6 @@ def add_user(
 
 def list_json(config: Path) -> list[dict[str, object]]:
     return json.loads(ok(submitgw("--config", str(config), "user", "list", "--json")))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- init ----------------------------------------------------------------------------------

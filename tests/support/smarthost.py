@@ -11,6 +11,7 @@ import email
 import email.policy
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -41,13 +42,24 @@ REPEATED = {"reject_rcpt", "tempfail_rcpt"}
 VALUED = {"data_delay", "tls_cert", "tls_key", "auth", "hostname", "max_size"}
 
 
+FREE_PORT_RANGE = (12000, 32000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago; only for servers that cannot report the port they
     bound themselves (Postfix). The capture sink binds port 0 instead, which cannot race."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return cast(int, s.getsockname()[1])
+    # Below the kernel's ephemeral range (32768-60999 here): a port the kernel hands out
+    # for port 0 can be taken by any outgoing connection before the server binds it.
+    for _ in range(200):
+        port = random.randint(FREE_PORT_RANGE[0], FREE_PORT_RANGE[1])
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {FREE_PORT_RANGE} on {host}")
 
 
 def require_tool(name: str) -> str:
