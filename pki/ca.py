@@ -214,7 +214,7 @@ def issue_server_cert(
 
 
 def _mailbox(email: str) -> str:
-    """Light shape check only: full address rules belong to the caller (submitgw.address)."""
+    """Light shape check only: full address rules belong to the caller (submitgw.rules.address)."""
     address = email.strip().lower()
     local, at, domain = address.rpartition("@")
     if not (at and local and domain) or not address.isascii() or any(c.isspace() for c in address):

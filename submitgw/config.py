@@ -157,12 +157,12 @@ class LimitsConfig:
     max_errors: int = 20
     max_command_length: int = 512
     max_auth_length: int = 12288
-    # What the From: check reads (see submitgw.binding.from_addresses).
+    # What the From: check reads (see submitgw.rules.binding.from_addresses).
     max_header_bytes: int = 1048576
     max_from_length: int = 8192
     max_from_addresses: int = 50
     header_check_timeout: float = 5.0
-    # Sending and login limits; see submitgw.limits for how they are counted.
+    # Sending and login limits; see submitgw.rules.limits for how they are counted.
     max_connections_per_ip: int = 20
     rate_window: int = 3600
     messages_per_user: int = 200

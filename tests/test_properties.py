@@ -17,12 +17,12 @@ import string
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from submitgw import message
-from submitgw.address import parse_mail_from, parse_rcpt_to
-from submitgw.binding import HeaderLimits, from_addresses
-from submitgw.dataread import TERMINATOR, DataDecoder
 from submitgw.errors import SmtpReply
-from submitgw.server import split_command
+from submitgw.rules import message
+from submitgw.rules.address import parse_mail_from, parse_rcpt_to
+from submitgw.rules.binding import HeaderLimits, from_addresses
+from submitgw.smtp.dataread import TERMINATOR, DataDecoder
+from submitgw.smtp.session import split_command
 
 # Modest example counts and a per-example deadline: the whole file runs in seconds.
 FAST = settings(max_examples=150, deadline=500, suppress_health_check=[HealthCheck.too_slow])

@@ -16,8 +16,8 @@ from sqlalchemy.exc import SQLAlchemyError
 # Names, not `import pki`: loading the submodule submitgw.cli.pki rebinds `pki` here.
 from pki import PrivateKey, load_certificate, load_private_key
 from submitgw import config as config_mod
-from submitgw.address import normalise_login
 from submitgw.config import Config, ConfigError
+from submitgw.rules.address import normalise_login
 from submitgw.store import Database, MigrationRequired
 
 CA_PASSPHRASE_ENV = "SUBMITGW_CA_PASSPHRASE"

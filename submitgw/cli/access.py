@@ -12,12 +12,19 @@ from datetime import UTC, datetime
 
 import click
 
-from submitgw.access import CONFIRMED, DNS_ERROR, NO_PTR, ClientName, RuleError, client_address
-from submitgw.address import normalise_login
 from submitgw.cli import Context, pass_context, row_id
 from submitgw.cli.user import user_group
-from submitgw.dns import ReverseDns
-from submitgw.screen import ClientScreen, Verdict, deny_reply
+from submitgw.rules.access import (
+    CONFIRMED,
+    DNS_ERROR,
+    NO_PTR,
+    ClientName,
+    RuleError,
+    client_address,
+)
+from submitgw.rules.address import normalise_login
+from submitgw.services.dns import ReverseDns
+from submitgw.services.screening import ClientScreen, Verdict, deny_reply
 from submitgw.store import (
     AccessRuleStore,
     RuleExists,

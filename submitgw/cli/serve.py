@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from submitgw import audit
 from submitgw.cli import Context, pass_context
 from submitgw.config import Config, ConfigError, make_smarthost, parse_listen
+from submitgw.services import audit
 
 
 def apply_flags(
@@ -77,7 +77,7 @@ def serve_command(
             raise click.ClickException(f"TLS file {path} not found (see [tls] in {ctx.path})")
     # Here, not at the top: the web and SMTP server stack is only needed to serve, and
     # every other command (one process per admin action) starts faster without it.
-    from submitgw import runner
+    from submitgw import app as runner
 
     db = ctx.database()
     audit.setup_logging(cfg.log)

@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 
 import click
 
-from submitgw.account import AccountService, Actor
 from submitgw.cli import Context, email_argument, pass_context
 from submitgw.config import selfservice_url
-from submitgw.passwords import PasswordRejected
+from submitgw.rules.passwords import PasswordRejected
+from submitgw.services.accounts import AccountService, Actor
 from submitgw.store import (
     AUTH_POLICIES,
     AppPasswordNotFound,

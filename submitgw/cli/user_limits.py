@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from submitgw.cli import COUNT_MAX, Context, email_argument, pass_context
-from submitgw.limits import Window, account_key, login_name, per_window, user_key
+from submitgw.rules.limits import Window, account_key, login_name, per_window, user_key
 from submitgw.store import UserNotFound
 from submitgw.store.counters import CounterStore
 

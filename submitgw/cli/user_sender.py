@@ -10,8 +10,8 @@ from typing import TypeVar
 
 import click
 
-from submitgw.binding import InvalidPattern
 from submitgw.cli import Context, email_argument, pass_context
+from submitgw.rules.binding import InvalidPattern
 from submitgw.store import SenderExists, SenderNotFound, SenderStore, UserNotFound
 
 T = TypeVar("T")

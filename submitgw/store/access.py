@@ -21,14 +21,14 @@ from sqlalchemy import CheckConstraint, ForeignKey, String, Text, UniqueConstrai
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from submitgw.access import ACTIONS, Rule, parse_network, parse_rule
+from submitgw.rules.access import ACTIONS, Rule, parse_network, parse_rule
 from submitgw.store.db import Database
 from submitgw.store.models import Base, User, UtcDateTime, utcnow
 from submitgw.store.users import UserNotFound, normalise_email
 
 
 class AccessRuleRow(Base):
-    """One allow/deny rule; `rule` is normalised (see `submitgw.access.parse_rule`).
+    """One allow/deny rule; `rule` is normalised (see `submitgw.rules.access.parse_rule`).
 
     `rule` is unique: the same client text with two actions would leave the
     outcome to a tie-break the admin never chose.

@@ -26,7 +26,7 @@ from sqlalchemy import BigInteger, ForeignKey, Integer, String, bindparam, delet
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from submitgw.limits import Override
+from submitgw.rules.limits import Override
 from submitgw.store.db import Database
 from submitgw.store.models import Base, User, UtcDateTime, utcnow
 from submitgw.store.users import UserNotFound, normalise_email

@@ -14,7 +14,7 @@ from sqlalchemy import ForeignKey, String, UniqueConstraint, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from submitgw.binding import fold, normalise_pattern
+from submitgw.rules.binding import fold, normalise_pattern
 from submitgw.store.db import Database
 from submitgw.store.models import Base, User, UtcDateTime, utcnow
 from submitgw.store.users import UserNotFound, _rowcount, normalise_email

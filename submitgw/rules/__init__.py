@@ -1,0 +1,1 @@
+"""Pure decisions: given facts, say yes or no (with the reply). No I/O, no clock reads."""

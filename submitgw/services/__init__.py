@@ -1,0 +1,1 @@
+"""I/O behind small interfaces: stores, DNS, password hashing pools, logging."""

@@ -1,0 +1,326 @@
+"""Password authentication: SASL PLAIN/LOGIN payloads -> an Identity, or one generic failure.
+
+argon2id costs ~100 ms of CPU per verify, so verification (and the database read
+that goes with it) runs in a bounded thread pool; when the pool and its queue are
+full the client gets `454 4.7.0` at once instead of stalling every session. One
+client address or login name holds only a few of its places (`limits.PoolShares`),
+so a loop of logins, even with the right password, cannot keep others out. A
+place is given back when the work is over, not when the client stops waiting:
+a client that hangs up mid-verify still holds it while argon2 runs.
+Every failure path verifies a hash, so unknown, disabled and wrong-password
+logins all cost the same time and get the same `535 5.7.8`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import ParamSpec, TypeVar
+
+import argon2
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+import pki
+from submitgw.config import AuthConfig, PasswordsConfig
+from submitgw.errors import AuthBusy, AuthFailed, SmtpReply
+from submitgw.rules.access import source_allowed
+from submitgw.rules.address import normalise_login
+from submitgw.rules.limits import PoolShares, account_key, client_key
+from submitgw.rules.passwords import app_password_form, is_expired
+from submitgw.rules.policy import password_allowed
+from submitgw.store import (
+    AppPasswordHash,
+    AppPasswordNotFound,
+    CertificateStore,
+    CredentialStore,
+    UserNetworkStore,
+    UserNotFound,
+    UserRecord,
+    UserStore,
+)
+from submitgw.types import CertificateUser, Identity
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class PasswordExpired(SmtpReply):
+    """The right password, past its age or expired by an admin: not a failed guess."""
+
+    def __init__(self, url: str | None) -> None:
+        where = f"change it at {url}" if url else "ask your administrator for a new one"
+        super().__init__(535, "5.7.8", f"Password expired, {where}")
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A password that checked out: the account, and the app password if one was used."""
+
+    record: UserRecord
+    app: AppPasswordHash | None
+    expired: bool
+
+
+def make_hasher(cfg: AuthConfig) -> argon2.PasswordHasher:
+    return argon2.PasswordHasher(
+        time_cost=cfg.argon2_time_cost,
+        memory_cost=cfg.argon2_memory_kib,
+        parallelism=cfg.argon2_parallelism,
+        type=argon2.Type.ID,
+    )
+
+
+def decode_sasl(blob: str) -> bytes:
+    """Base64 as RFC 4954 wants it; `=` is an empty response, anything invalid is 501."""
+    blob = blob.strip()
+    if blob == "*":
+        raise SmtpReply(501, "5.7.0", "Authentication cancelled")
+    if blob == "=":
+        return b""
+    try:
+        return base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SmtpReply(501, "5.5.2", "Cannot decode base64 response") from exc
+
+
+def split_plain(payload: bytes) -> tuple[bytes, bytes, bytes]:
+    """RFC 4616: authzid NUL authcid NUL passwd."""
+    parts = payload.split(b"\x00")
+    if len(parts) != 3:
+        raise SmtpReply(501, "5.5.2", "Malformed PLAIN response")
+    authzid, authcid, password = parts
+    return authzid, authcid, password
+
+
+class PasswordAuthenticator:
+    def __init__(
+        self,
+        users: UserStore,
+        cfg: AuthConfig,
+        networks: UserNetworkStore | None = None,
+        credentials: CredentialStore | None = None,
+        passwords: PasswordsConfig | None = None,
+        selfservice_url: str | None = None,
+    ) -> None:
+        self._users = users
+        self._networks = networks
+        self._credentials = credentials
+        self._passwords = passwords or PasswordsConfig()
+        self._selfservice_url = selfservice_url
+        self._hasher = make_hasher(cfg)
+        self._dummy_hash = self._hasher.hash("not a password of anybody's")
+        self._pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="argon2")
+        self.shares = PoolShares(
+            cfg.workers + cfg.max_pending, cfg.max_pending_per_ip, cfg.max_pending_per_account
+        )
+
+    @property
+    def hasher(self) -> argon2.PasswordHasher:
+        return self._hasher
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run argon2 work in the bounded pool; `454 4.7.0` when it is full or the store fails."""
+        return await self._run(None, None, functools.partial(fn, *args, **kwargs))
+
+    async def _run(self, client_ip: str | None, authcid: bytes | None, call: Callable[[], T]) -> T:
+        """`run`, counted against the client's and the login name's share of the pool."""
+        client = client_key(client_ip) if client_ip is not None else None
+        account = account_key(authcid) if authcid is not None else None
+        share = self.shares.claim(client, account)
+        if share is None:
+            log.warning(
+                "auth pool: %s share full (%d in flight)",
+                self.shares.refusal(client, account) or "pool",
+                self.shares.holding(),
+            )
+            raise AuthBusy()
+        try:
+            work = self._pool.submit(call)
+        except RuntimeError as exc:
+            share.release()
+            raise SmtpReply(
+                454, "4.7.0", "Temporary authentication failure, try again later"
+            ) from exc
+        # Before the loop hears of the result, so the place is free when the caller resumes.
+        work.add_done_callback(lambda _: share.release())
+        try:
+            return await asyncio.wrap_future(work)
+        except (SmtpReply, ValueError, UserNotFound, AppPasswordNotFound):
+            # Answers for the caller to give (a rule broken, no such account).
+            raise
+        except Exception as exc:
+            log.error("credential store unavailable: %s", type(exc).__name__)
+            raise SmtpReply(
+                454, "4.7.0", "Temporary authentication failure, try again later"
+            ) from exc
+
+    async def login(
+        self,
+        authcid: bytes,
+        password: bytes,
+        authzid: bytes,
+        mechanism: str,
+        cert: CertificateUser | None = None,
+        client_ip: str = "?",
+    ) -> Identity:
+        """SMTP AUTH: the password or an app password; raises AuthFailed, PasswordExpired, 454."""
+        check = functools.partial(
+            self._check, authcid, password, authzid, cert, client_ip, allow_app=True
+        )
+        found = await self._run(client_ip, authcid, check)
+        if found is None:
+            raise AuthFailed()
+        if found.app is None and found.expired:
+            raise PasswordExpired(self._selfservice_url)
+        app = f"{found.app.id} {found.app.label}" if found.app else None
+        if cert is not None:
+            return Identity(found.record.email, mechanism, cert.serial, cert.fingerprint, app)
+        return Identity(found.record.email, mechanism, app_password=app)
+
+    async def verify_account(
+        self, login: str, password: str, cert: CertificateUser | None, client_ip: str
+    ) -> Verified:
+        """Self-service sign-in: the account password only (never an app password),
+        accepted even when expired, so that it can set a new one."""
+        authcid = login.encode()
+        check = functools.partial(
+            self._check, authcid, password.encode(), b"", cert, client_ip, allow_app=False
+        )
+        found = await self._run(client_ip, authcid, check)
+        if found is None:
+            raise AuthFailed()
+        return found
+
+    def _check(
+        self,
+        authcid: bytes,
+        password: bytes,
+        authzid: bytes,
+        cert: CertificateUser | None,
+        client_ip: str,
+        allow_app: bool,
+    ) -> Verified | None:
+        """Runs in a worker thread. Always verifies exactly one hash.
+
+        A password shaped like an app password is checked against the app
+        password its first group selects, if the user has one; otherwise, like
+        every other password, against the account's hash.
+        """
+        try:
+            login = normalise_login(authcid.decode("utf-8"))
+            wanted = authzid.decode("utf-8").strip().lower()
+        except UnicodeDecodeError:
+            login, wanted = None, ""
+        record = self._users.get(login) if login else None
+        # Read for every attempt, known user or not, so the queries reveal nothing.
+        networks = self._networks.get(login) if self._networks and login else []
+        app = None
+        form = app_password_form(password) if allow_app else None
+        if form is not None and login and self._credentials is not None:
+            app = self._credentials.find_app_password(login, form[0])
+        if app is not None and form is not None:
+            stored, secret = app.password_hash, form[1].encode()
+        else:
+            stored, secret = (record.password_hash if record else self._dummy_hash), password
+        try:
+            good = self._hasher.verify(stored, secret)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            good = False
+        if not good or record is None or not record.enabled:
+            return None
+        if wanted and wanted != record.email:
+            return None
+        if not password_allowed(record.auth_policy, record.email, cert):
+            return None
+        if not source_allowed(networks, client_ip):
+            return None
+        expired = is_expired(record.password_changed_at, record.password_expired, self._passwords)
+        if app is not None and self._credentials is not None:
+            self._credentials.app_password_used(app.id)
+            self._users.record_login(record.email)
+        elif not expired:
+            new_hash = None
+            if self._hasher.check_needs_rehash(stored):
+                new_hash = self._hasher.hash(password)
+            self._users.record_login(record.email, new_hash)
+        return Verified(record, app, expired)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class CertificateAuthenticator:
+    """Turns a TLS client certificate into a `CertificateUser`, checked against the inventory.
+
+    The handshake already checked the chain and validity; this repeats the checks
+    that matter (issuer, validity, not a CA, clientAuth) so a change of TLS settings
+    cannot widen them, then asks the database on every session, so a revocation or
+    a disabled user takes effect at the next connection on every gateway.
+    """
+
+    def __init__(
+        self,
+        certificates: CertificateStore,
+        ca_cert: x509.Certificate,
+        networks: UserNetworkStore | None = None,
+    ) -> None:
+        self._certificates = certificates
+        self._ca = ca_cert
+        self._networks = networks
+
+    async def identify(
+        self, der: bytes, client_ip: str | None = None
+    ) -> tuple[CertificateUser | None, str]:
+        """(the user, "ok") or (None, why the certificate was rejected)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, self._check, der, client_ip)
+        except Exception as exc:
+            log.error("certificate inventory unavailable: %s", type(exc).__name__)
+            return None, "inventory unavailable"
+
+    def _check(self, der: bytes, client_ip: str | None) -> tuple[CertificateUser | None, str]:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            cert.verify_directly_issued_by(self._ca)
+        except (ValueError, TypeError, InvalidSignature):
+            return None, "not issued by the gateway's CA"
+        now = datetime.now(UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return None, "outside its validity period"
+        try:
+            if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                return None, "a CA certificate"
+        except x509.ExtensionNotFound:
+            pass
+        try:
+            usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            return None, "no extended key usage"
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+            return None, "not for client authentication"
+        found = self._certificates.lookup(pki.fingerprint_sha256(der))
+        if found is None:
+            return None, "not in the inventory"
+        if found.revoked:
+            return None, "revoked"
+        if not found.user_enabled:
+            return None, "user disabled"
+        allowed = True
+        if self._networks is not None and client_ip is not None:
+            allowed = source_allowed(self._networks.get(found.email), client_ip)
+        return CertificateUser(
+            found.email, found.serial, found.fingerprint_sha256, found.auth_policy, allowed
+        ), "ok"

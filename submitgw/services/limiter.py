@@ -1,0 +1,331 @@
+"""The gateway's side of the limits: asks the counter store off the event loop, applies `limits`.
+
+Sending: MAIL reads the user's and the client's usage in one query and keeps
+it for the transaction's RCPTs; a message is counted (an UPSERT per key) once
+the smarthost has accepted it, so refused or failed messages cost nothing.
+Messages accepted while a count is being written share the next write.
+
+Logins: the lockouts, failure and success counts of the account name and the
+client are read in one query *before* a password is checked, so a locked-out
+guesser, or a client that has used up its successful logins, costs that small
+query and no argon2 work; the delay is served by the event loop, not a worker
+thread. A checked password is counted once: as a failure, or as a success (one
+upsert, which also forgets the account's failures when it had any).
+Concurrent logins all read the counts before any is written, so a limit may be
+overshot by the logins in flight, which `[auth] max_pending_per_*` bound.
+
+A database error never lets a message or a login through unchecked: MAIL gets
+`451 4.3.0` and AUTH `454 4.7.0`, as when the user store is unavailable.
+Only the counting after a message was accepted fails open (logged), because
+the smarthost already has the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import ParamSpec, TypeVar
+
+from submitgw.config import LimitsConfig
+from submitgw.errors import AuthFailed, SmtpReply
+from submitgw.rules.limits import (
+    IP,
+    LoginLocked,
+    Quota,
+    TooManyLogins,
+    Window,
+    account_key,
+    format_time,
+    ip_key,
+    keys_to_lock,
+    limit_reply,
+    login_delay,
+    login_name,
+    quota,
+    reset_time,
+    success_key,
+    success_limit_reached,
+    user_key,
+)
+from submitgw.services import audit
+from submitgw.services.authn import PasswordExpired
+from submitgw.store.counters import CounterStore
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Old buckets and expired lockouts are deleted at most this often per process.
+PRUNE_INTERVAL = 60.0
+
+
+class Limiter:
+    """One per gateway process, shared by its sessions."""
+
+    def __init__(
+        self,
+        cfg: LimitsConfig,
+        store: CounterStore,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.rates = Window(cfg.rate_window)
+        self.logins = Window(cfg.auth_window)
+        self._clock = clock
+        self._next_prune = 0.0
+        # Counts of accepted messages not yet written, and who waits for them.
+        self._pending: dict[tuple[str, int], tuple[int, int]] = {}
+        self._batch: asyncio.Future[None] | None = None
+        self._writer: asyncio.Future[None] | None = None
+
+    async def _off_loop(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: fn(*args, **kwargs))
+
+    # --- sending ------------------------------------------------------------------------
+
+    async def check_message(self, user: str, client_ip: str, session: str) -> Quota:
+        """At MAIL: refuse when one more message (with one recipient) would go over a limit."""
+        now = self._clock()
+        keys = [user_key(user), ip_key(client_ip)]
+        try:
+            used, override = await self._off_loop(
+                self.store.usage, keys, self.rates.first_counted(now), user
+            )
+        except Exception as exc:
+            log.error("sending counters unavailable: %s", type(exc).__name__)
+            raise SmtpReply(
+                451, "4.3.0", "Cannot check sending limits now, try again later"
+            ) from exc
+        current = quota(self.cfg, user, client_ip, used, override)
+        await self.enforce(current, session, client_ip, messages=1, recipients=1)
+        return current
+
+    async def enforce(
+        self,
+        current: Quota,
+        session: str,
+        client_ip: str,
+        *,
+        messages: int = 0,
+        recipients: int = 0,
+    ) -> None:
+        """Raise `450 4.7.1` if `messages`/`recipients` more would exceed a limit of `current`."""
+        over = current.exceeded(messages, recipients)
+        if over is None:
+            return
+        now = self._clock()
+        try:
+            buckets = await self._off_loop(
+                self.store.buckets, over.counted.key, self.rates.first_counted(now), over.measure
+            )
+            resets = reset_time(self.rates, buckets, over.excess, now)
+        except Exception as exc:
+            # The refusal stands; only its reset time is unknown.
+            log.error("sending counters unavailable: %s", type(exc).__name__)
+            resets = None
+        reply = limit_reply(over, self.rates, resets, now)
+        audit.emit(
+            {
+                "event": "limit",
+                "session": session,
+                "client": client_ip,
+                "user": current.user,
+                "limit": f"{over.counted.scope} {over.measure}",
+                "key": over.counted.key,
+                "reply": reply.line,
+            },
+            logging.WARNING,
+        )
+        raise reply
+
+    async def count_message(self, user: str, client_ip: str, recipients: int) -> None:
+        """After the smarthost accepted a message: count it for the user and the client.
+
+        Returns once the count is committed, so the session's next MAIL sees it.
+        Messages finishing while a write is under way are written together by
+        the next one (group commit): under load, one transaction and one disk
+        sync serve many messages instead of one each.
+        """
+        bucket = self.rates.bucket(self._clock())
+        for key in (user_key(user), ip_key(client_ip)):
+            messages, rcpts = self._pending.get((key, bucket), (0, 0))
+            self._pending[(key, bucket)] = (messages + 1, rcpts + recipients)
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+        batch = self._batch
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._write_pending())
+        # Shielded: a session that goes away must not cancel the others' write.
+        await asyncio.shield(batch)
+
+    async def _write_pending(self) -> None:
+        """Write what is pending, batch after batch, until nothing is left."""
+        try:
+            while self._pending:
+                counts, self._pending = self._pending, {}
+                batch, self._batch = self._batch, None
+                now = self._clock()
+                try:
+                    await self._off_loop(self._write, counts, now, self._prune_due(now))
+                except Exception as exc:
+                    log.error("could not count sent messages: %s", type(exc).__name__)
+                if batch is not None:
+                    batch.set_result(None)
+        finally:
+            self._writer = None
+
+    def _write(
+        self, counts: dict[tuple[str, int], tuple[int, int]], now: float, prune: bool
+    ) -> None:
+        self.store.add_counts(counts)
+        if prune:
+            self._prune(now)
+
+    def _prune_due(self, now: float) -> bool:
+        """Whether it is time to delete old rows (decided on the event loop, so only once)."""
+        if now < self._next_prune:
+            return False
+        self._next_prune = now + PRUNE_INTERVAL
+        return True
+
+    def _prune(self, now: float) -> None:
+        """Housekeeping: a failure here must not undo the count it rides along with."""
+        try:
+            self.store.prune(self.rates.first_counted(now), self.logins.first_counted(now))
+        except Exception as exc:
+            log.error("could not delete old counters: %s", type(exc).__name__)
+
+    # --- logins -------------------------------------------------------------------------
+
+    async def login(
+        self,
+        authcid: bytes,
+        client_ip: str,
+        verify: Callable[[], Awaitable[T]],
+    ) -> T:
+        """Run `verify` (the password check) unless the name or client is locked out.
+
+        Raises `LoginLocked` or `TooManyLogins` (454) without calling `verify`;
+        waits the escalating delay before calling it; counts it as a failure if
+        it raises `AuthFailed`, as a success if it returns.
+        """
+        account, client = account_key(authcid), ip_key(client_ip)
+        keys = [account, client, success_key(account), success_key(client)]
+        now = self._clock()
+        try:
+            state = await self._off_loop(
+                self.store.login_state, keys, self.logins.first_counted(now)
+            )
+        except Exception as exc:
+            log.error("login counters unavailable: %s", type(exc).__name__)
+            raise SmtpReply(
+                454, "4.7.0", "Temporary authentication failure, try again later"
+            ) from exc
+        until = max((lock.locked_until.timestamp() for lock in state.locks), default=0.0)
+        if until > now:
+            raise LoginLocked(until)
+        over = success_limit_reached(
+            state.failures.get(success_key(account), 0),
+            state.failures.get(success_key(client), 0),
+            self.cfg,
+        )
+        if over is not None:
+            raise self._too_many_logins(over, authcid, client_ip)
+        account_failures = state.failures.get(account, 0)
+        delay = login_delay(account_failures, state.failures.get(client, 0), self.cfg)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            identity = await verify()
+        except AuthFailed:
+            await self._failed(authcid, client_ip)
+            raise
+        except PasswordExpired:
+            # The right password all the same: a client retrying it in a loop is counted.
+            await self._succeeded(account, client, None)
+            raise
+        await self._succeeded(account, client, account if account_failures else None)
+        return identity
+
+    def _too_many_logins(self, which: str, authcid: bytes, client_ip: str) -> TooManyLogins:
+        """The refusal, logged for the admin with the limit that was reached."""
+        reply = TooManyLogins()
+        limit = (
+            self.cfg.auth_successes_per_ip if which == IP else self.cfg.auth_successes_per_account
+        )
+        audit.emit(
+            {
+                "event": "limit",
+                "client": client_ip,
+                "user": login_name(authcid) if which == "account" else None,
+                "limit": f"{which} logins",
+                "max": limit,
+                "reply": reply.line,
+            },
+            logging.WARNING,
+        )
+        return reply
+
+    async def _succeeded(self, account: str, client: str, forget: str | None) -> None:
+        """Count a successful login; a failure to count is logged, the login stands."""
+        now = self._clock()
+        try:
+            await self._off_loop(
+                self._record_success, account, client, forget, now, self._prune_due(now)
+            )
+        except Exception as exc:
+            log.error("could not count a login: %s", type(exc).__name__)
+
+    def _record_success(
+        self, account: str, client: str, forget: str | None, now: float, prune: bool
+    ) -> None:
+        keys = [success_key(account), success_key(client)]
+        self.store.record_success(keys, self.logins.bucket(now), forget)
+        if prune:
+            self._prune(now)
+
+    async def _failed(self, authcid: bytes, client_ip: str) -> None:
+        now = self._clock()
+        try:
+            locked = await self._off_loop(
+                self._record_failure, authcid, client_ip, now, self._prune_due(now)
+            )
+        except Exception as exc:
+            log.error("could not count a failed login: %s", type(exc).__name__)
+            return
+        for which, failures, until in locked:
+            audit.emit(
+                {
+                    "event": "lockout",
+                    "lock": which,
+                    "user": login_name(authcid) if which == "account" else None,
+                    "client": client_ip,
+                    "failures": failures,
+                    "until": format_time(until),
+                },
+                logging.WARNING,
+            )
+
+    def _record_failure(
+        self, authcid: bytes, client_ip: str, now: float, prune: bool
+    ) -> list[tuple[str, int, float]]:
+        """Count the failure; lock what reached its threshold. (which, failures, until) locked."""
+        account, client = account_key(authcid), ip_key(client_ip)
+        counts = self.store.record_failure(
+            [account, client], self.logins.bucket(now), self.logins.first_counted(now)
+        )
+        locked = []
+        until = now + self.cfg.auth_lockout
+        for which in keys_to_lock(counts[account], counts[client], self.cfg):
+            key = client if which == IP else account
+            self.store.lock(key, datetime.fromtimestamp(until, UTC), counts[key])
+            locked.append((which, counts[key], until))
+        if prune:
+            self._prune(now)
+        return locked

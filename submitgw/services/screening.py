@@ -1,0 +1,113 @@
+"""Screening a connecting client against the access rules, before it is greeted.
+
+Rules are read from the database on every connection (one small query in a
+worker thread), so `submitgw access deny …` applies to the very next
+connection on every gateway sharing the database. Reverse DNS is asked only
+when no address rule matched and a name or `unknown` rule exists, so a rule set
+of addresses alone never waits on DNS.
+
+If the rules cannot be read, the client gets `421 4.3.0` (try again later):
+failing open would let a denied client in whenever the database hiccups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from submitgw.config import PolicyConfig
+from submitgw.rules.access import ClientName, Decision, Rule, client_address, decide, needs_name
+from submitgw.services import audit
+from submitgw.services.dns import ReverseDns
+from submitgw.store import AccessRuleStore
+
+UNAVAILABLE = "421 4.3.0 Temporary failure, try again later"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A decision with what it was based on; `name` is None when DNS was not asked."""
+
+    decision: Decision
+    name: ClientName | None
+
+
+class ClientScreen:
+    """Shared by all sessions of one gateway process."""
+
+    def __init__(self, rules: AccessRuleStore, dns: ReverseDns, policy: PolicyConfig) -> None:
+        self._rules = rules
+        self._dns = dns
+        self._policy = policy
+
+    async def verdict(self, client_ip: str, *, always_resolve: bool = False) -> Verdict:
+        """Decide for one client; `always_resolve` looks the name up even when not needed.
+
+        `access check` resolves always, to print the name; the decision is the
+        same because address rules outrank every name rule.
+        """
+        address = client_address(client_ip)
+        default = self._policy.default
+
+        def load() -> tuple[list[Rule], Decision]:
+            rules = self._rules.rules()
+            return rules, decide(address, rules, default)
+
+        # Reading and matching a thousand rules takes milliseconds: not on the event loop.
+        rules, by_address = await asyncio.get_running_loop().run_in_executor(None, load)
+        if not always_resolve and (by_address.rule is not None or not needs_name(rules)):
+            return Verdict(by_address, None)
+        name = await self._dns.lookup(str(address))
+        return Verdict(decide(address, rules, default, name), name)
+
+    async def _verdict_or_default(self, client_ip: str) -> Verdict:
+        try:
+            client_address(client_ip)
+        except ValueError:
+            # No peer address (the socket had none): no rule can match, the default decides.
+            return Verdict(Decision(self._policy.default, None, ()), None)
+        return await self.verdict(client_ip)
+
+    async def refusal(self, client_ip: str, session: str) -> str | None:
+        """The reply line that replaces the greeting, or None to greet the client.
+
+        Logs one `access` event per connection.
+        """
+        try:
+            verdict = await self._verdict_or_default(client_ip)
+        except Exception as exc:
+            audit.emit(
+                {
+                    "event": "access",
+                    "session": session,
+                    "client": client_ip,
+                    "decision": "error",
+                    "reason": f"access rules unavailable: {type(exc).__name__}",
+                },
+                logging.ERROR,
+            )
+            return UNAVAILABLE
+        decision, name = verdict.decision, verdict.name
+        audit.emit(
+            {
+                "event": "access",
+                "session": session,
+                "client": client_ip,
+                "decision": decision.action,
+                "rule_id": decision.rule.id if decision.rule else None,
+                "rule": decision.rule.rule if decision.rule else "policy.default",
+                "name": name.name if name else None,
+                "dns": name.status if name else "not needed",
+            }
+        )
+        if decision.allowed:
+            return None
+        return deny_reply(self._policy)
+
+
+def deny_reply(policy: PolicyConfig) -> str:
+    """`554 5.7.1` with the admin's text as one printable ASCII line (a CR or LF in it
+    would end the reply early and start another)."""
+    text = "".join(c if " " <= c <= "~" else " " for c in policy.deny_message).strip()
+    return f"554 5.7.1 {text or 'Access denied'}"

@@ -1,0 +1,1 @@
+"""The SMTP protocol: connections, TLS, the session that drives the steps, the relay."""

@@ -1,0 +1,857 @@
+"""The SMTP session: aiosmtpd's transport and STARTTLS plumbing, our command loop.
+
+aiosmtpd's own command loop answers without enhanced status codes, leaks
+exception text, times out only between commands and reads AUTH synchronously,
+so the session replaces the loop and every command handler while keeping the
+library's connection and TLS-upgrade machinery. This module is the only place
+where an `SmtpReply` becomes bytes on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import logging
+import re
+import secrets
+import ssl
+import time
+from asyncio import sslproto
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from aiosmtpd.smtp import SMTP
+
+import pki
+from submitgw.config import Config, ListenerConfig
+from submitgw.errors import AuthFailed, RelayError, SmtpReply
+from submitgw.rules import message, policy
+from submitgw.rules.address import MailParams, normalise_login, parse_mail_from, parse_rcpt_to
+from submitgw.rules.binding import HeaderLimits, from_addresses
+from submitgw.rules.limits import LoginLocked, Quota, TooManyLogins
+from submitgw.services import audit
+from submitgw.services.authn import (
+    CertificateAuthenticator,
+    PasswordAuthenticator,
+    PasswordExpired,
+    decode_sasl,
+    split_plain,
+)
+from submitgw.services.limiter import Limiter
+from submitgw.services.screening import ClientScreen
+from submitgw.smtp.connections import Connection, ConnectionTable
+from submitgw.smtp.dataread import DataDecoder
+from submitgw.smtp.relay import Upstream, as_client_reply
+from submitgw.store import SenderStore
+from submitgw.tls import describe
+from submitgw.types import CERTIFICATE, CertificateUser, Identity
+
+log = logging.getLogger(__name__)
+
+PRE_TLS_COMMANDS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
+JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "EHLO", "HELO"})
+_HELO_NAME = re.compile(r"[A-Za-z0-9.:_\-\[\]]+")
+DATA_LINE_LIMIT = 1001  # RFC 5321 4.5.3.1.6: 998 + CRLF, plus one stuffed dot
+# How often, at most, a DATA transfer that is making progress moves its idle timer.
+_IDLE_SLACK = 1.0
+# DATA reads between two turns of the event loop (data is often already buffered).
+_READS_PER_TURN = 64
+
+
+def split_command(raw: bytes, *, command_limit: int, auth_limit: int) -> tuple[str, str | None]:
+    """The verb (upper case) and argument of one command line, or its `500 5.5.2`."""
+    line = raw.rstrip(b"\r\n")
+    if b"\x00" in line or b"\r" in line or not raw.endswith(b"\r\n"):
+        raise SmtpReply(500, "5.5.2", "Syntax error: bare CR, LF or NUL")
+    verb_bytes, _, arg_bytes = line.partition(b" ")
+    verb = verb_bytes.decode("ascii", "replace").upper()
+    if len(raw) > (auth_limit if verb == "AUTH" else command_limit):
+        raise SmtpReply(500, "5.5.2", "Line too long")
+    try:
+        arg = arg_bytes.decode("utf-8").strip() or None
+    except UnicodeDecodeError:
+        raise SmtpReply(500, "5.5.2", "Syntax error: invalid UTF-8") from None
+    return verb, arg
+
+
+class _Closed(Exception):
+    """The client went away or the session must end now."""
+
+
+class _LineTooLong(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One listening socket's settings: its name, TLS context and certificate rules."""
+
+    name: str
+    implicit_tls: bool
+    tls_context: ssl.SSLContext
+    settings: ListenerConfig
+
+
+@dataclass
+class Transaction:
+    sender: str
+    params: MailParams
+    recipients: list[str] = field(default_factory=list)
+    # The sending limits read at MAIL, checked again at each RCPT.
+    quota: Quota | None = None
+
+
+class Gateway:
+    """State shared by all sessions: configuration, services, and the live-session set."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        authenticator: PasswordAuthenticator,
+        certificates: CertificateAuthenticator | None = None,
+        screen: ClientScreen | None = None,
+        *,
+        senders: SenderStore | None = None,
+        limiter: Limiter | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.authenticator = authenticator
+        self.certificates = certificates
+        self.screen = screen
+        # Who may send as what; without a store, users may use their own address only.
+        self.senders = senders
+        # Sending limits and login lockouts; None (tests) checks neither.
+        self.limiter = limiter
+        self.sessions: set[Session] = set()
+        self.connections = ConnectionTable(
+            cfg.limits.max_connections, cfg.limits.max_connections_per_ip
+        )
+        self.stopping = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    def spawn(self, work: Coroutine[object, object, None]) -> None:
+        """Run clean-up work that must outlive the session that started it."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def connection_factory(self, listener: Listener) -> Callable[[], Connection]:
+        """Each accepted socket is counted (and maybe refused) before any TLS work."""
+        return lambda: Connection(
+            self.connections,
+            listener.name,
+            lambda connection: Session(self, listener, connection),
+            greet_refusals=not listener.implicit_tls,
+        )
+
+    async def drain(self, grace: float) -> None:
+        """Shutdown: idle sessions get 421 now, busy ones may finish within `grace`."""
+        self.stopping = True
+        self.connections.closed = True
+        for session in list(self.sessions):
+            session.request_stop()
+        deadline = time.monotonic() + grace
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.abort("421 4.3.2 Service shutting down, closing connection")
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+
+
+class Session(SMTP):
+    def __init__(self, gateway: Gateway, listener: Listener, connection: Connection) -> None:
+        cfg = gateway.cfg
+        self.line_length_limit = max(cfg.limits.max_auth_length, DATA_LINE_LIMIT) + 2
+        super().__init__(
+            handler=object(),
+            hostname=cfg.server.hostname,
+            ident="",
+            tls_context=listener.tls_context,
+            data_size_limit=cfg.limits.max_message_size,
+            # A backstop only: the command loop enforces idle and lifetime limits itself.
+            timeout=cfg.limits.max_session_seconds + cfg.limits.idle_timeout,
+        )
+        self.gw = gateway
+        self.cfg = cfg
+        self.listener = listener
+        self.connection = connection
+        self.lost = False
+        self.id = secrets.token_hex(6)
+        self.tls_info: str | None = None
+        self.tls_waiter: asyncio.Future[None] | None = None
+        self.cert: CertificateUser | None = None
+        self.helo: str | None = None
+        self.esmtp = False
+        self.identity: Identity | None = None
+        self.allowed_senders: list[str] | None = None
+        self.txn: Transaction | None = None
+        self.upstream: Upstream | None = None
+        self.messages = 0
+        self.errors = 0
+        self.junk = 0
+        self.client_ip = "?"
+        self.started = time.monotonic()
+        self.deadline = self.started + cfg.limits.max_session_seconds
+        self.login_deadline = self.started + cfg.limits.login_timeout
+        self.waiting_for_command = False
+        self.stop_requested = False
+        self.end_reason = "disconnect"
+
+    # --- connection lifecycle -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        upgrading = self._original_transport is not None
+        super().connection_made(transport)
+        if upgrading:
+            self.tls_info = describe(transport.get_extra_info("ssl_object"))
+            return
+        self.client_ip = self.connection.client_ip
+        self.gw.sessions.add(self)
+        if self.listener.implicit_tls:
+            # Before any byte arrives, so the ClientHello reaches the TLS layer.
+            self.tls_waiter = self._begin_tls()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        """Called by the TLS layer, or by the connection when the layer did not."""
+        if self.lost:
+            return
+        self.lost = True
+        self.gw.sessions.discard(self)
+        super().connection_lost(error)
+
+    @property
+    def identified(self) -> bool:
+        """Logged in, or holding a certificate of a known user: no longer a stranger."""
+        return self.identity is not None or self.cert is not None
+
+    def evict(self) -> None:
+        """Every slot is taken and a newcomer needs this stranger's."""
+        self.end_reason = "evicted"
+        self._say_goodbye("421 4.7.0 Too many connections, closing this one")
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+        if self.waiting_for_command and self.txn is None:
+            self.abort("421 4.3.2 Service shutting down, closing connection")
+
+    def abort(self, line: str) -> None:
+        """End the session from outside the command loop (shutdown)."""
+        self.end_reason = "shutdown"
+        self._say_goodbye(line)
+
+    def _say_goodbye(self, line: str) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(line.encode("ascii") + b"\r\n")
+            transport.close()
+
+    async def reply(self, line: str) -> None:
+        await self.push(line)
+
+    async def _error(self, err: SmtpReply) -> None:
+        if err.code >= 400:
+            self.errors += 1
+        await self.push(err.line)
+        if err.close:
+            raise _Closed(err.text)
+        if self.errors >= self.cfg.limits.max_errors:
+            await self.push("421 4.7.0 Too many errors, closing connection")
+            self.end_reason = "errors"
+            raise _Closed("too many errors")
+
+    # --- reading --------------------------------------------------------------------
+
+    async def _readline(self, limit: int) -> bytes:
+        """One line including its LF; idle timeout and session lifetime both apply."""
+        remaining, why = self._time_left()
+        timeout = min(self.cfg.limits.idle_timeout, remaining)
+        if timeout <= 0:
+            await self._timeout(why)
+        try:
+            line = await asyncio.wait_for(self._reader.readuntil(b"\n"), timeout)
+        except TimeoutError:
+            await self._timeout("Idle timeout" if remaining > timeout else why)
+        except asyncio.IncompleteReadError as exc:
+            raise _Closed("eof") from exc
+        except asyncio.LimitOverrunError as exc:
+            await self._discard_line(exc.consumed)
+            raise _LineTooLong() from exc
+        if len(line) > limit:
+            raise _LineTooLong()
+        return line
+
+    def _time_left(self) -> tuple[float, str]:
+        """Seconds until the session's lifetime, or a stranger's time to log in, ends."""
+        now = time.monotonic()
+        if not self.identified and self.login_deadline < self.deadline:
+            return self.login_deadline - now, "No login in time"
+        return self.deadline - now, "Session lifetime exceeded"
+
+    async def _discard_line(self, consumed: int) -> None:
+        await self._reader.readexactly(consumed)
+        while True:
+            try:
+                await asyncio.wait_for(self._reader.readuntil(b"\n"), self.cfg.limits.idle_timeout)
+                return
+            except asyncio.LimitOverrunError as exc:
+                await self._reader.readexactly(exc.consumed)
+            except TimeoutError:
+                await self._timeout("Idle timeout")
+            except asyncio.IncompleteReadError as exc:
+                raise _Closed("eof") from exc
+
+    async def _timeout(self, why: str) -> None:
+        self.end_reason = "timeout"
+        await self.push(f"421 4.4.2 {self.hostname} {why}, closing connection")
+        raise _Closed(why)
+
+    # --- the command loop -----------------------------------------------------------
+
+    async def _handle_client(self) -> None:
+        try:
+            if self.tls_waiter is not None:
+                await self._finish_tls(self.tls_waiter)
+            if self.gw.screen is not None:
+                refusal = await self.gw.screen.refusal(self.client_ip, self.id)
+                if refusal is not None:
+                    self.end_reason = "access-denied"
+                    await self.push(refusal)
+                    return
+            await self.push(f"220 {self.hostname} ESMTP ready")
+            while self.transport is not None:
+                await self._one_command()
+                if self.stop_requested and self.txn is None:
+                    self.end_reason = "shutdown"
+                    await self.push("421 4.3.2 Service shutting down, closing connection")
+                    return
+        except _Closed:
+            pass
+        except (ConnectionError, ssl.SSLError):
+            self.end_reason = "connection-error"
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("session %s: internal error", self.id)
+            self.end_reason = "internal-error"
+            with contextlib.suppress(Exception):
+                await self.push("421 4.3.0 Internal error, closing connection")
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Synchronous on purpose: it also runs while the task is being cancelled."""
+        if self.upstream is not None:
+            upstream, self.upstream = self.upstream, None
+            self.gw.spawn(upstream.quit())
+        if self.transport is not None:
+            self.transport.close()
+        self.connection.finished()
+        audit.session_event(
+            session=self.id,
+            listener=self.listener.name,
+            client=self.client_ip,
+            tls=self.tls_info,
+            user=self.identity.user if self.identity else None,
+            cert_serial=self.cert.serial if self.cert else None,
+            messages=self.messages,
+            seconds=time.monotonic() - self.started,
+            end=self.end_reason,
+        )
+
+    async def _one_command(self) -> None:
+        self.waiting_for_command = True
+        try:
+            raw = await self._readline(self.cfg.limits.max_auth_length)
+        except _LineTooLong:
+            await self._error(SmtpReply(500, "5.5.2", "Line too long"))
+            return
+        finally:
+            self.waiting_for_command = False
+        try:
+            verb, arg = split_command(
+                raw,
+                command_limit=self.cfg.limits.max_command_length,
+                auth_limit=self.cfg.limits.max_auth_length,
+            )
+        except SmtpReply as err:
+            await self._error(err)
+            return
+        handler = self._commands.get(verb)
+        try:
+            if handler is None:
+                raise SmtpReply(500, "5.5.1", "Command not recognized")
+            if verb in JUNK_COMMANDS:
+                self.junk += 1
+                if self.junk > self.cfg.limits.max_junk_commands:
+                    self.end_reason = "junk-commands"
+                    raise SmtpReply(
+                        421, "4.7.0", "Too many commands, closing connection", close=True
+                    )
+            if not self.tls_info and verb not in PRE_TLS_COMMANDS:
+                raise SmtpReply(530, "5.7.0", "Must issue a STARTTLS command first")
+            await handler(self, arg)
+        except _LineTooLong:
+            await self._error(SmtpReply(500, "5.5.2", "Line too long"))
+        except SmtpReply as err:
+            await self._error(err)
+
+    # --- commands -------------------------------------------------------------------
+
+    async def _ehlo(self, arg: str | None, extended: bool) -> None:
+        if not arg:
+            raise SmtpReply(501, "5.5.4", f"Syntax: {'EHLO' if extended else 'HELO'} hostname")
+        await self._reset_transaction()
+        name = arg.split()[0][:255]
+        # It goes into the Received header: keep it to what a host name or literal uses.
+        self.helo = name if _HELO_NAME.fullmatch(name) else "invalid-helo"
+        self.esmtp = extended
+        if not extended:
+            await self.push(f"250 {self.hostname}")
+            return
+        lines = [
+            self.hostname,
+            "PIPELINING",
+            f"SIZE {self.cfg.limits.max_message_size}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if self.tls_info:
+            lines.append("AUTH PLAIN LOGIN EXTERNAL" if self.cert else "AUTH PLAIN LOGIN")
+        else:
+            lines.append("STARTTLS")
+        for text in lines[:-1]:
+            await self.push(f"250-{text}")
+        await self.push(f"250 {lines[-1]}")
+
+    async def smtp_EHLO(self, arg: str | None) -> None:
+        await self._ehlo(arg, extended=True)
+
+    async def smtp_HELO(self, arg: str | None) -> None:
+        await self._ehlo(arg, extended=False)
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        if self.tls_info:
+            raise SmtpReply(554, "5.5.1", "TLS already active")
+        if arg:
+            raise SmtpReply(501, "5.5.4", "Syntax: STARTTLS")
+        await self.push("220 2.0.0 Ready to start TLS")
+        await self._finish_tls(self._begin_tls())
+        # RFC 3207 4.2: forget everything learnt before TLS.
+        self.helo = None
+        self.esmtp = False
+        await self._reset_transaction()
+
+    def _begin_tls(self) -> asyncio.Future[None]:
+        """Put a TLS layer under the session; the handshake completes the returned future."""
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._tls_protocol = sslproto.SSLProtocol(
+            self.loop, self, self.listener.tls_context, waiter, server_side=True
+        )
+        self._original_transport = self.transport
+        assert self._original_transport is not None
+        self.connection.layer(self._tls_protocol)
+        self.transport = self._tls_protocol._app_transport
+        self._tls_protocol.connection_made(self._original_transport)
+        return waiter
+
+    async def _finish_tls(self, waiter: asyncio.Future[None]) -> None:
+        """A client that closes cleanly mid-handshake completes the waiter without an
+        error, so success is judged by the TLS object being there, not by the waiter."""
+        ssl_object = None
+        reason = "closed during the handshake"
+        try:
+            await asyncio.wait_for(waiter, self.cfg.limits.tls_handshake_timeout)
+            if self.transport is not None:
+                ssl_object = self.transport.get_extra_info("ssl_object")
+        except (TimeoutError, ConnectionError, ssl.SSLError, OSError) as exc:
+            why = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+            reason = str(why or type(exc).__name__)
+        if ssl_object is None:
+            self.end_reason = "tls-failed"
+            audit.tls_failure(session=self.id, client=self.client_ip, reason=reason)
+            raise _Closed("TLS handshake failed")
+        self.tls_info = describe(ssl_object)
+        der = ssl_object.getpeercert(binary_form=True)
+        if der and self.gw.certificates is not None:
+            self.cert, why = await self.gw.certificates.identify(der, self.client_ip)
+            audit.certificate_event(
+                session=self.id,
+                client=self.client_ip,
+                fingerprint=pki.fingerprint_sha256(der),
+                user=self.cert.user if self.cert else None,
+                result=why,
+            )
+
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        if not self.esmtp:
+            raise SmtpReply(503, "5.5.1", "Send EHLO first")
+        if self.identity is not None:
+            raise SmtpReply(503, "5.5.1", "Already authenticated")
+        if self.txn is not None:
+            raise SmtpReply(503, "5.5.1", "AUTH not allowed during a mail transaction")
+        words = (arg or "").split()
+        if not words or len(words) > 2:
+            raise SmtpReply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+        mechanism = words[0].upper()
+        initial = words[1] if len(words) == 2 else None
+        if mechanism == "EXTERNAL":
+            await self._auth_external(initial)
+            return
+        if mechanism == "PLAIN":
+            payload = decode_sasl(initial if initial is not None else await self._challenge(""))
+            authzid, authcid, password = split_plain(payload)
+        elif mechanism == "LOGIN":
+            authzid = b""
+            if initial is not None:
+                authcid = decode_sasl(initial)
+            else:
+                authcid = decode_sasl(await self._challenge("Username:"))
+            password = decode_sasl(await self._challenge("Password:"))
+        else:
+            raise SmtpReply(504, "5.5.4", "Unrecognized authentication mechanism")
+        verify = functools.partial(
+            self.gw.authenticator.login,
+            authcid,
+            password,
+            authzid,
+            mechanism,
+            self.cert,
+            self.client_ip,
+        )
+        try:
+            if self.gw.limiter is None:
+                self.identity = await verify()
+            else:
+                self.identity = await self.gw.limiter.login(authcid, self.client_ip, verify)
+        except SmtpReply as err:
+            attempted = normalise_login(authcid.decode("utf-8", "replace"))
+            audit.auth_event(
+                session=self.id,
+                client=self.client_ip,
+                mechanism=mechanism,
+                user=attempted,
+                ok=False,
+                locked=isinstance(err, LoginLocked),
+                limited=isinstance(err, TooManyLogins),
+                expired=isinstance(err, PasswordExpired),
+            )
+            raise
+        audit.auth_event(
+            session=self.id,
+            client=self.client_ip,
+            mechanism=mechanism,
+            user=self.identity.user,
+            ok=True,
+            app_password=self.identity.app_password,
+        )
+        await self.push("235 2.7.0 Authentication successful")
+
+    async def _auth_external(self, initial: str | None) -> None:
+        """RFC 4422 appendix A: the TLS certificate is the credential."""
+        if self.cert is None:
+            raise SmtpReply(504, "5.5.4", "Unrecognized authentication mechanism")
+        wanted = decode_sasl(initial if initial is not None else await self._challenge(""))
+        cert = self.cert
+        try:
+            if wanted and wanted.decode("utf-8", "replace").strip().lower() != cert.user:
+                raise AuthFailed()
+            self.identity = policy.certificate_identity(cert, "EXTERNAL")
+        except AuthFailed:
+            audit.auth_event(
+                session=self.id,
+                client=self.client_ip,
+                mechanism="EXTERNAL",
+                user=cert.user,
+                ok=False,
+            )
+            raise
+        audit.auth_event(
+            session=self.id, client=self.client_ip, mechanism="EXTERNAL", user=cert.user, ok=True
+        )
+        await self.push("235 2.7.0 Authentication successful")
+
+    async def _challenge(self, prompt: str) -> str:
+        await self.push("334 " + base64.b64encode(prompt.encode()).decode())
+        raw = await self._readline(self.cfg.limits.max_auth_length)
+        return raw.decode("ascii", "replace")
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if self.helo is None:
+            raise SmtpReply(503, "5.5.1", "Send EHLO first")
+        if (
+            self.identity is None
+            and self.cert is not None
+            and self.cert.auth_policy == CERTIFICATE
+            and self.cert.source_allowed
+            and self.listener.settings.certificate_without_auth
+        ):
+            self.identity = policy.certificate_identity(self.cert, "CERTIFICATE")
+        identity = policy.require_identity(self.identity)
+        if self.txn is not None:
+            raise SmtpReply(503, "5.5.1", "Nested MAIL command")
+        if self.messages >= self.cfg.limits.max_messages_per_session:
+            raise SmtpReply(421, "4.7.0", "Too many messages in one session", close=True)
+        sender, params = parse_mail_from(arg, max_size=self.cfg.limits.max_message_size)
+        allowed = await self._allowed_senders(identity)
+        try:
+            policy.check_sender(identity, sender, allowed)
+        except SmtpReply as err:
+            self._log_sender_refused("envelope", [sender], err)
+            raise
+        quota = None
+        if self.gw.limiter is not None:
+            quota = await self.gw.limiter.check_message(identity.user, self.client_ip, self.id)
+        reused = self.upstream is not None and self.upstream.usable
+        if not reused:
+            self.upstream = await Upstream.connect(self.cfg.smarthost.servers, self.hostname)
+        assert self.upstream is not None
+        try:
+            reply = await self.upstream.mail(sender, params.upstream_options())
+        except RelayError:
+            if not reused:
+                raise
+            # The smarthost may have closed a connection kept from the last message.
+            self.upstream = await Upstream.connect(self.cfg.smarthost.servers, self.hostname)
+            reply = await self.upstream.mail(sender, params.upstream_options())
+        upstream = self.upstream
+        if not 200 <= reply.code < 300:
+            await upstream.reset()
+            raise as_client_reply(reply, "5.1.0")
+        self.txn = Transaction(sender, params, quota=quota)
+        await self.push("250 2.1.0 Sender OK")
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        txn = self.txn
+        if txn is None or self.upstream is None:
+            raise SmtpReply(503, "5.5.1", "Need MAIL command first")
+        if len(txn.recipients) >= self.cfg.limits.max_recipients:
+            raise SmtpReply(452, "4.5.3", "Too many recipients")
+        recipient = parse_rcpt_to(arg, smtputf8=txn.params.smtputf8)
+        if txn.quota is not None and self.gw.limiter is not None:
+            await self.gw.limiter.enforce(
+                txn.quota, self.id, self.client_ip, recipients=len(txn.recipients) + 1
+            )
+        reply = await self.upstream.rcpt(recipient)
+        if not 200 <= reply.code < 300:
+            raise as_client_reply(reply, "5.1.0")
+        txn.recipients.append(recipient)
+        await self.push("250 2.1.5 Recipient OK")
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        txn = self.txn
+        if txn is None or self.upstream is None:
+            raise SmtpReply(503, "5.5.1", "Need MAIL command first")
+        if not txn.recipients:
+            raise SmtpReply(503, "5.5.1", "Need RCPT command first")
+        if arg:
+            raise SmtpReply(501, "5.5.4", "Syntax: DATA")
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            data = await self._read_data()
+            content = message.normalise(data, eight_bit_declared=txn.params.body == "8BITMIME")
+            if self.cfg.policy.check_header_from:
+                await self._check_header_from(content)
+        except SmtpReply:
+            await self._reset_transaction()
+            raise
+        trace = message.Trace(
+            helo=self.helo or "unknown",
+            client_ip=None if self.cfg.server.hide_client_ip else self.client_ip,
+            hostname=self.hostname,
+            user=self.identity.user if self.identity else "",
+            session_id=self.id,
+            tls=self.tls_info,
+            cert_serial=self.identity.cert_serial if self.identity else None,
+            recipient=txn.recipients[0] if len(txn.recipients) == 1 else None,
+        )
+        upstream = self.upstream
+        self.txn = None
+        try:
+            result = await upstream.data(message.prepare(content, trace))
+        except RelayError as err:
+            self._log_message(txn, len(content), err.line)
+            raise
+        if 200 <= result.code < 300:
+            self.messages += 1
+            if self.gw.limiter is not None and self.identity is not None:
+                await self.gw.limiter.count_message(
+                    self.identity.user, self.client_ip, len(txn.recipients)
+                )
+            self._log_message(txn, len(content), result.line)
+            await self.push(f"250 2.0.0 Message accepted ({result.line[:200]})")
+            return
+        self._log_message(txn, len(content), result.line)
+        raise as_client_reply(result, "5.6.0")
+
+    async def _read_data(self) -> bytes:
+        """Read up to CRLF.CRLF in blocks; over-size and over-long lines are drained, then refused.
+
+        One timer covers the whole DATA: it fires at the end of the session's
+        lifetime, or once the client has sent nothing for idle_timeout (moved
+        forward at most every `_IDLE_SLACK` seconds, never past the idle limit).
+        Reads go only as far as `decoder.next_read()` allows, so pipelined
+        commands after the final dot stay in the reader for the command loop.
+        """
+        decoder = DataDecoder(self.cfg.limits.max_message_size, DATA_LINE_LIMIT)
+        loop = asyncio.get_running_loop()
+        idle = self.cfg.limits.idle_timeout
+        slack = min(_IDLE_SLACK, idle / 10)
+        end = loop.time() + (self.deadline - time.monotonic())
+        armed = loop.time()
+        expires = min(end, armed + idle)
+        reads = 0
+        try:
+            async with asyncio.timeout_at(expires) as timer:
+                while not decoder.done:
+                    want = decoder.next_read()
+                    try:
+                        if isinstance(want, int):
+                            block = await self._reader.readexactly(want)
+                        else:
+                            block = await self._reader.readuntil(want)
+                    except asyncio.LimitOverrunError as exc:
+                        block = await self._reader.readexactly(exc.consumed)
+                    if decoder.feed(block) != len(block):
+                        raise RuntimeError("read past the end of DATA")
+                    now = loop.time()
+                    if now - armed >= slack:
+                        armed = now
+                        expires = min(end, now + idle)
+                        timer.reschedule(expires)
+                    reads += 1
+                    if reads % _READS_PER_TURN == 0:
+                        # Reads from the buffer do not yield: let other sessions run.
+                        await asyncio.sleep(0)
+        except TimeoutError:
+            await self._timeout("Session too long" if expires >= end else "Idle timeout")
+        except asyncio.IncompleteReadError as exc:
+            raise _Closed("eof") from exc
+        return decoder.result()
+
+    def _log_message(self, txn: Transaction, size: int, reply: str) -> None:
+        audit.message_event(
+            session=self.id,
+            client=self.client_ip,
+            user=self.identity.user if self.identity else "",
+            mechanism=self.identity.mechanism if self.identity else None,
+            cert_serial=self.identity.cert_serial if self.identity else None,
+            cert_fingerprint=self.identity.cert_fingerprint if self.identity else None,
+            app_password=self.identity.app_password if self.identity else None,
+            sender=txn.sender,
+            recipients=len(txn.recipients),
+            size=size,
+            smarthost=str(self.upstream.server) if self.upstream else None,
+            reply=reply,
+        )
+
+    async def _allowed_senders(self, identity: Identity) -> list[str]:
+        """What the user may send as, read once per session and off the event loop.
+
+        The identity cannot change within a session, so one query serves every
+        message; an admin's change applies from the user's next connection.
+        """
+        if self.allowed_senders is None:
+            if self.gw.senders is None:
+                self.allowed_senders = [identity.user]
+                return self.allowed_senders
+            loop = asyncio.get_running_loop()
+            try:
+                self.allowed_senders = await loop.run_in_executor(
+                    None, self.gw.senders.allowed, identity.user
+                )
+            except Exception as exc:
+                log.error("sender bindings unavailable: %s", type(exc).__name__)
+                raise SmtpReply(
+                    451, "4.3.0", "Cannot check sender addresses now, try again later"
+                ) from exc
+        return self.allowed_senders
+
+    async def _check_header_from(self, content: bytes) -> None:
+        """The From: header is what recipients see: it must be as allowed as MAIL FROM.
+
+        Python's header parser is slow on hostile input, so it runs in a worker
+        thread (the event loop serves other sessions meanwhile) and gets
+        `header_check_timeout` seconds; `from_addresses` bounds what it is given.
+        """
+        limits = self.cfg.limits
+        bounds = HeaderLimits(
+            max_header_bytes=limits.max_header_bytes,
+            max_from_length=limits.max_from_length,
+            max_from_addresses=limits.max_from_addresses,
+        )
+        addresses: list[str] = []
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                addresses = await asyncio.wait_for(
+                    loop.run_in_executor(None, from_addresses, content, bounds),
+                    limits.header_check_timeout,
+                )
+            except TimeoutError:
+                raise SmtpReply(
+                    554, "5.6.0", "Header section too complex to check in time"
+                ) from None
+            policy.check_header_from(addresses, self.allowed_senders or [])
+        except SmtpReply as err:
+            self._log_sender_refused("header", addresses, err)
+            raise
+
+    def _log_sender_refused(self, check: str, addresses: list[str], err: SmtpReply) -> None:
+        audit.emit(
+            {
+                "event": "sender",
+                "session": self.id,
+                "client": self.client_ip,
+                "user": self.identity.user if self.identity else None,
+                "check": check,
+                "addresses": addresses,
+                "reply": err.line,
+            }
+        )
+
+    async def _reset_transaction(self) -> None:
+        if self.txn is not None and self.upstream is not None:
+            await self.upstream.reset()
+        self.txn = None
+
+    async def smtp_RSET(self, arg: str | None) -> None:
+        await self._reset_transaction()
+        await self.push("250 2.0.0 OK")
+
+    async def smtp_NOOP(self, arg: str | None) -> None:
+        await self.push("250 2.0.0 OK")
+
+    async def smtp_QUIT(self, arg: str | None) -> None:
+        self.end_reason = "quit"
+        await self.push("221 2.0.0 Bye")
+        raise _Closed("quit")
+
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        await self.push("252 2.5.0 Cannot verify users; send mail and delivery will be attempted")
+
+    async def smtp_EXPN(self, arg: str | None) -> None:
+        raise SmtpReply(502, "5.5.1", "EXPN not supported")
+
+    async def smtp_HELP(self, arg: str | None) -> None:
+        await self.push("214 2.0.0 See RFC 5321 and RFC 6409")
+
+    _commands: ClassVar[dict[str, Callable[[Session, str | None], Awaitable[None]]]] = {
+        "EHLO": smtp_EHLO,
+        "HELO": smtp_HELO,
+        "STARTTLS": smtp_STARTTLS,
+        "AUTH": smtp_AUTH,
+        "MAIL": smtp_MAIL,
+        "RCPT": smtp_RCPT,
+        "DATA": smtp_DATA,
+        "RSET": smtp_RSET,
+        "NOOP": smtp_NOOP,
+        "QUIT": smtp_QUIT,
+        "VRFY": smtp_VRFY,
+        "EXPN": smtp_EXPN,
+        "HELP": smtp_HELP,
+    }

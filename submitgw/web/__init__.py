@@ -1,0 +1,1 @@
+"""The self-service HTTPS site: where enrolled users manage their own credentials."""

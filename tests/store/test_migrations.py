@@ -1,0 +1,225 @@
+"""The Alembic history: it builds the schema the models describe, on every backend."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Column, MetaData, String, inspect
+from sqlalchemy.exc import IntegrityError
+
+import migrations
+from submitgw.store import Database, MigrationRequired, UserStore
+from submitgw.store.models import Base
+
+MIGRATIONS_DIR = Path(migrations.__file__).parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
+    yield database
+    database.dispose()
+
+
+def alembic_command(db: Database, name: str, revision: str) -> None:
+    """Run an Alembic command (downgrade, stamp) the way `Database.upgrade` runs upgrades."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        getattr(command, name)(config, revision)
+
+
+def table_names(db: Database) -> set[str]:
+    return set(inspect(db.engine).get_table_names())
+
+
+def test_upgrade_on_empty_database_reaches_head(db: Database) -> None:
+    assert db.current_revision() is None
+
+    db.upgrade()
+
+    assert db.head_revision() == "0006"
+    assert db.current_revision() == "0006"
+    assert {"users", "certificates"} <= table_names(db)
+    db.check_current()
+
+
+def test_upgrade_at_head_changes_nothing(db: Database) -> None:
+    db.upgrade()
+    db.upgrade()
+
+    assert db.current_revision() == db.head_revision()
+
+
+def test_schema_changes_roll_back_with_their_transaction(db: Database) -> None:
+    """Migrations are all-or-nothing only if DDL is transactional, SQLite included."""
+    with pytest.raises(RuntimeError, match="abort"), db.engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE scratch (x INTEGER)")
+        raise RuntimeError("abort")
+
+    assert "scratch" not in table_names(db)
+
+
+def test_models_and_migrations_agree(db: Database) -> None:
+    db.upgrade()
+
+    with db.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        diff = compare_metadata(context, Base.metadata)
+
+    assert diff == []
+
+
+def test_model_drift_would_be_detected(db: Database) -> None:
+    """Guards the test above against passing vacuously."""
+    db.upgrade()
+    drifted = MetaData()
+    for table in Base.metadata.sorted_tables:
+        table.to_metadata(drifted)
+    drifted.tables["users"].append_column(Column("nickname", String(40)))
+
+    with db.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), drifted)
+
+    assert [(change[0], change[3].name) for change in diff] == [("add_column", "nickname")]
+
+
+def test_constraints_get_deterministic_names(db: Database) -> None:
+    db.upgrade()
+    inspector = inspect(db.engine)
+
+    assert inspector.get_pk_constraint("users")["name"] == "pk_users"
+    unique_names = {c["name"] for c in inspector.get_unique_constraints("users")}
+    assert unique_names == {"uq_users_email"}
+    assert [c["name"] for c in inspector.get_check_constraints("users")] == ["ck_users_auth_policy"]
+    assert inspector.get_pk_constraint("certificates")["name"] == "pk_certificates"
+    assert {c["name"] for c in inspector.get_unique_constraints("certificates")} == {
+        "uq_certificates_serial",
+        "uq_certificates_fingerprint_sha256",
+    }
+    assert [fk["name"] for fk in inspector.get_foreign_keys("certificates")] == [
+        "fk_certificates_user_id_users"
+    ]
+    indexes = inspector.get_indexes("certificates")
+    # PostgreSQL also lists the indexes behind unique constraints.
+    assert [ix["name"] for ix in indexes if not ix.get("duplicates_constraint")] == [
+        "ix_certificates_user_id"
+    ]
+
+
+def test_check_current_on_empty_database_says_not_initialised(db: Database) -> None:
+    with pytest.raises(MigrationRequired) as raised:
+        db.check_current()
+
+    message = str(raised.value)
+    assert "not initialised" in message
+    assert "run 'submitgw db upgrade'" in message
+    assert "\n" not in message
+
+
+def test_downgrade_to_base_then_check_current_asks_for_upgrade(db: Database) -> None:
+    db.upgrade()
+
+    alembic_command(db, "downgrade", "base")
+
+    assert db.current_revision() is None
+    assert "users" not in table_names(db)
+    with pytest.raises(MigrationRequired, match=r"run 'submitgw db upgrade'$"):
+        db.check_current()
+    db.upgrade()
+    db.check_current()
+
+
+def test_stamp_absent_revision_is_reported_without_suggesting_upgrade(db: Database) -> None:
+    db.upgrade()
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+
+    with pytest.raises(MigrationRequired) as raised:
+        db.check_current()
+
+    message = str(raised.value)
+    assert message.startswith("database is at revision 9999")
+    assert "needs 0006" in message
+    assert "db upgrade" not in message
+
+
+def test_revision_template_renders_formatted_python(tmp_path: Path) -> None:
+    scripts = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    config = Config()
+    config.set_main_option("script_location", str(scripts))
+
+    command.revision(config, message="add widgets", rev_id="0007")
+
+    (rendered,) = (scripts / "versions").glob("0007_*.py")
+    text = rendered.read_text()
+    assert 'revision = "0007"' in text
+    assert 'down_revision = "0006"' in text
+    compile(text, str(rendered), "exec")
+    # Imports stay unused until the author writes the upgrade, so F401 is expected here.
+    config_file = str(PROJECT_ROOT / "pyproject.toml")
+    for args in (["format", "--check"], ["check", "--ignore", "F401"]):
+        ruff = [sys.executable, "-m", "ruff", *args, "--config", config_file, str(rendered)]
+        result = subprocess.run(ruff, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_upgrade_from_0001_keeps_users_and_gives_them_password_logins(db: Database) -> None:
+    """A gateway upgraded in place: nobody's login may change or break."""
+    alembic_command(db, "upgrade", "0001")
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO users (email, password_hash, enabled, created_at, updated_at) "
+            "VALUES ('old@example.org', 'argon2-hash', true, "
+            "'2026-01-02 03:04:05+00:00', '2026-01-02 03:04:05+00:00')"
+        )
+
+    db.upgrade()
+
+    assert db.current_revision() == "0006"
+    record = UserStore(db).get("old@example.org")
+    assert record is not None
+    assert (record.password_hash, record.enabled, record.auth_policy) == (
+        "argon2-hash",
+        True,
+        "password",
+    )
+    assert record.created_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    # 0006: the password counts as set when the account last changed, and is not expired.
+    assert record.password_changed_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert record.password_expired is False
+
+
+def test_downgrade_to_0001_keeps_users(db: Database) -> None:
+    db.upgrade()
+    UserStore(db).add("keep@example.org", "hash", auth_policy="certificate")
+
+    alembic_command(db, "downgrade", "0001")
+
+    assert "certificates" not in table_names(db)
+    assert "auth_policy" not in {c["name"] for c in inspect(db.engine).get_columns("users")}
+    with db.engine.connect() as connection:
+        emails = connection.exec_driver_sql("SELECT email FROM users").scalars().all()
+    assert emails == ["keep@example.org"]
+
+
+def test_auth_policy_check_constraint_rejects_unknown_values(db: Database) -> None:
+    """The database itself refuses a policy the gateway would not understand."""
+    db.upgrade()
+    UserStore(db).add("c@example.org", "hash")
+
+    with pytest.raises(IntegrityError), db.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE users SET auth_policy = 'passwrd'")
