@@ -1,17 +1,25 @@
-"""Process lifecycle: open the store, start the listeners, stop gracefully on a signal."""
+"""The one wiring place: configuration and a database in, a running gateway out.
+
+`submitgw serve`, the CLI and the tests all build the gateway here, so what a test
+runs is what production runs. `App` owns the listeners and knows nothing of
+processes; `serve` adds what a process needs (signals, the exit code).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import resource
 import signal
 import socket
+from dataclasses import dataclass
 
 from aiohttp import web
 
 import pki
 from submitgw.config import Config, Endpoint, ListenerConfig, selfservice_url
+from submitgw.services.accounts import AccountService
 from submitgw.services.authn import CertificateAuthenticator, PasswordAuthenticator
 from submitgw.services.dns import ReverseDns
 from submitgw.services.limiter import Limiter
@@ -34,53 +42,64 @@ from submitgw.web.site import SelfService
 log = logging.getLogger(__name__)
 
 
-async def _listen(gw: Gateway, listener: Listener, endpoint: Endpoint) -> asyncio.Server:
-    """A plain socket; TLS, implicit or STARTTLS, is layered on by the session itself."""
-    loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
-    server = await loop.create_server(
-        gw.connection_factory(listener),
-        host=endpoint.host,
-        port=endpoint.port,
-        family=family,
-        reuse_address=True,
-    )
-    log.info(
-        "listening on %s",
-        endpoint,
-        extra={
-            "event": {
-                "event": "listening",
-                "listener": listener.name,
-                "address": str(endpoint),
-                "tls": "implicit" if listener.implicit_tls else "starttls",
-                "client_certificates": listener.settings.client_certificates,
-            }
-        },
-    )
-    return server
+@dataclass
+class Services:
+    """Everything the protocols call, built once over one database."""
+
+    cfg: Config
+    db: Database
+    users: UserStore
+    networks: UserNetworkStore
+    credentials: CredentialStore
+    cert_store: CertificateStore
+    senders: SenderStore
+    access_rules: AccessRuleStore
+    counters: CounterStore
+    authenticator: PasswordAuthenticator
+    certificates: CertificateAuthenticator | None
+    screen: ClientScreen
+    limiter: Limiter
+    accounts: AccountService
+
+    def close(self) -> None:
+        self.authenticator.close()
 
 
-async def _listen_selfservice(
-    cfg: Config, selfservice: SelfService, endpoint: Endpoint
-) -> web.AppRunner:
-    context = server_context(cfg.tls, cfg.selfservice.client_certificates)
-    runner = await selfservice.start(endpoint, context)
-    log.info(
-        "self-service site on %s",
-        endpoint,
-        extra={
-            "event": {
-                "event": "listening",
-                "listener": "selfservice",
-                "address": str(endpoint),
-                "tls": "implicit",
-                "client_certificates": cfg.selfservice.client_certificates,
-                "url": selfservice_url(cfg),
-            }
-        },
+def _certificates_needed(cfg: Config) -> bool:
+    listeners = (cfg.submission, cfg.submissions)
+    on_smtp = any(s.listen is not None and s.client_certificates != "off" for s in listeners)
+    on_site = cfg.selfservice.listen is not None and cfg.selfservice.client_certificates != "off"
+    return on_smtp or on_site
+
+
+def build_services(cfg: Config, db: Database) -> Services:
+    users, networks, credentials = UserStore(db), UserNetworkStore(db), CredentialStore(db)
+    cert_store = CertificateStore(db)
+    authenticator = PasswordAuthenticator(
+        users, cfg.auth, networks, credentials, cfg.passwords, selfservice_url(cfg)
     )
-    return runner
+    certificates = None
+    if _certificates_needed(cfg):
+        certificates = CertificateAuthenticator(
+            cert_store, pki.load_certificate(cfg.tls.ca_cert), networks
+        )
+    access_rules, counters = AccessRuleStore(db), CounterStore(db)
+    return Services(
+        cfg=cfg,
+        db=db,
+        users=users,
+        networks=networks,
+        credentials=credentials,
+        cert_store=cert_store,
+        senders=SenderStore(db),
+        access_rules=access_rules,
+        counters=counters,
+        authenticator=authenticator,
+        certificates=certificates,
+        screen=ClientScreen(access_rules, ReverseDns(cfg.dns), cfg.policy),
+        limiter=Limiter(cfg.limits, counters),
+        accounts=AccountService(db, cfg.auth, cfg.passwords, authenticator.hasher),
+    )
 
 
 def raise_fd_limit() -> int:
@@ -97,96 +116,184 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def _listeners(cfg: Config) -> list[tuple[Listener, Endpoint]]:
-    chosen: list[tuple[str, ListenerConfig, bool]] = [
-        ("submission", cfg.submission, False),
-        ("submissions", cfg.submissions, True),
-    ]
-    return [
-        (Listener(name, implicit, server_context(cfg.tls, s.client_certificates), s), s.listen)
-        for name, s, implicit in chosen
-        if s.listen is not None
-    ]
+def _bound(sockets: list[socket.socket], asked: Endpoint) -> Endpoint:
+    """The address really listened on: port 0 asks the kernel for a free one."""
+    if not sockets:
+        return asked
+    port = int(sockets[0].getsockname()[1])
+    return dataclasses.replace(asked, port=port)
 
 
-def _status(gw: Gateway) -> None:
-    """SIGHUP: until configuration can be reloaded live, say so instead of dying."""
-    log.warning(
-        "SIGHUP: live reload is not supported; restart to apply configuration changes",
-        extra={
-            "event": {
-                "event": "status",
-                "signal": "SIGHUP",
-                "reload": "unsupported",
-                "connections": gw.connections.total,
-                "sessions": len(gw.sessions),
-            }
-        },
-    )
+def _log_listening(name: str, endpoint: Endpoint, tls: str, certs: str, **more: object) -> None:
+    event = {
+        "event": "listening",
+        "listener": name,
+        "address": str(endpoint),
+        "port": endpoint.port,
+        "tls": tls,
+        "client_certificates": certs,
+        **more,
+    }
+    what = "self-service site on %s" if name == "selfservice" else "listening on %s"
+    log.info(what, endpoint, extra={"event": event})
+
+
+class App:
+    """The gateway's listeners over one set of services; start, then stop, once each."""
+
+    def __init__(self, cfg: Config, db: Database) -> None:
+        self.cfg = cfg
+        self.services = build_services(cfg, db)
+        s = self.services
+        self.gateway = Gateway(
+            cfg, s.authenticator, s.certificates, s.screen, senders=s.senders, limiter=s.limiter
+        )
+        # name -> the address actually bound (a port 0 in the config becomes the real one).
+        self.bound: dict[str, Endpoint] = {}
+        self._servers: list[asyncio.Server] = []
+        self._site: web.AppRunner | None = None
+        self._trimming: asyncio.Task[None] | None = None
+
+    def _listeners(self) -> list[tuple[Listener, Endpoint]]:
+        cfg = self.cfg
+        chosen: list[tuple[str, ListenerConfig, bool]] = [
+            ("submission", cfg.submission, False),
+            ("submissions", cfg.submissions, True),
+        ]
+        return [
+            (Listener(name, implicit, server_context(cfg.tls, s.client_certificates), s), s.listen)
+            for name, s, implicit in chosen
+            if s.listen is not None
+        ]
+
+    async def _listen(self, listener: Listener, endpoint: Endpoint) -> None:
+        """A plain socket; TLS, implicit or STARTTLS, is layered on by the session itself."""
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+        server = await loop.create_server(
+            self.gateway.connection_factory(listener),
+            host=endpoint.host,
+            port=endpoint.port,
+            family=family,
+            reuse_address=True,
+        )
+        self._servers.append(server)
+        bound = _bound(list(server.sockets), endpoint)
+        self.bound[listener.name] = bound
+        _log_listening(
+            listener.name,
+            bound,
+            "implicit" if listener.implicit_tls else "starttls",
+            listener.settings.client_certificates,
+        )
+
+    async def _listen_site(self, endpoint: Endpoint) -> None:
+        cfg, s = self.cfg, self.services
+        site = SelfService(
+            cfg,
+            s.authenticator,
+            s.certificates,
+            s.limiter,
+            users=s.users,
+            cert_store=s.cert_store,
+            accounts=s.accounts,
+            screen=s.screen.refusal,
+        )
+        context = server_context(cfg.tls, cfg.selfservice.client_certificates)
+        self._site, sockets = await site.start(endpoint, context)
+        bound = _bound(sockets, endpoint)
+        self.bound["selfservice"] = bound
+        if endpoint.port == 0 and not cfg.selfservice.url:
+            # The password-expired reply names the site; only now is its port known.
+            bound_cfg = cfg.replace(selfservice=dataclasses.replace(cfg.selfservice, listen=bound))
+            s.authenticator.selfservice_url = selfservice_url(bound_cfg)
+        _log_listening(
+            "selfservice",
+            bound,
+            "implicit",
+            cfg.selfservice.client_certificates,
+            url=s.authenticator.selfservice_url,
+        )
+
+    async def start(self) -> None:
+        """Bind every configured listener; on failure nothing stays bound (OSError)."""
+        listeners = self._listeners()
+        if not listeners:
+            raise ValueError("both listeners are off; nothing to do")
+        try:
+            for listener, endpoint in listeners:
+                await self._listen(listener, endpoint)
+            if self.cfg.selfservice.listen is not None:
+                await self._listen_site(self.cfg.selfservice.listen)
+        except BaseException:
+            await self._close_listeners()
+            raise
+        self._trimming = asyncio.create_task(
+            trim_after_churn(
+                lambda: self.gateway.connections.released, self.cfg.server.memory_trim_interval
+            )
+        )
+
+    async def _close_listeners(self) -> None:
+        for server in self._servers:
+            server.close()
+        if self._site is not None:
+            await self._site.cleanup()
+            self._site = None
+
+    async def stop(self, grace: float | None = None) -> None:
+        """No new connections; sessions get `grace` (default `shutdown_grace`) to finish,
+        then services close."""
+        if self._trimming is not None:
+            self._trimming.cancel()
+        log.info(
+            "stopping: no new connections, %d connection(s) open",
+            self.gateway.connections.total,
+        )
+        await self._close_listeners()
+        await self.gateway.drain(self.cfg.server.shutdown_grace if grace is None else grace)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        self.services.close()
+        log.info("stopped")
+
+    def report_status(self) -> None:
+        """SIGHUP: until configuration can be reloaded live, say so instead of dying."""
+        gw = self.gateway
+        log.warning(
+            "SIGHUP: live reload is not supported; restart to apply configuration changes",
+            extra={
+                "event": {
+                    "event": "status",
+                    "signal": "SIGHUP",
+                    "reload": "unsupported",
+                    "connections": gw.connections.total,
+                    "sessions": len(gw.sessions),
+                }
+            },
+        )
 
 
 async def serve(cfg: Config, db: Database) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code."""
     raise_fd_limit()
-    networks = UserNetworkStore(db)
-    authenticator = PasswordAuthenticator(
-        UserStore(db),
-        cfg.auth,
-        networks,
-        CredentialStore(db),
-        cfg.passwords,
-        selfservice_url(cfg),
-    )
-    listeners = _listeners(cfg)
-    certificates = None
-    site_certs = cfg.selfservice.listen is not None and cfg.selfservice.client_certificates != "off"
-    if site_certs or any(lst.settings.client_certificates != "off" for lst, _ in listeners):
-        certificates = CertificateAuthenticator(
-            CertificateStore(db), pki.load_certificate(cfg.tls.ca_cert), networks
-        )
-    screen = ClientScreen(AccessRuleStore(db), ReverseDns(cfg.dns), cfg.policy)
-    limiter = Limiter(cfg.limits, CounterStore(db))
-    gw = Gateway(cfg, authenticator, certificates, screen, senders=SenderStore(db), limiter=limiter)
-    servers = []
-    site: web.AppRunner | None = None
+    app = App(cfg, db)
     try:
-        for listener, endpoint in listeners:
-            servers.append(await _listen(gw, listener, endpoint))
-        if cfg.selfservice.listen is not None:
-            selfservice = SelfService(
-                cfg, db, authenticator, certificates, limiter, screen=screen.refusal
-            )
-            site = await _listen_selfservice(cfg, selfservice, cfg.selfservice.listen)
+        await app.start()
+    except ValueError as exc:
+        log.error("%s", exc)
+        app.services.close()
+        return 1
     except OSError as exc:
         log.error("cannot listen: %s", exc)
-        for server in servers:
-            server.close()
-        authenticator.close()
+        app.services.close()
         return 1
-    if not servers:
-        log.error("both listeners are off; nothing to do")
-        authenticator.close()
-        return 1
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _status, gw)
-    trimming = asyncio.create_task(
-        trim_after_churn(lambda: gw.connections.released, cfg.server.memory_trim_interval)
-    )
+    loop.add_signal_handler(signal.SIGHUP, app.report_status)
     await stop.wait()
-    trimming.cancel()
-
-    log.info("stopping: no new connections, %d connection(s) open", gw.connections.total)
-    for server in servers:
-        server.close()
-    if site is not None:
-        await site.cleanup()
-    await gw.drain(cfg.server.shutdown_grace)
-    for server in servers:
-        await server.wait_closed()
-    authenticator.close()
-    log.info("stopped")
+    await app.stop()
     return 0

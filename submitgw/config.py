@@ -28,8 +28,12 @@ class Endpoint:
     port: int
 
     @classmethod
-    def parse(cls, text: str, what: str = "address") -> Endpoint:
-        """Parse `HOST:PORT`, `[IPv6]:PORT` or `:PORT` (all addresses)."""
+    def parse(cls, text: str, what: str = "address", *, any_port: bool = False) -> Endpoint:
+        """Parse `HOST:PORT`, `[IPv6]:PORT` or `:PORT` (all addresses).
+
+        `any_port` admits port 0 (a listener then takes whatever free port the kernel
+        gives and logs it), which tests and side-by-side runs use to never collide.
+        """
         text = text.strip()
         host, sep, port_text = text.rpartition(":")
         if not sep or not port_text.isdigit():
@@ -37,7 +41,7 @@ class Endpoint:
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
         port = int(port_text)
-        if not 0 < port < 65536:
+        if not (0 if any_port else 1) <= port < 65536:
             raise ConfigError(f"{what} {text!r}: port out of range")
         return cls(host or "0.0.0.0", port)
 
@@ -49,7 +53,7 @@ def parse_listen(value: str, what: str) -> Endpoint | None:
     """A listener address, or None for the word `off`."""
     if value.strip().lower() == "off":
         return None
-    return Endpoint.parse(value, what)
+    return Endpoint.parse(value, what, any_port=True)
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:

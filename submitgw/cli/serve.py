@@ -77,12 +77,12 @@ def serve_command(
             raise click.ClickException(f"TLS file {path} not found (see [tls] in {ctx.path})")
     # Here, not at the top: the web and SMTP server stack is only needed to serve, and
     # every other command (one process per admin action) starts faster without it.
-    from submitgw import app as runner
+    from submitgw import app
 
     db = ctx.database()
     audit.setup_logging(cfg.log)
     try:
-        code = asyncio.run(runner.serve(cfg, db))
+        code = asyncio.run(app.serve(cfg, db))
     finally:
         db.dispose()
     raise SystemExit(code)

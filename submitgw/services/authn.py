@@ -118,7 +118,7 @@ class PasswordAuthenticator:
         self._networks = networks
         self._credentials = credentials
         self._passwords = passwords or PasswordsConfig()
-        self._selfservice_url = selfservice_url
+        self.selfservice_url = selfservice_url
         self._hasher = make_hasher(cfg)
         self._dummy_hash = self._hasher.hash("not a password of anybody's")
         self._pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="argon2")
@@ -183,7 +183,7 @@ class PasswordAuthenticator:
         if found is None:
             raise AuthFailed()
         if found.app is None and found.expired:
-            raise PasswordExpired(self._selfservice_url)
+            raise PasswordExpired(self.selfservice_url)
         app = f"{found.app.id} {found.app.label}" if found.app else None
         if cert is not None:
             return Identity(found.record.email, mechanism, cert.serial, cert.fingerprint, app)

@@ -185,6 +185,10 @@ class GuardedSite(web.BaseSite):
     def name(self) -> str:
         return f"https://{self.endpoint}/"
 
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return list(self._sockets)
+
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()

@@ -29,6 +29,7 @@ import html
 import ipaddress
 import logging
 import secrets
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -49,7 +50,6 @@ from submitgw.services.limiter import Limiter
 from submitgw.store import (
     AppPasswordNotFound,
     CertificateStore,
-    Database,
     UserNotFound,
     UserRecord,
     UserStore,
@@ -219,10 +219,13 @@ class SelfService:
     def __init__(
         self,
         cfg: Config,
-        db: Database,
         authenticator: PasswordAuthenticator,
         certificates: CertificateAuthenticator | None,
         limiter: Limiter | None,
+        *,
+        users: UserStore,
+        cert_store: CertificateStore,
+        accounts: AccountService,
         clock: Callable[[], float] = time.time,
         screen: Screen | None = None,
     ) -> None:
@@ -231,9 +234,9 @@ class SelfService:
         self.auth = authenticator
         self.certificates = certificates
         self.limiter = limiter
-        self.users = UserStore(db)
-        self.cert_store = CertificateStore(db)
-        self.accounts = AccountService(db, cfg.auth, cfg.passwords, authenticator.hasher)
+        self.users = users
+        self.cert_store = cert_store
+        self.accounts = accounts
         site = cfg.selfservice
         self.sessions = SessionTable(
             site.session_idle_minutes * 60.0, site.session_max_minutes * 60.0, clock
@@ -267,8 +270,13 @@ class SelfService:
         )
         return app
 
-    async def start(self, endpoint: Endpoint, context: ssl.SSLContext) -> web.AppRunner:
-        """Serve on `endpoint`; the runner's `cleanup` stops it (see `sitelistener`)."""
+    async def start(
+        self, endpoint: Endpoint, context: ssl.SSLContext
+    ) -> tuple[web.AppRunner, list[socket.socket]]:
+        """Serve on `endpoint`; the runner's `cleanup` stops it (see `web.listener`).
+
+        Also returns the listening sockets, which know the port a port 0 became.
+        """
         runner = web.AppRunner(
             self.app(),
             access_log=None,
@@ -285,7 +293,7 @@ class SelfService:
         except BaseException:
             await runner.cleanup()
             raise
-        return runner
+        return runner, site.sockets
 
     @web.middleware
     async def _guard(

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import stat
 import subprocess
-import sys
 from datetime import datetime
 from ipaddress import ip_address
 from pathlib import Path
@@ -25,9 +23,9 @@ from cryptography import x509
 
 from submitgw import config as config_mod
 from submitgw.store import Database, UserRecord, UserStore
+from tests.support import cli
 from tests.support.smarthost import free_port
 
-SUBMITGW = [sys.executable, "-m", "submitgw"]
 FILES = [
     "submitgw.toml",
     "submitgw.db",
@@ -51,22 +49,16 @@ def submitgw(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     input: str | None = None,
+    process: bool = False,
     timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the CLI with a clean environment: no inherited SUBMITGW_CONFIG, no terminal."""
-    full_env = {k: v for k, v in os.environ.items() if k != "SUBMITGW_CONFIG"}
-    full_env.update(env or {})
-    return subprocess.run(
-        [*SUBMITGW, *args],
-        cwd=cwd,
-        env=full_env,
-        input=input,
-        stdin=subprocess.DEVNULL if input is None else None,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """Run the CLI with a clean environment: no inherited SUBMITGW_CONFIG, no terminal.
+
+    In this process by default; `process=True` runs the console script itself.
+    """
+    if process:
+        return cli.run_process(*args, cwd=cwd, env=env, input=input, timeout=timeout)
+    return cli.run(*args, cwd=cwd, env=env, input=input)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -273,6 +265,21 @@ def test_config_from_the_environment(config: Path, tmp_path: Path) -> None:
     out = ok(submitgw("user", "list", cwd=elsewhere, env={"SUBMITGW_CONFIG": str(config)}))
 
     assert "env@example.org" in out
+
+
+def test_the_console_script_itself_finds_its_configuration(config: Path, tmp_path: Path) -> None:
+    """The commands run in-process elsewhere; this proves `python -m submitgw` is wired."""
+    ok(add_user(config, "script@example.org"))
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+
+    result = submitgw(
+        "user", "list", "--json", cwd=elsewhere, env={"SUBMITGW_CONFIG": str(config)}, process=True
+    )
+
+    assert [u["email"] for u in json.loads(ok(result))] == ["script@example.org"]
+    failed = submitgw("user", "list", cwd=elsewhere, process=True)
+    assert failed.returncode == 1 and one_line_error(failed).startswith("Error: ")
 
 
 def test_config_from_the_working_directory(config: Path, setup: Path) -> None:
@@ -624,6 +631,7 @@ def test_serve_refuses_a_database_that_is_behind(fresh_db_config: Path) -> None:
             f"127.0.0.1:{free_port()}",
             "--listen-tls",
             "off",
+            process=True,
             timeout=30,
         )
     except subprocess.TimeoutExpired:

@@ -163,7 +163,9 @@ def test_logins_over_the_success_limit_cost_no_password_check(gateway_factory: A
     """Production argon2 settings: a checked password costs far more CPU than a refusal."""
     production = {"argon2_time_cost": 3, "argon2_memory_kib": 65536, "argon2_parallelism": 4}
     # The user is added after configuring, so its hash has the production settings too.
-    gw = gateway_factory({"auth": production, "limits": {"auth_successes_per_account": 2}})
+    gw = gateway_factory(
+        {"auth": production, "limits": {"auth_successes_per_account": 2}}, process=True
+    )
     assert gw.proc is not None
     stat = Path(f"/proc/{gw.proc.pid}/stat")
 

@@ -337,7 +337,8 @@ def test_a_locked_account_costs_no_password_check(gateway_factory: Any) -> None:
     """Production argon2 settings: a checked password costs far more CPU than a lockout."""
     production = {"argon2_time_cost": 3, "argon2_memory_kib": 65536, "argon2_parallelism": 4}
     gw = gateway_factory(
-        {"auth": production, "limits": {"auth_failures_per_account": 2, **QUIET_AUTH}}
+        {"auth": production, "limits": {"auth_failures_per_account": 2, **QUIET_AUTH}},
+        process=True,
     )
     assert gw.proc is not None
     stat = Path(f"/proc/{gw.proc.pid}/stat")

@@ -13,15 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
 
 from submitgw.services.audit import JsonFormatter, TextFormatter, escape_text, text_value
-from tests.support.gateway import SUBMITGW, GatewayProcess
+from tests.support.gateway import GatewayProcess
 from tests.support.web import WebClient
 
 LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
@@ -139,29 +137,8 @@ def test_plain_values_stay_readable() -> None:
 
 
 def start_with_text_log(gw: GatewayProcess) -> None:
-    """`GatewayProcess.start`, waiting for the text format's listening lines instead."""
     gw.configure({"log": {"format": "text"}})
-    args = [
-        *SUBMITGW,
-        "--config",
-        str(gw.config),
-        "serve",
-        "--listen",
-        f"127.0.0.1:{gw.port}",
-        "--listen-tls",
-        f"127.0.0.1:{gw.tls_port}",
-        "--smarthost",
-        gw.smarthost,
-        "--listen-selfservice",
-        f"127.0.0.1:{gw.web_port}",
-    ]
-    with gw.log_path.open("ab") as log:
-        gw.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while gw.log_text().count("event=listening") < 3:
-        assert gw.proc.poll() is None, gw.log_text()
-        assert time.monotonic() < deadline, gw.log_text()
-        time.sleep(0.05)
+    gw.start()
 
 
 FAST_LOCKOUT = {"limits": {"auth_delay": 0.01, "auth_max_delay": 0.02}}
@@ -181,7 +158,7 @@ def log_lines(gw: GatewayProcess) -> list[str]:
 
 
 def test_gateway_json_log_keeps_typed_sign_in_names_on_their_lines(gateway_factory: Any) -> None:
-    gw = gateway_factory(FAST_LOCKOUT, selfservice=True)
+    gw = gateway_factory(FAST_LOCKOUT, selfservice=True, process=True)
 
     sign_in_as_each(gw)
     gw.stop()
@@ -194,7 +171,7 @@ def test_gateway_json_log_keeps_typed_sign_in_names_on_their_lines(gateway_facto
 
 
 def test_gateway_text_log_keeps_typed_sign_in_names_on_their_lines(gateway_factory: Any) -> None:
-    gw = gateway_factory(FAST_LOCKOUT, selfservice=True, start=False)
+    gw = gateway_factory(FAST_LOCKOUT, selfservice=True, start=False, process=True)
     start_with_text_log(gw)
 
     sign_in_as_each(gw)

@@ -20,7 +20,7 @@ import pytest
 
 import pki
 from tests.support.client import Dialog
-from tests.support.gateway import ClientCert, GatewayProcess
+from tests.support.gateway import ClientCert, GatewayProcess, InProcessGateway
 from tests.support.smarthost import CaptureSmarthost
 
 CERTS_ON = {
@@ -39,8 +39,12 @@ def rss_kib(gw: GatewayProcess) -> int:
     raise AssertionError("no VmRSS")
 
 
-def connections_open(gw: GatewayProcess) -> int:
-    """The live-connection count, as the gateway reports it on SIGHUP."""
+def connections_open(gw: GatewayProcess | InProcessGateway) -> int:
+    """The live-connection count, as the gateway reports it on SIGHUP (or, in this
+    process, as its connection table holds it)."""
+    if isinstance(gw, InProcessGateway):
+        assert gw.app is not None
+        return gw.app.gateway.connections.total
     assert gw.proc is not None
     before = len(gw.log_events("status"))
     gw.proc.send_signal(signal.SIGHUP)
@@ -53,7 +57,7 @@ def connections_open(gw: GatewayProcess) -> int:
     raise AssertionError("no status event after SIGHUP")
 
 
-def settled_count(gw: GatewayProcess, want: int = 0, within: float = 10) -> int:
+def settled_count(gw: GatewayProcess | InProcessGateway, want: int = 0, within: float = 10) -> int:
     deadline = time.monotonic() + within
     count = connections_open(gw)
     while count != want and time.monotonic() < deadline:
@@ -133,7 +137,7 @@ def test_failed_handshakes_give_back_their_slots(
     smarthost: CaptureSmarthost,
     tmp_path: Path,
 ) -> None:
-    gw = gateway_factory({**CERTS_ON, "server": {"memory_trim_interval": 0.5}})
+    gw = gateway_factory({**CERTS_ON, "server": {"memory_trim_interval": 0.5}}, process=True)
     old, foreign = old_tls_context(), foreign_cert_context(tmp_path)
     kinds: dict[str, Callable[[], None]] = {
         "TLS 1.1 on 465": lambda: handshake_fails(gw.tls_port, old),
@@ -174,7 +178,8 @@ def test_failed_handshakes_give_back_their_slots(
     assert "stopping: no new connections, 0 connection(s) open" in gw.log_text()
 
 
-def test_sighup_does_not_end_the_gateway(gateway: GatewayProcess) -> None:
+def test_sighup_does_not_end_the_gateway(gateway_factory: Any) -> None:
+    gateway = gateway_factory(process=True)
     assert connections_open(gateway) == 0
     assert gateway.proc is not None and gateway.proc.poll() is None
     event = gateway.log_events("status")[-1]

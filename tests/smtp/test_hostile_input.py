@@ -194,13 +194,14 @@ def test_from_check_has_a_time_limit(gateway_factory: Any, smarthost: CaptureSma
     ids=["empty", "ending-in-dot", "stuffed-dot"],
 )
 def test_four_mib_of_short_lines_is_read_cheaply(
-    gateway: GatewayProcess, line: bytes, cpu_limit: float
+    gateway_factory: Any, line: bytes, cpu_limit: float
 ) -> None:
     """Line-by-line reading took ~40 s of CPU and ~280 MiB for 4 MiB of empty lines.
 
     The From: header is refused, so what is measured is reading, decoding and
     checking the message, not relaying it.
     """
+    gateway = gateway_factory(process=True)
     d = session(gateway, timeout=60)
     peak_before = memory_kib(gateway, "VmHWM")
     cpu_before = cpu_seconds(gateway)
@@ -222,7 +223,7 @@ def test_the_costliest_line_pattern_stays_linear(gateway_factory: Any) -> None:
     the reader stop every few bytes (it may not read past the final dot, and cannot look
     ahead); the cost per byte stays bounded and other sessions keep being served.
     """
-    gw = gateway_factory({"limits": {"max_message_size": 1 << 20}})
+    gw = gateway_factory({"limits": {"max_message_size": 1 << 20}}, process=True)
     d = session(gw, timeout=60)
     peak_before = memory_kib(gw, "VmHWM")
     cpu_before = cpu_seconds(gw)
@@ -239,8 +240,9 @@ def test_the_costliest_line_pattern_stays_linear(gateway_factory: Any) -> None:
 
 
 def test_four_mib_of_empty_lines_is_relayed(
-    gateway: GatewayProcess, smarthost: CaptureSmarthost
+    gateway_factory: Any, smarthost: CaptureSmarthost
 ) -> None:
+    gateway = gateway_factory(process=True)
     d = session(gateway, timeout=60)
     cpu_before = cpu_seconds(gateway)
     reply = send_message(d, b"From: " + USER.encode() + b"\r\n\r\n" + b"\r\n" * (2 << 20))

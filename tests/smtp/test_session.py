@@ -8,6 +8,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -667,8 +668,10 @@ def test_gateway_on_postgresql(
 
 
 def test_smarthost_restart_between_messages_of_one_session(
-    gateway: GatewayProcess, smarthost: CaptureSmarthost
+    gateway_factory: Any, smarthost_factory: Callable[..., CaptureSmarthost]
 ) -> None:
+    smarthost = smarthost_factory()
+    gateway = gateway_factory(smarthost_address=smarthost.address)
     client = gateway.smtp()
     client.sendmail(USER, ["first@example.net"], MSG)
     port = smarthost.port

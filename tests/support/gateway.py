@@ -1,11 +1,17 @@
-"""A real gateway process for tests: `submitgw init` once per run, `submitgw serve` per test.
+"""Real gateways for tests: `submitgw init` once per run, a gateway per test.
 
-Tests talk to it over loopback sockets with real TLS, exactly as a mail client would.
+Tests talk to it over loopback sockets with real TLS, exactly as a mail client would. By
+default the gateway runs in this process (`submitgw.app.App` on its own event loop in a
+thread), which saves a Python start-up per test; `gateway_factory(process=True)` runs
+`submitgw serve` as a process where signals, exit codes, memory or CPU figures matter.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
+import logging
 import re
 import secrets
 import shutil
@@ -13,12 +19,12 @@ import signal
 import smtplib
 import ssl
 import subprocess
-import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cryptography import x509
@@ -26,10 +32,15 @@ from cryptography.hazmat.primitives import serialization
 
 import pki
 from submitgw import config as config_mod
+from submitgw.app import App
+from submitgw.cli.serve import apply_flags
+from submitgw.config import Config
+from submitgw.services.audit import JsonFormatter, TextFormatter
 from submitgw.store import CertificateStore, Database
-from tests.support.smarthost import CaptureSmarthost, free_port
+from tests.support import cli
+from tests.support.smarthost import CaptureSmarthost
 
-SUBMITGW = [sys.executable, "-m", "submitgw"]
+SUBMITGW = cli.SUBMITGW
 USER = "alice@example.org"
 PASSWORD = "correct horse battery staple"
 # Cheap argon2 for speed; the production defaults are exercised by the benchmark.
@@ -67,13 +78,9 @@ def set_options(text: str, options: dict[str, dict[str, Any]]) -> str:
 
 def run_cli(
     config: Path | None, *args: str, input: str | None = None
-) -> subprocess.CompletedProcess:
-    cmd = [*SUBMITGW]
-    if config is not None:
-        cmd += ["--config", str(config)]
-    return subprocess.run(
-        [*cmd, *args], input=input, capture_output=True, text=True, timeout=60, check=False
-    )
+) -> subprocess.CompletedProcess[str]:
+    """A `submitgw` command on this setup, run in this process (see `tests.support.cli`)."""
+    return cli.run(*(["--config", str(config)] if config is not None else []), *args, input=input)
 
 
 @dataclass(frozen=True)
@@ -107,19 +114,21 @@ class ClientCert:
         return ctx
 
 
-class GatewayProcess:
+class _Gateway:
+    """What every test gateway offers: its files, its users and certificates, its clients."""
+
     def __init__(self, setup: Path, smarthost: str) -> None:
         self.dir = setup
         self.config = setup / "submitgw.toml"
         self.ca_file = setup / "ca" / "ca.crt"
         self.smarthost = smarthost
-        self.port = free_port()
-        self.tls_port = free_port()
-        self.web_port = free_port()
-        # True: `start` also runs the self-service site on web_port.
+        # 0 until started: the listeners bind port 0 and the gateway reports what it got.
+        self.port = 0
+        self.tls_port = 0
+        self.web_port = 0
+        # True: `start` also runs the self-service site.
         self.selfservice = False
         self.log_path = setup / "gateway.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def configure(self, options: dict[str, dict[str, Any]]) -> None:
         self.config.write_text(set_options(self.config.read_text(), options))
@@ -140,44 +149,35 @@ class GatewayProcess:
             db.dispose()
         return ClientCert.write(self.dir / "client-certs", email, cert, key)
 
-    def start(self, *extra: str) -> None:
-        args = [
-            *SUBMITGW,
-            "--config",
-            str(self.config),
-            "serve",
+    def serve_args(self, *extra: str) -> list[str]:
+        """`submitgw serve` flags: ports the kernel picks, this test's smarthost."""
+        site = ["--listen-selfservice", f"127.0.0.1:{self.web_port}"] if self.selfservice else []
+        return [
             "--listen",
             f"127.0.0.1:{self.port}",
             "--listen-tls",
             f"127.0.0.1:{self.tls_port}",
             "--smarthost",
             self.smarthost,
-            *(["--listen-selfservice", f"127.0.0.1:{self.web_port}"] if self.selfservice else []),
+            *site,
             *extra,
         ]
-        listeners = 3 if self.selfservice else 2
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        log.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited early:\n{self.log_text()}")
-            if self.log_text().count('"event": "listening"') >= listeners:
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"gateway did not start:\n{self.log_text()}")
+
+    def _take_ports(self, listening: list[dict[str, Any]]) -> None:
+        ports = {event["listener"]: int(event["port"]) for event in listening}
+        self.port = ports.get("submission", self.port)
+        self.tls_port = ports.get("submissions", self.tls_port)
+        self.web_port = ports.get("selfservice", self.web_port)
+
+    def start(self, *extra: str) -> None:
+        raise NotImplementedError
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        raise NotImplementedError
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -221,6 +221,231 @@ class GatewayProcess:
         return client
 
 
+class GatewayProcess(_Gateway):
+    """`submitgw serve` as its own process: for signals, exit codes, memory and CPU figures."""
+
+    def __init__(self, setup: Path, smarthost: str) -> None:
+        super().__init__(setup, smarthost)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *extra: str) -> None:
+        args = [*SUBMITGW, "--config", str(self.config), "serve", *self.serve_args(*extra)]
+        listeners = 3 if self.selfservice else 2
+        offset = len(self._listening())
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited early:\n{self.log_text()}")
+            listening = self._listening()[offset:]
+            if len(listening) >= listeners:
+                self._take_ports(listening)
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway did not start:\n{self.log_text()}")
+
+    def _listening(self) -> list[dict[str, Any]]:
+        """The `listening` events so far, whichever log format the config chose."""
+        found = self.log_events("listening")
+        for line in self.log_text().splitlines():
+            if not line.startswith("{") and " event=listening" in line:
+                found.append(dict(re.findall(r'(\w+)=("[^"]*"|\S+)', line)))
+        return found
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.running:
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class InProcessGateway(_Gateway):
+    """The same gateway (`submitgw.app.App`) on an event loop in a thread of the test process.
+
+    Real sockets, TLS and smarthost as with the process, without a Python start-up per
+    test. Log lines emitted on behalf of this gateway go to its own log file.
+    """
+
+    def __init__(self, setup: Path, smarthost: str) -> None:
+        super().__init__(setup, smarthost)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._handler: logging.Handler | None = None
+        self._grace: float | None = None
+        self.app: App | None = None
+
+    def _config(self, extra: tuple[str, ...]) -> Config:
+        options = dict.fromkeys(("listen", "listen_tls", "listen_selfservice"))
+        smarthosts: list[str] = []
+        args = self.serve_args(*extra)
+        flags = {
+            "--listen": "listen",
+            "--listen-tls": "listen_tls",
+            "--listen-selfservice": "listen_selfservice",
+        }
+        for flag, value in zip(args[::2], args[1::2], strict=True):
+            if flag == "--smarthost":
+                smarthosts.append(value)
+            elif flag in flags:
+                options[flags[flag]] = value
+            else:
+                raise ValueError(f"in-process gateway: unknown serve flag {flag}")
+        return apply_flags(
+            config_mod.load(self.config),
+            options["listen"],
+            options["listen_tls"],
+            tuple(smarthosts),
+            options["listen_selfservice"],
+        )
+
+    def start(self, *extra: str) -> None:
+        cfg = self._config(extra)
+        self._handler = _route_logs(self, cfg)
+        self._ready.clear()
+        self._failure = None
+        self._thread = threading.Thread(
+            target=self._run, args=(cfg,), name=f"gateway-{self.dir.name}", daemon=True
+        )
+        self._thread.start()
+        if not self._ready.wait(20):
+            raise RuntimeError(f"gateway did not start:\n{self.log_text()}")
+        if self._failure is not None:
+            self._thread.join(5)
+            _unroute_logs(self._handler)
+            raise RuntimeError(f"gateway could not start: {self._failure!r}\n{self.log_text()}")
+        assert self.app is not None
+        bound = self.app.bound
+        self.port = bound["submission"].port if "submission" in bound else 0
+        self.tls_port = bound["submissions"].port if "submissions" in bound else 0
+        self.web_port = bound["selfservice"].port if "selfservice" in bound else 0
+
+    def _run(self, cfg: Config) -> None:
+        _OWNER.set(self)
+        try:
+            asyncio.run(self._main(cfg))
+        except BaseException as exc:  # reported to the test thread, not lost in this one
+            self._failure = self._failure or exc
+        finally:
+            self._ready.set()
+
+    async def _main(self, cfg: Config) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        db = Database(cfg.database.url)
+        try:
+            db.check_current()
+            self.app = App(cfg, db)
+            try:
+                await self.app.start()
+            except BaseException:
+                self.app.services.close()
+                raise
+            self._ready.set()
+            await self._stop.wait()
+            await self.app.stop(self._grace)
+        finally:
+            db.dispose()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
+        """Stops as SIGTERM would; other signals have no in-process meaning."""
+        if sig != signal.SIGTERM:
+            raise ValueError("signals other than SIGTERM need gateway_factory(process=True)")
+        return self._halt(None, timeout)
+
+    def _halt(self, grace: float | None, timeout: float) -> int:
+        self._grace = grace
+        thread, loop, stop = self._thread, self._loop, self._stop
+        if thread is None or not thread.is_alive() or loop is None or stop is None:
+            return 0
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout)
+        if thread.is_alive():
+            raise RuntimeError(f"gateway did not stop in {timeout}s:\n{self.log_text()}")
+        _unroute_logs(self._handler)
+        self._handler = None
+        if self._failure is not None:
+            raise RuntimeError(f"gateway failed: {self._failure!r}\n{self.log_text()}")
+        return 0
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def kill(self) -> None:
+        """The end of a test: sessions still open are cut at once, like SIGKILL would."""
+        self._halt(0.0, 10)
+
+
+_OWNER: contextvars.ContextVar[InProcessGateway | None] = contextvars.ContextVar(
+    "test_gateway", default=None
+)
+_ROUTES: dict[int, InProcessGateway] = {}
+
+
+class _GatewayLog(logging.Handler):
+    """Writes the records of one in-process gateway to its log file, as `serve` would.
+
+    A record belongs to the gateway whose loop emitted it; one from a worker thread (which
+    does not carry the loop's context) belongs to the only gateway running, if there is one.
+    """
+
+    def __init__(self, gateway: InProcessGateway, formatter: logging.Formatter) -> None:
+        super().__init__(logging.INFO)
+        self.gateway = gateway
+        self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        owner = _OWNER.get()
+        if owner is None and len(_ROUTES) == 1:
+            owner = next(iter(_ROUTES.values()))
+        if owner is not self.gateway:
+            return
+        try:
+            line = self.format(record)
+            with self.gateway.log_path.open("a", encoding="utf-8") as log:
+                log.write(line + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def _route_logs(gateway: InProcessGateway, cfg: Config) -> logging.Handler:
+    formatter = JsonFormatter() if cfg.log.format == "json" else TextFormatter()
+    handler = _GatewayLog(gateway, formatter)
+    logger = logging.getLogger("submitgw")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    # aiosmtpd logs every command line (AUTH payloads included); `serve` silences it too.
+    logging.getLogger("mail.log").setLevel(logging.CRITICAL)
+    _ROUTES[id(handler)] = gateway
+    return handler
+
+
+def _unroute_logs(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        logging.getLogger("submitgw").removeHandler(handler)
+        _ROUTES.pop(id(handler), None)
+
+
 @pytest.fixture(scope="session")
 def gateway_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One `submitgw init` per test run; each test gets a copy."""
@@ -236,7 +461,7 @@ def gateway_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def gateway_factory(
     gateway_template: Path, tmp_path: Path, smarthost: CaptureSmarthost
 ) -> Iterator[Any]:
-    started: list[GatewayProcess] = []
+    started: list[_Gateway] = []
 
     def make(
         options: dict[str, dict[str, Any]] | None = None,
@@ -246,27 +471,27 @@ def gateway_factory(
         start: bool = True,
         name: str = "gw",
         selfservice: bool = False,
-    ) -> GatewayProcess:
+        process: bool = False,
+    ) -> Any:
         setup = tmp_path / name
         shutil.copytree(gateway_template, setup)
-        gw = GatewayProcess(setup, smarthost_address or smarthost.address)
+        kind = GatewayProcess if process else InProcessGateway
+        gw = kind(setup, smarthost_address or smarthost.address)
         gw.selfservice = selfservice
         if options:
             gw.configure(options)
         if users:
             gw.add_user()
+        started.append(gw)
         if start:
             gw.start()
-        started.append(gw)
         return gw
 
     yield make
     for gw in started:
-        if gw.proc is not None and gw.proc.poll() is None:
-            gw.proc.kill()
-            gw.proc.wait(5)
+        gw.kill()
 
 
 @pytest.fixture
-def gateway(gateway_factory: Any) -> GatewayProcess:
-    return gateway_factory()
+def gateway(gateway_factory: Any) -> InProcessGateway:
+    return cast(InProcessGateway, gateway_factory())

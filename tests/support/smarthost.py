@@ -130,6 +130,8 @@ class CaptureSmarthost:
         self.port = 0
         self.returncode: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        # Messages stored up to this sequence number are not this user's (see `SharedView`).
+        self.since = ""
 
     @property
     def address(self) -> str:
@@ -203,6 +205,8 @@ class CaptureSmarthost:
             return []
         found = []
         for meta in sorted(self.dir.glob("*.json")):
+            if meta.stem <= self.since:
+                continue
             envelope = json.loads(meta.read_text(encoding="utf-8"))
             raw = meta.with_suffix(".eml").read_bytes()
             found.append(CapturedMessage(seq=meta.stem, envelope=envelope, raw=raw))
@@ -229,11 +233,54 @@ class CaptureSmarthost:
         self.stop()
 
 
-@pytest.fixture
-def smarthost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CaptureSmarthost]:
-    """A capture smarthost that accepts everything."""
+class SharedView(CaptureSmarthost):
+    """One test's view of the sink shared by the whole run: only what arrived since.
+
+    Starting a sink per test costs a Python start-up; most tests only need one that
+    accepts. A test that stops, restarts or bends its sink takes its own from
+    `smarthost_factory`.
+    """
+
+    def __init__(self, sink: CaptureSmarthost) -> None:
+        super().__init__(sink.base_dir)
+        self.sink = sink
+        self.port = sink.port
+        stored = sorted(sink.dir.glob("*.json")) if sink.dir.is_dir() else []
+        self.since = stored[-1].stem if stored else ""
+        self._log_offset = sink.log_path.stat().st_size if sink.log_path.exists() else 0
+
+    @property
+    def running(self) -> bool:
+        return self.sink.running
+
+    def start(self, port: int = 0, **behaviour: Any) -> CaptureSmarthost:
+        raise RuntimeError("the shared smarthost cannot be restarted; use smarthost_factory")
+
+    def stop(self) -> int | None:
+        raise RuntimeError("the shared smarthost cannot be stopped; use smarthost_factory")
+
+    def log_text(self) -> str:
+        with self.sink.log_path.open("rb") as log:
+            log.seek(self._log_offset)
+            return log.read().decode("utf-8", errors="replace")
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def shared_smarthost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CaptureSmarthost]:
+    """One accepting capture smarthost for the whole run."""
     with CaptureSmarthost(tmp_path_factory.mktemp("smarthost")) as sink:
         yield sink.start()
+
+
+@pytest.fixture
+def smarthost(shared_smarthost: CaptureSmarthost) -> CaptureSmarthost:
+    """A capture smarthost that accepts everything; sees only this test's messages."""
+    if not shared_smarthost.running:
+        shared_smarthost.start(port=shared_smarthost.port)
+    return SharedView(shared_smarthost)
 
 
 @pytest.fixture

@@ -35,6 +35,12 @@ RAW = (
 )
 
 
+@pytest.fixture
+def smarthost(smarthost_factory: Callable[..., CaptureSmarthost]) -> CaptureSmarthost:
+    """These tests are about the sink itself: each gets one of its own."""
+    return smarthost_factory()
+
+
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A throwaway self-signed certificate for 127.0.0.1, trusted by the test client alone."""
