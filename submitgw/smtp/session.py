@@ -248,6 +248,9 @@ class Session(SMTP):
         if transport is not None and not transport.is_closing():
             transport.write(line.encode("ascii") + b"\r\n")
             transport.close()
+        # A TLS close waits for the client's close_notify (30 s in asyncio); a client
+        # that does not answer must not hold the slot, or a shutdown, that long.
+        self.connection.finished()
 
     async def reply(self, line: str) -> None:
         await self.push(line)
