@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeAlias
+from typing import TypeAlias, TypeGuard, get_args
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificateIssuerPublicKeyTypes,
+    CertificatePublicKeyTypes,
+    PrivateKeyTypes,
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -81,11 +83,25 @@ def _base(
     )
 
 
+def _can_issue(key: PrivateKeyTypes) -> TypeGuard[PrivateKey]:
+    """Only signing keys can issue: not DH, X25519, X448 or ML-KEM."""
+    return isinstance(key, get_args(CertificateIssuerPrivateKeyTypes))
+
+
+def _is_issuer_public_key(
+    key: CertificatePublicKeyTypes,
+) -> TypeGuard[CertificateIssuerPublicKeyTypes]:
+    return isinstance(key, get_args(CertificateIssuerPublicKeyTypes))
+
+
 def _authority_key_id(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     try:
         ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key())
+        public_key = ca_cert.public_key()
+        if not _is_issuer_public_key(public_key):
+            raise TypeError(f"a {type(public_key).__name__} cannot issue certificates") from None
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
@@ -258,7 +274,7 @@ def issue_client_cert(
     *,
     days: int = 365,
     key_type: str = "ec",
-) -> tuple[x509.Certificate, PrivateKey]:
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey]:
     """A TLS client (and S/MIME-capable) certificate binding a new key to one mailbox.
 
     The mailbox is the rfc822Name SAN, which is what verifiers check against
@@ -335,6 +351,6 @@ def load_certificate(path: FilePath) -> x509.Certificate:
 def load_private_key(path: FilePath, passphrase: bytes | None = None) -> PrivateKey:
     """Raises TypeError if the key cannot sign certificates, ValueError on a wrong passphrase."""
     key = serialization.load_pem_private_key(Path(path).read_bytes(), password=passphrase)
-    if not isinstance(key, CertificateIssuerPrivateKeyTypes):
+    if not _can_issue(key):
         raise TypeError(f"{path}: a {type(key).__name__} cannot sign certificates")
     return key

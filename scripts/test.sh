@@ -97,8 +97,19 @@ ensure_postgres() {
     warn "PostgreSQL is still not reachable on 127.0.0.1:5432 after ${PG_WAIT_SECONDS}s"
 }
 
+# Quiet when clean: only the errors are worth reading.
+run_mypy() {
+    local out
+    if ! out="$("$VENV/bin/python" -m mypy 2>&1)"; then
+        printf '%s\n' "$out" >&2
+        echo "ERROR: mypy --strict failed on submitgw and pki; see [tool.mypy] in pyproject.toml" >&2
+        exit 1
+    fi
+}
+
 install_debian_packages
 ensure_postgres
 ensure_venv
+run_mypy
 say "running pytest $*"
 exec "$VENV/bin/python" -m pytest "$@"

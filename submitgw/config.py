@@ -479,7 +479,7 @@ def _selfservice(values: dict[str, Any]) -> SelfServiceConfig:
     listen = values.pop("listen", "off")
     if not isinstance(listen, str):
         raise ConfigError('[selfservice] listen must be "HOST:PORT" or "off"')
-    cfg = _build(SelfServiceConfig, values, "selfservice")
+    cfg: SelfServiceConfig = _build(SelfServiceConfig, values, "selfservice")
     cfg = dataclasses.replace(cfg, listen=parse_listen(listen, "selfservice"))
     if cfg.client_certificates not in {"off", "optional"}:
         raise ConfigError('[selfservice] client_certificates must be "off" or "optional"')

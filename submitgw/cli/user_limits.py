@@ -19,7 +19,7 @@ from submitgw.store.counters import CounterStore
 DEFAULT = "default"
 
 
-class LimitValue(click.ParamType):
+class LimitValue(click.ParamType[int | str]):
     """A whole number 0 to COUNT_MAX, or the word `default`: back to the configured value."""
 
     name = "N|default"

@@ -235,7 +235,7 @@ class PasswordAuthenticator:
         else:
             stored, secret = (record.password_hash if record else self._dummy_hash), password
         try:
-            good = self._hasher.verify(stored, secret)
+            good: bool = self._hasher.verify(stored, secret)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             good = False
         if not good or record is None or not record.enabled:

@@ -34,6 +34,8 @@ class Upper(Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
     def connection_lost(self, exc: Exception | None) -> None: ...
     def evict(self) -> None: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...
 
 
 class ConnectionTable:
@@ -127,7 +129,7 @@ class Connection(asyncio.Protocol):
         self.greet_refusals = greet_refusals
         self.transport: asyncio.Transport | None = None
         self.session: Upper | None = None
-        self.upper: asyncio.BaseProtocol | None = None
+        self.upper: asyncio.BaseProtocol | Upper | None = None
         self.client_ip = "?"
         self.counted = False
         self.session_lost = False
@@ -152,7 +154,7 @@ class Connection(asyncio.Protocol):
         self.counted = True
         session = self.make_session(self)
         self.session = session
-        self.upper = session  # type: ignore[assignment]
+        self.upper = session
         session.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -196,9 +198,9 @@ class Connection(asyncio.Protocol):
         if isinstance(upper, asyncio.BufferedProtocol):
             view = memoryview(data)
             while view:
-                buffer = upper.get_buffer(len(view))
+                buffer = memoryview(upper.get_buffer(len(view)))
                 n = min(len(buffer), len(view))
-                memoryview(buffer)[:n] = view[:n]
+                buffer[:n] = view[:n]
                 upper.buffer_updated(n)
                 view = view[n:]
         elif isinstance(upper, asyncio.Protocol):

@@ -245,7 +245,7 @@ class Session(SMTP):
 
     def _say_goodbye(self, line: str) -> None:
         transport = self.transport
-        if transport is not None and not transport.is_closing():
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             transport.write(line.encode("ascii") + b"\r\n")
             transport.close()
         # A TLS close waits for the client's close_notify (30 s in asyncio); a client

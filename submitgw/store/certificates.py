@@ -81,7 +81,7 @@ def canonical_serial(serial: str) -> str:
     return pki.format_serial(pki.parse_serial(serial))
 
 
-def _records() -> Select[tuple[Certificate, str]]:
+def _records() -> Select[Certificate, str]:
     return select(Certificate, User.email).join(User, Certificate.user_id == User.id)
 
 

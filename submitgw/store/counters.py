@@ -107,7 +107,7 @@ def _insert(dialect: str, table: type[Base]) -> Any:
 def _counting_upsert(dialect: str, table: type[Base], counts: list[str]) -> Any:
     """`INSERT … ON CONFLICT (key, bucket) DO UPDATE` adding `counts` to the row."""
     statement = _insert(dialect, table)
-    columns = table.__table__.c  # type: ignore[attr-defined]
+    columns = table.__table__.c
     return statement.on_conflict_do_update(
         index_elements=["key", "bucket"],
         set_={name: columns[name] + statement.excluded[name] for name in counts},
@@ -116,7 +116,7 @@ def _counting_upsert(dialect: str, table: type[Base], counts: list[str]) -> Any:
 
 def _window_sums(table: type[Base], columns: list[Any]) -> Any:
     """SUM of `columns` per key over the buckets since `:since`, for the keys in `:keys`."""
-    key, bucket = table.__table__.c.key, table.__table__.c.bucket  # type: ignore[attr-defined]
+    key, bucket = table.__table__.c.key, table.__table__.c.bucket
     return (
         select(key, *(func.sum(c) for c in columns))
         .where(key.in_(bindparam("keys", expanding=True)), bucket >= bindparam("since"))
