@@ -17,6 +17,7 @@ from submitgw.services.dns import ReverseDns
 from submitgw.services.limiter import Limiter
 from submitgw.services.memory import trim_after_churn
 from submitgw.services.screening import ClientScreen
+from submitgw.smtp import replies
 from submitgw.smtp.session import Gateway, Listener
 from submitgw.store import (
     AccessRuleStore,
@@ -145,7 +146,7 @@ async def serve(cfg: Config, db: Database) -> int:
             CertificateStore(db), pki.load_certificate(cfg.tls.ca_cert), networks
         )
     screen = ClientScreen(AccessRuleStore(db), ReverseDns(cfg.dns), cfg.policy)
-    limiter = Limiter(cfg.limits, CounterStore(db))
+    limiter = Limiter(cfg.limits, CounterStore(db), describe=replies.line)
     gw = Gateway(cfg, authenticator, certificates, screen, senders=SenderStore(db), limiter=limiter)
     servers = []
     site: web.AppRunner | None = None
