@@ -1,7 +1,8 @@
 """The one table of SMTP wording: each `Kind` as an RFC 5321 code, RFC 3463 status and text.
 
-Every refusal a client sees is written here, so a reply can be read, changed
-and tested in one place; `render` fills in a refusal's parameters. Texts are
+Every reply a client sees is written here (a smarthost's refusal is passed on
+as it came), so a reply can be read, changed and tested in one place; `render`
+fills in a refusal's parameters. Texts are
 one line of ASCII (a name that is not ASCII is left out), as a client that did
 not ask for SMTPUTF8 must get. Whether a reply is temporary (4xx) or ends the
 session (421) follows from its code.
@@ -242,6 +243,28 @@ WORDING: dict[Kind, Wording] = {
     Kind.DATA_TOO_LONG: Wording(421, "4.4.2", "{hostname} Session too long, closing connection"),
     Kind.INTERNAL_ERROR: Wording(421, "4.3.0", "Internal error, closing connection"),
 }
+
+
+# The session's positive replies. EHLO's capability lines and AUTH's 334 challenges
+# are protocol, not wording, and stay with the session.
+TLS_READY = "220 2.0.0 Ready to start TLS"
+AUTHENTICATED = "235 2.7.0 Authentication successful"
+SENDER_OK = "250 2.1.0 Sender OK"
+RECIPIENT_OK = "250 2.1.5 Recipient OK"
+START_DATA = "354 End data with <CR><LF>.<CR><LF>"
+OK = "250 2.0.0 OK"
+BYE = "221 2.0.0 Bye"
+CANNOT_VERIFY = "252 2.5.0 Cannot verify users; send mail and delivery will be attempted"
+HELP = "214 2.0.0 See RFC 5321 and RFC 6409"
+
+
+def greeting(hostname: str) -> str:
+    return f"220 {hostname} ESMTP ready"
+
+
+def accepted(smarthost_line: str) -> str:
+    """The client's 250 after DATA quotes the smarthost's, which is what accepted it."""
+    return f"250 2.0.0 Message accepted ({smarthost_line[:200]})"
 
 
 def _upstream(params: Params) -> Reply:

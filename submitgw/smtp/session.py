@@ -336,7 +336,7 @@ class Session(SMTP):
                     self.end_reason = "access-denied"
                     await self.push(replies.line(refusal))
                     return
-            await self.push(f"220 {self.hostname} ESMTP ready")
+            await self.push(replies.greeting(self.hostname))
             while self.transport is not None:
                 await self._one_command()
                 if self.stop_requested and self.txn is None:
@@ -452,7 +452,7 @@ class Session(SMTP):
             raise Refusal(Kind.TLS_ACTIVE)
         if arg:
             raise Refusal(Kind.SYNTAX, command="STARTTLS")
-        await self.push("220 2.0.0 Ready to start TLS")
+        await self.push(replies.TLS_READY)
         await self._finish_tls(self._begin_tls())
         # RFC 3207 4.2: forget everything learnt before TLS.
         self.helo = None
@@ -562,7 +562,7 @@ class Session(SMTP):
             ok=True,
             app_password=self.identity.app_password,
         )
-        await self.push("235 2.7.0 Authentication successful")
+        await self.push(replies.AUTHENTICATED)
 
     async def _auth_external(self, initial: str | None) -> None:
         """RFC 4422 appendix A: the TLS certificate is the credential."""
@@ -586,7 +586,7 @@ class Session(SMTP):
         audit.auth_event(
             session=self.id, client=self.client_ip, mechanism="EXTERNAL", user=cert.user, ok=True
         )
-        await self.push("235 2.7.0 Authentication successful")
+        await self.push(replies.AUTHENTICATED)
 
     async def _challenge(self, prompt: str) -> str:
         await self.push("334 " + base64.b64encode(prompt.encode()).decode())
@@ -636,7 +636,7 @@ class Session(SMTP):
             await upstream.reset()
             raise as_client_reply(reply, "5.1.0")
         self.txn = Transaction(sender, params, quota=quota)
-        await self.push("250 2.1.0 Sender OK")
+        await self.push(replies.SENDER_OK)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         txn = self.txn
@@ -653,7 +653,7 @@ class Session(SMTP):
         if not 200 <= reply.code < 300:
             raise as_client_reply(reply, "5.1.0")
         txn.recipients.append(recipient)
-        await self.push("250 2.1.5 Recipient OK")
+        await self.push(replies.RECIPIENT_OK)
 
     async def smtp_DATA(self, arg: str | None) -> None:
         txn = self.txn
@@ -663,7 +663,7 @@ class Session(SMTP):
             raise Refusal(Kind.NEED_RCPT)
         if arg:
             raise Refusal(Kind.SYNTAX, command="DATA")
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self.push(replies.START_DATA)
         try:
             data = await self._read_data()
             content = message.normalise(data, eight_bit_declared=txn.params.body == "8BITMIME")
@@ -696,7 +696,7 @@ class Session(SMTP):
                     self.identity.user, self.client_ip, len(txn.recipients)
                 )
             self._log_message(txn, len(content), result.line)
-            await self.push(f"250 2.0.0 Message accepted ({result.line[:200]})")
+            await self.push(replies.accepted(result.line))
             return
         self._log_message(txn, len(content), result.line)
         raise as_client_reply(result, "5.6.0")
@@ -826,24 +826,24 @@ class Session(SMTP):
 
     async def smtp_RSET(self, arg: str | None) -> None:
         await self._reset_transaction()
-        await self.push("250 2.0.0 OK")
+        await self.push(replies.OK)
 
     async def smtp_NOOP(self, arg: str | None) -> None:
-        await self.push("250 2.0.0 OK")
+        await self.push(replies.OK)
 
     async def smtp_QUIT(self, arg: str | None) -> None:
         self.end_reason = "quit"
-        await self.push("221 2.0.0 Bye")
+        await self.push(replies.BYE)
         raise _Closed("quit")
 
     async def smtp_VRFY(self, arg: str | None) -> None:
-        await self.push("252 2.5.0 Cannot verify users; send mail and delivery will be attempted")
+        await self.push(replies.CANNOT_VERIFY)
 
     async def smtp_EXPN(self, arg: str | None) -> None:
         raise Refusal(Kind.EXPN_UNSUPPORTED)
 
     async def smtp_HELP(self, arg: str | None) -> None:
-        await self.push("214 2.0.0 See RFC 5321 and RFC 6409")
+        await self.push(replies.HELP)
 
     _commands: ClassVar[dict[str, Callable[[Session, str | None], Awaitable[None]]]] = {
         "EHLO": smtp_EHLO,
