@@ -25,6 +25,7 @@ from submitgw.services.dns import ReverseDns
 from submitgw.services.limiter import Limiter
 from submitgw.services.memory import trim_after_churn
 from submitgw.services.screening import ClientScreen
+from submitgw.smtp import replies
 from submitgw.smtp.session import Gateway, Listener
 from submitgw.store import (
     AccessRuleStore,
@@ -97,7 +98,7 @@ def build_services(cfg: Config, db: Database) -> Services:
         authenticator=authenticator,
         certificates=certificates,
         screen=ClientScreen(access_rules, ReverseDns(cfg.dns), cfg.policy),
-        limiter=Limiter(cfg.limits, counters),
+        limiter=Limiter(cfg.limits, counters, describe=replies.line),
         accounts=AccountService(db, cfg.auth, cfg.passwords, authenticator.hasher),
     )
 

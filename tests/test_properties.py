@@ -2,7 +2,7 @@
 
 Rules proven here: the command-line splitter, the MAIL/RCPT parsers, the From:
 reader, the DATA decoder and `message.normalise` answer any bytes with a result
-or an `SmtpReply` (never another exception), within a time limit; the DATA
+or a `Refusal` (never another exception), within a time limit; the DATA
 decoder gives what the former line-by-line reader gave, for any way the stream is
 cut into blocks, and the session's way of reading never takes a byte past the
 final dot; `normalise` makes the same bytes as the former regex substitution.
@@ -17,11 +17,12 @@ import string
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from submitgw.errors import SmtpReply
+from submitgw.errors import Refusal
 from submitgw.rules import message
 from submitgw.rules.address import parse_mail_from, parse_rcpt_to
 from submitgw.rules.binding import HeaderLimits, from_addresses
 from submitgw.smtp.dataread import TERMINATOR, DataDecoder
+from submitgw.smtp.replies import render
 from submitgw.smtp.session import split_command
 
 # Modest example counts and a per-example deadline: the whole file runs in seconds.
@@ -43,8 +44,8 @@ edgy_bytes = st.lists(st.one_of(_EDGY, st.binary(max_size=8)), max_size=60).map(
 def test_command_lines_give_a_verb_and_argument_or_a_reply(raw: bytes, limit: int) -> None:
     try:
         verb, arg = split_command(raw, command_limit=limit, auth_limit=limit * 2)
-    except SmtpReply as err:
-        assert err.code == 500 and err.status in {"5.5.2"}
+    except Refusal as err:
+        assert render(err).code == 500 and render(err).status in {"5.5.2"}
         return
     assert verb == verb.upper() and " " not in verb
     assert arg is None or (arg == arg.strip() and arg)
@@ -71,13 +72,13 @@ def test_mail_and_rcpt_parsers_give_an_address_or_a_reply(arg: str | None, utf8:
         sender, params = parse_mail_from(arg, max_size=1000)
         assert sender == "" or "@" in sender
         assert params.size is None or params.size <= 1000
-    except SmtpReply as err:
-        assert 500 <= err.code < 600
+    except Refusal as err:
+        assert 500 <= render(err).code < 600
     try:
         recipient = parse_rcpt_to(arg, smtputf8=utf8)
         assert "@" in recipient and "<" not in recipient and ">" not in recipient
-    except SmtpReply as err:
-        assert 500 <= err.code < 600
+    except Refusal as err:
+        assert 500 <= render(err).code < 600
 
 
 # --- From: ----------------------------------------------------------------------------------
@@ -127,8 +128,8 @@ def test_from_reader_gives_addresses_or_a_reply(content: bytes) -> None:
     limits = HeaderLimits()
     try:
         addresses = from_addresses(content, limits)
-    except SmtpReply as err:
-        assert f"{err.code} {err.status}" in {"550 5.7.1", "554 5.6.0"}
+    except Refusal as err:
+        assert f"{render(err).code} {render(err).status}" in {"550 5.7.1", "554 5.6.0"}
         return
     assert len(addresses) <= limits.max_from_addresses
     assert all("@" in a for a in addresses)
@@ -165,8 +166,8 @@ def reference(stream: bytes, max_size: int) -> tuple[bytes | str, int] | None:
 def outcome(decoder: DataDecoder) -> bytes | str:
     try:
         return decoder.result()
-    except SmtpReply as err:
-        return f"{err.code} {err.status}"
+    except Refusal as err:
+        return f"{render(err).code} {render(err).status}"
 
 
 data_streams = st.one_of(
@@ -261,8 +262,8 @@ _FORMER_EOL = re.compile(rb"\r\n|\r|\n")
 def test_normalise_gives_the_former_result_or_a_reply(data: bytes, eight_bit: bool) -> None:
     try:
         result = message.normalise(data, eight_bit_declared=eight_bit)
-    except SmtpReply as err:
-        assert err.code == 554 and err.status == "5.6.0"
+    except Refusal as err:
+        assert render(err).code == 554 and render(err).status == "5.6.0"
         assert b"\x00" in data or (not eight_bit and not data.isascii())
         return
     assert result == _FORMER_EOL.sub(b"\r\n", data)

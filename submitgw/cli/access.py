@@ -24,7 +24,8 @@ from submitgw.rules.access import (
 )
 from submitgw.rules.address import normalise_login
 from submitgw.services.dns import ReverseDns
-from submitgw.services.screening import ClientScreen, Verdict, deny_reply
+from submitgw.services.screening import ClientScreen, Verdict, deny_refusal
+from submitgw.smtp import replies
 from submitgw.store import (
     AccessRuleStore,
     RuleExists,
@@ -179,7 +180,7 @@ def render_check(ctx: Context, ip: str, verdict: Verdict) -> list[str]:
     if decision.allowed:
         lines.append("decision:       ALLOW (the client gets the 220 greeting)")
     else:
-        reply = deny_reply(cfg.policy)
+        reply = replies.line(deny_refusal(cfg.policy))
         lines.append(f'decision:       DENY (the client gets "{reply}" and is disconnected)')
     return lines
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from submitgw.errors import SmtpReply
+from submitgw.errors import AddressFlaw, Kind, Refusal
 
 # RFC 5322 atext without "%" and "!", which only serve routing tricks.
 _ATEXT = r"A-Za-z0-9#$&'*+/=?^_`{|}~\-"
@@ -44,8 +44,8 @@ class MailParams:
         return options
 
 
-def _syntax(command: str) -> SmtpReply:
-    return SmtpReply(501, "5.5.4", f"Syntax: {command} <address> [parameters]")
+def _syntax(command: str) -> Refusal:
+    return Refusal(Kind.SYNTAX, command=command)
 
 
 def split_path(arg: str | None, keyword: str, command: str) -> tuple[str, list[str]]:
@@ -54,7 +54,7 @@ def split_path(arg: str | None, keyword: str, command: str) -> tuple[str, list[s
         raise _syntax(command)
     rest = arg[len(keyword) :].lstrip(" ")
     if not rest.startswith("<"):
-        raise SmtpReply(501, "5.5.4", f"Syntax: {command} needs the address in angle brackets")
+        raise Refusal(Kind.NEED_BRACKETS, command=command)
     end = rest.find(">")
     if end < 0:
         raise _syntax(command)
@@ -64,34 +64,34 @@ def split_path(arg: str | None, keyword: str, command: str) -> tuple[str, list[s
     return inner, tail.split()
 
 
-def check_mailbox(address: str, *, smtputf8: bool, status: str) -> None:
-    """Reject every address form but `local@domain`; `status` is 5.1.7 or 5.1.3."""
+def check_mailbox(address: str, *, smtputf8: bool, kind: Kind) -> None:
+    """Reject every address form but `local@domain`; `kind` is BAD_SENDER or BAD_RECIPIENT."""
 
-    def bad(why: str) -> SmtpReply:
-        return SmtpReply(553, status, f"Address not accepted: {why}")
+    def bad(flaw: AddressFlaw) -> Refusal:
+        return Refusal(kind, flaw=flaw)
 
     if not address.isascii() and not smtputf8:
-        raise SmtpReply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
+        raise Refusal(Kind.NEEDS_SMTPUTF8)
     if len(address.encode("utf-8")) > MAX_PATH:
-        raise bad("too long")
+        raise bad(AddressFlaw.TOO_LONG)
     if address.startswith("@"):
-        raise bad("source routes are not accepted")
+        raise bad(AddressFlaw.SOURCE_ROUTE)
     if address.startswith('"') or '"' in address or "\\" in address:
-        raise bad("quoted local parts are not accepted")
+        raise bad(AddressFlaw.QUOTED)
     local, at, domain = address.rpartition("@")
     if not at or not local:
-        raise bad("a domain is required")
+        raise bad(AddressFlaw.NO_DOMAIN)
     if "!" in local or "%" in local:
-        raise bad("routing characters (% and !) are not accepted")
+        raise bad(AddressFlaw.ROUTING)
     if "@" in local:
-        raise bad("more than one @")
+        raise bad(AddressFlaw.MANY_AT)
     if domain.startswith("["):
-        raise bad("IP address literals are not accepted")
+        raise bad(AddressFlaw.IP_LITERAL)
     if domain.endswith("."):
-        raise bad("trailing dot in the domain")
+        raise bad(AddressFlaw.TRAILING_DOT)
     local_re = _UTF8_LOCAL if smtputf8 else _ASCII_LOCAL
     if len(local.encode("utf-8")) > MAX_LOCAL or not local_re.fullmatch(local):
-        raise bad("invalid local part")
+        raise bad(AddressFlaw.LOCAL_PART)
     label_re = _UTF8_LABEL if smtputf8 else _ASCII_LABEL
     labels = domain.split(".")
     if (
@@ -100,7 +100,7 @@ def check_mailbox(address: str, *, smtputf8: bool, status: str) -> None:
         or any(label.endswith("-") or len(label.encode("utf-8")) > 63 for label in labels)
         or labels[-1].isdigit()
     ):
-        raise bad("invalid domain")
+        raise bad(AddressFlaw.DOMAIN)
 
 
 def _params(words: list[str]) -> dict[str, str | None]:
@@ -108,16 +108,16 @@ def _params(words: list[str]) -> dict[str, str | None]:
     for word in words:
         key, eq, value = word.partition("=")
         if not key or not key.replace("-", "").isalnum() or (eq and not value):
-            raise SmtpReply(501, "5.5.4", f"Invalid parameter {word[:40]!r}")
+            raise Refusal(Kind.BAD_PARAMETER, word=word)
         if key.upper() in params:
-            raise SmtpReply(501, "5.5.4", f"Parameter {key.upper()[:20]} given twice")
+            raise Refusal(Kind.DUPLICATE_PARAMETER, name=key)
         params[key.upper()] = value if eq else None
     return params
 
 
 def parse_mail_from(arg: str | None, *, max_size: int) -> tuple[str, MailParams]:
     """Parse a MAIL argument; `<>` comes back as the empty string."""
-    inner, words = split_path(arg, "FROM:", "MAIL FROM:")
+    inner, words = split_path(arg, "FROM:", "MAIL")
     params = _params(words)
     size = body = None
     smtputf8 = False
@@ -125,36 +125,36 @@ def parse_mail_from(arg: str | None, *, max_size: int) -> tuple[str, MailParams]
         if key == "SIZE":
             # isascii: str.isdigit() also accepts digits like "²" that int() refuses.
             if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
-                raise SmtpReply(501, "5.5.4", "SIZE needs a number")
+                raise Refusal(Kind.BAD_SIZE)
             size = int(value)
             if size > max_size:
-                raise SmtpReply(552, "5.3.4", f"Message too big; the limit is {max_size} bytes")
+                raise Refusal(Kind.MESSAGE_TOO_BIG, limit=max_size)
         elif key == "BODY":
             if value is None or value.upper() not in {"7BIT", "8BITMIME"}:
-                raise SmtpReply(501, "5.5.4", "BODY must be 7BIT or 8BITMIME")
+                raise Refusal(Kind.BAD_BODY)
             body = value.upper()
         elif key == "SMTPUTF8":
             if value is not None:
-                raise SmtpReply(501, "5.5.4", "SMTPUTF8 takes no value")
+                raise Refusal(Kind.SMTPUTF8_VALUE)
             smtputf8 = True
         elif key == "AUTH":
             if value is None or not _XTEXT.fullmatch(value):
-                raise SmtpReply(501, "5.5.4", "AUTH needs an xtext value")
+                raise Refusal(Kind.BAD_AUTH_PARAMETER)
         else:
-            raise SmtpReply(555, "5.5.4", f"MAIL parameter {key[:20]} not supported")
+            raise Refusal(Kind.MAIL_PARAMETER_UNSUPPORTED, name=key)
     if inner:
-        check_mailbox(inner, smtputf8=smtputf8, status="5.1.7")
+        check_mailbox(inner, smtputf8=smtputf8, kind=Kind.BAD_SENDER)
     return inner, MailParams(size=size, body=body, smtputf8=smtputf8)
 
 
 def parse_rcpt_to(arg: str | None, *, smtputf8: bool) -> str:
-    inner, words = split_path(arg, "TO:", "RCPT TO:")
+    inner, words = split_path(arg, "TO:", "RCPT")
     params = _params(words)
     if params:
-        raise SmtpReply(555, "5.5.4", f"RCPT parameter {next(iter(params))[:20]} not supported")
+        raise Refusal(Kind.RCPT_PARAMETER_UNSUPPORTED, name=next(iter(params)))
     if not inner:
-        raise SmtpReply(553, "5.1.3", "Address not accepted: empty recipient")
-    check_mailbox(inner, smtputf8=smtputf8, status="5.1.3")
+        raise Refusal(Kind.BAD_RECIPIENT, flaw=AddressFlaw.EMPTY)
+    check_mailbox(inner, smtputf8=smtputf8, kind=Kind.BAD_RECIPIENT)
     return inner
 
 
@@ -162,7 +162,7 @@ def normalise_login(text: str) -> str | None:
     """The canonical form of a user name (an email address), or None if it is not one."""
     candidate = text.strip().lower()
     try:
-        check_mailbox(candidate, smtputf8=False, status="5.1.7")
-    except SmtpReply:
+        check_mailbox(candidate, smtputf8=False, kind=Kind.BAD_SENDER)
+    except Refusal:
         return None
     return candidate

@@ -22,7 +22,7 @@ from email.errors import (
 from email.headerregistry import AddressHeader
 from typing import Any
 
-from submitgw.errors import SmtpReply
+from submitgw.errors import FromFlaw, Kind, Refusal
 from submitgw.rules.address import check_mailbox
 
 # Case folding keeps these two: IDNA 2008 (UTS 46, non-transitional) treats them
@@ -72,8 +72,8 @@ def split_address(address: str) -> tuple[str, str] | None:
     % or ! routing, IP literals, trailing dots), so no such form can match a binding.
     """
     try:
-        check_mailbox(address, smtputf8=True, status="5.7.1")
-    except SmtpReply:
+        check_mailbox(address, smtputf8=True, kind=Kind.BAD_SENDER)
+    except Refusal:
         return None
     local, _, domain = address.rpartition("@")
     return local, domain
@@ -131,8 +131,8 @@ class HeaderLimits:
 _DEFAULT_LIMITS = HeaderLimits()
 
 
-def _unreadable(why: str) -> SmtpReply:
-    return SmtpReply(550, "5.7.1", f"From: header {why}")
+def _unreadable(flaw: FromFlaw, **params: object) -> Refusal:
+    return Refusal(Kind.FROM_UNREADABLE, flaw=flaw, **params)
 
 
 def _header_block(content: bytes) -> bytes:
@@ -155,15 +155,13 @@ def _from_fields(block: bytes, limits: HeaderLimits) -> list[bytes]:
     found = _HEADER_END.search(block)
     section = block if found is None else block[: found.start()]
     if len(section) > limits.max_header_bytes:
-        raise SmtpReply(
-            554, "5.6.0", f"Header section too big; the limit is {limits.max_header_bytes} bytes"
-        )
+        raise Refusal(Kind.HEADER_TOO_BIG, limit=limits.max_header_bytes)
     starts = [m.start() for m in _PARSED_FROM.finditer(section)]
     if len(starts) > limits.max_from_addresses:
         raise _too_many(limits)
     known = set(starts)
     if any(m.start() not in known for m in _FROM_FIELD.finditer(block)):
-        raise _unreadable("is malformed or hidden")
+        raise _unreadable(FromFlaw.MALFORMED)
     values: list[bytes] = []
     total = 0
     for start in starts:
@@ -174,13 +172,13 @@ def _from_fields(block: bytes, limits: HeaderLimits) -> list[bytes]:
         raw = (field[len(b"from:") : first_end].lstrip(b" \t") + field[first_end:]).rstrip(b"\r\n")
         total += len(raw)
         if total > limits.max_from_length:
-            raise _unreadable(f"is too long; the limit is {limits.max_from_length} bytes")
+            raise _unreadable(FromFlaw.TOO_LONG, limit=limits.max_from_length)
         values.append(raw)
     return values
 
 
-def _too_many(limits: HeaderLimits) -> SmtpReply:
-    return _unreadable(f"has too many addresses; the limit is {limits.max_from_addresses}")
+def _too_many(limits: HeaderLimits) -> Refusal:
+    return _unreadable(FromFlaw.TOO_MANY, limit=limits.max_from_addresses)
 
 
 def _shape(value: bytes) -> tuple[int, int]:
@@ -224,7 +222,7 @@ def _real(text: str) -> str:
     try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8")
     except UnicodeError as exc:
-        raise _unreadable("is not valid UTF-8") from exc
+        raise _unreadable(FromFlaw.NOT_UTF8) from exc
 
 
 def _encoded_word_in_address(token: Any, inside: bool = False) -> bool:
@@ -265,7 +263,7 @@ def from_addresses(content: bytes, limits: HeaderLimits = _DEFAULT_LIMITS) -> li
     for raw in raw_values:
         deepest, commas = _shape(raw)
         if deepest > limits.max_comment_depth:
-            raise _unreadable("has comments nested too deeply")
+            raise _unreadable(FromFlaw.NESTED_COMMENTS)
         estimate += commas + 1
     if estimate > limits.max_from_addresses:
         raise _too_many(limits)
@@ -273,13 +271,13 @@ def from_addresses(content: bytes, limits: HeaderLimits = _DEFAULT_LIMITS) -> li
     try:
         for raw_bytes in raw_values:
             addresses.extend(_addresses(raw_bytes.decode("ascii", "surrogateescape")))
-    except SmtpReply:
+    except Refusal:
         raise
     except RecursionError as exc:
-        raise _unreadable("is nested too deeply") from exc
+        raise _unreadable(FromFlaw.NESTED) from exc
     except Exception as exc:
         # The parser has crashed on some malformed lists (IndexError on 'From: "').
-        raise _unreadable("is not a valid address list") from exc
+        raise _unreadable(FromFlaw.INVALID_LIST) from exc
     if len(addresses) > limits.max_from_addresses:
         raise _too_many(limits)
     return addresses
@@ -288,11 +286,11 @@ def from_addresses(content: bytes, limits: HeaderLimits = _DEFAULT_LIMITS) -> li
 def _addresses(raw: str) -> list[str]:
     header = email_policy.default.header_fetch_parse("From", raw)
     if any(not _tolerated(defect) for defect in header.defects):
-        raise _unreadable("is not a valid address list")
+        raise _unreadable(FromFlaw.INVALID_LIST)
     unfolded = "".join(raw.splitlines())
     if _encoded_word_in_address(AddressHeader.value_parser(unfolded)):
-        raise _unreadable("has an encoded-word inside an address")
+        raise _unreadable(FromFlaw.ENCODED_WORD)
     found = [f"{_real(a.username)}@{_real(a.domain)}" for a in header.addresses]
     if not found:
-        raise _unreadable("has no address")
+        raise _unreadable(FromFlaw.NO_ADDRESS)
     return found

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from submitgw.config import LimitsConfig
-from submitgw.errors import SmtpReply
+from submitgw.errors import Kind, Refusal
 
 BUCKETS_PER_WINDOW = 60
 # Longer login names are hashed so that every key fits the 400-character column.
@@ -244,18 +244,17 @@ def format_time(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def limit_reply(over: Exceeded, window: Window, resets: int | None, now: float) -> SmtpReply:
-    """`450 4.7.1` naming the limit and when it frees up, in ASCII on one line."""
-    kind = "Message" if over.measure == MESSAGES else "Recipient"
-    text = (
-        f"{kind} limit reached for {over.counted.who}: "
-        f"{over.limit} {over.measure} {per_window(window.seconds)}"
+def limit_refusal(over: Exceeded, window: Window, resets: int | None, now: float) -> Refusal:
+    """The refusal naming the limit, whose it is, and when it frees up (None: unknown)."""
+    return Refusal(
+        Kind.LIMIT_REACHED,
+        measure=over.measure,
+        who=over.counted.who,
+        limit=over.limit,
+        window=window.seconds,
+        resets=resets,
+        now=now,
     )
-    if resets is not None:
-        text += f"; resets at {format_time(resets)} (in {max(0, round(resets - now))} s)"
-    elif over.measure == RECIPIENTS and over.limit > 0:
-        text += "; send to the other recipients in a later message"
-    return SmtpReply(450, "4.7.1", text)
 
 
 # --- password guessing ------------------------------------------------------------------
@@ -289,20 +288,6 @@ def keys_to_lock(account_failures: int, ip_failures: int, cfg: LimitsConfig) -> 
     return tuple(locked)
 
 
-class LoginLocked(SmtpReply):
-    """A login refused unchecked: the account name or the client is locked out.
-
-    One text for both, and for names that exist or not, so the reply reveals
-    nothing about accounts.
-    """
-
-    def __init__(self, until: float) -> None:
-        super().__init__(
-            454, "4.7.0", f"Too many failed logins, try again after {format_time(until)}"
-        )
-        self.until = until
-
-
 def success_limit_reached(
     account_successes: int, ip_successes: int, cfg: LimitsConfig
 ) -> str | None:
@@ -316,16 +301,6 @@ def success_limit_reached(
     if ip_successes >= cfg.auth_successes_per_ip:
         return IP
     return None
-
-
-class TooManyLogins(SmtpReply):
-    """Successful logins of the name or the client used up for the window.
-
-    One text for both, and no time, so it says nothing about which was counted.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(454, "4.7.0", "Too many logins, try again later")
 
 
 # --- the password-checking pool ---------------------------------------------------------

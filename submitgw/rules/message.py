@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from submitgw.errors import SmtpReply
+from submitgw.errors import Kind, Refusal
 
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
 
@@ -35,9 +35,9 @@ class Trace:
 def normalise(data: bytes, *, eight_bit_declared: bool) -> bytes:
     """Reject what cannot be relayed faithfully, then make every line end in CRLF."""
     if b"\x00" in data:
-        raise SmtpReply(554, "5.6.0", "Message contains NUL characters")
+        raise Refusal(Kind.MESSAGE_NUL)
     if not eight_bit_declared and not data.isascii():
-        raise SmtpReply(554, "5.6.0", "8-bit message data requires BODY=8BITMIME")
+        raise Refusal(Kind.EIGHT_BIT_UNDECLARED)
     crlf = data.count(b"\r\n")
     if data.count(b"\r") == crlf == data.count(b"\n"):
         return data

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from submitgw.errors import AuthFailed, SmtpReply
+from submitgw.errors import AuthFailed, Kind, Refusal
 from submitgw.rules.binding import address_allowed
 from submitgw.types import CERTIFICATE, PASSWORD, TWO_FACTOR, CertificateUser, Identity
 
@@ -10,7 +10,7 @@ from submitgw.types import CERTIFICATE, PASSWORD, TWO_FACTOR, CertificateUser, I
 def require_identity(identity: Identity | None) -> Identity:
     """The open-relay rule: no transaction starts for an unidentified client."""
     if identity is None:
-        raise SmtpReply(530, "5.7.0", "Authentication required")
+        raise Refusal(Kind.AUTH_REQUIRED)
     return identity
 
 
@@ -23,11 +23,9 @@ def check_sender(identity: Identity, sender: str, allowed: list[str]) -> None:
     match one of `allowed` (addresses and `@domain` patterns, see `binding`).
     """
     if not sender:
-        raise SmtpReply(553, "5.7.1", "The null sender is not accepted for submission")
+        raise Refusal(Kind.NULL_SENDER)
     if not address_allowed(sender, [identity.user, *allowed]):
-        # The reply is ASCII unless the client enabled SMTPUTF8; logins always are.
-        who = identity.user if identity.user.isascii() else "this user"
-        raise SmtpReply(553, "5.7.1", f"Sender address not allowed for {who}")
+        raise Refusal(Kind.SENDER_NOT_ALLOWED, user=identity.user)
 
 
 def check_header_from(from_addresses: list[str], allowed: list[str]) -> None:
@@ -38,7 +36,7 @@ def check_header_from(from_addresses: list[str], allowed: list[str]) -> None:
     """
     for address in from_addresses:
         if not address_allowed(address, allowed):
-            raise SmtpReply(550, "5.7.1", "From: header address not allowed for this user")
+            raise Refusal(Kind.FROM_NOT_ALLOWED)
 
 
 def password_allowed(policy: str, login: str, cert: CertificateUser | None) -> bool:

@@ -13,7 +13,6 @@ logins all cost the same time and get the same `535 5.7.8`.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import functools
@@ -32,19 +31,18 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 import pki
 from submitgw.config import AuthConfig, PasswordsConfig
-from submitgw.errors import AuthBusy, AuthFailed, SmtpReply
+from submitgw.errors import AuthBusy, AuthFailed, Kind, Need, PasswordExpired, Refusal, Unavailable
 from submitgw.rules.access import source_allowed
 from submitgw.rules.address import normalise_login
 from submitgw.rules.limits import PoolShares, account_key, client_key
 from submitgw.rules.passwords import app_password_form, is_expired
 from submitgw.rules.policy import password_allowed
+from submitgw.services.offload import offload
 from submitgw.store import (
     AppPasswordHash,
-    AppPasswordNotFound,
     CertificateStore,
     CredentialStore,
     UserNetworkStore,
-    UserNotFound,
     UserRecord,
     UserStore,
 )
@@ -54,14 +52,6 @@ log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class PasswordExpired(SmtpReply):
-    """The right password, past its age or expired by an admin: not a failed guess."""
-
-    def __init__(self, url: str | None) -> None:
-        where = f"change it at {url}" if url else "ask your administrator for a new one"
-        super().__init__(535, "5.7.8", f"Password expired, {where}")
 
 
 @dataclass(frozen=True)
@@ -86,20 +76,20 @@ def decode_sasl(blob: str) -> bytes:
     """Base64 as RFC 4954 wants it; `=` is an empty response, anything invalid is 501."""
     blob = blob.strip()
     if blob == "*":
-        raise SmtpReply(501, "5.7.0", "Authentication cancelled")
+        raise Refusal(Kind.AUTH_CANCELLED)
     if blob == "=":
         return b""
     try:
         return base64.b64decode(blob, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise SmtpReply(501, "5.5.2", "Cannot decode base64 response") from exc
+        raise Refusal(Kind.BAD_BASE64) from exc
 
 
 def split_plain(payload: bytes) -> tuple[bytes, bytes, bytes]:
     """RFC 4616: authzid NUL authcid NUL passwd."""
     parts = payload.split(b"\x00")
     if len(parts) != 3:
-        raise SmtpReply(501, "5.5.2", "Malformed PLAIN response")
+        raise Refusal(Kind.BAD_PLAIN)
     authzid, authcid, password = parts
     return authzid, authcid, password
 
@@ -131,7 +121,8 @@ class PasswordAuthenticator:
         return self._hasher
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run argon2 work in the bounded pool; `454 4.7.0` when it is full or the store fails."""
+        """Run argon2 work in the bounded pool; AuthBusy when it is full, Unavailable when the
+        store fails."""
         return await self._run(None, None, functools.partial(fn, *args, **kwargs))
 
     async def _run(self, client_ip: str | None, authcid: bytes | None, call: Callable[[], T]) -> T:
@@ -147,24 +138,14 @@ class PasswordAuthenticator:
             )
             raise AuthBusy()
         try:
-            work = self._pool.submit(call)
-        except RuntimeError as exc:
-            share.release()
-            raise SmtpReply(
-                454, "4.7.0", "Temporary authentication failure, try again later"
-            ) from exc
-        # Before the loop hears of the result, so the place is free when the caller resumes.
-        work.add_done_callback(lambda _: share.release())
-        try:
-            return await asyncio.wrap_future(work)
-        except (SmtpReply, ValueError, UserNotFound, AppPasswordNotFound):
-            # Answers for the caller to give (a rule broken, no such account).
+            # Released before the loop hears of the result, so the place is free when the
+            # caller resumes.
+            return await offload(
+                call, Need.LOGIN, pool=self._pool, on_done=lambda _: share.release()
+            )
+        except Unavailable:
+            share.release()  # the pool was shut down and never took the work
             raise
-        except Exception as exc:
-            log.error("credential store unavailable: %s", type(exc).__name__)
-            raise SmtpReply(
-                454, "4.7.0", "Temporary authentication failure, try again later"
-            ) from exc
 
     async def login(
         self,
@@ -175,7 +156,8 @@ class PasswordAuthenticator:
         cert: CertificateUser | None = None,
         client_ip: str = "?",
     ) -> Identity:
-        """SMTP AUTH: the password or an app password; raises AuthFailed, PasswordExpired, 454."""
+        """SMTP AUTH: the password or an app password; raises AuthFailed, PasswordExpired,
+        AuthBusy or Unavailable."""
         check = functools.partial(
             self._check, authcid, password, authzid, cert, client_ip, allow_app=True
         )
@@ -284,12 +266,14 @@ class CertificateAuthenticator:
         self, der: bytes, client_ip: str | None = None
     ) -> tuple[CertificateUser | None, str]:
         """(the user, "ok") or (None, why the certificate was rejected)."""
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(None, self._check, der, client_ip)
-        except Exception as exc:
-            log.error("certificate inventory unavailable: %s", type(exc).__name__)
+            return await offload(lambda: self._check(der, client_ip), Need.CERTIFICATES)
+        except Unavailable:
             return None, "inventory unavailable"
+        except Exception as exc:
+            # A certificate the TLS layer took but x509 cannot read is no identity either.
+            log.error("certificate check failed: %s", type(exc).__name__)
+            return None, "could not be checked"
 
     def _check(self, der: bytes, client_ip: str | None) -> tuple[CertificateUser | None, str]:
         try:

@@ -14,8 +14,9 @@ upsert, which also forgets the account's failures when it had any).
 Concurrent logins all read the counts before any is written, so a limit may be
 overshot by the logins in flight, which `[auth] max_pending_per_*` bound.
 
-A database error never lets a message or a login through unchecked: MAIL gets
-`451 4.3.0` and AUTH `454 4.7.0`, as when the user store is unavailable.
+A database error never lets a message or a login through unchecked: it is
+`Unavailable` (MAIL gets `451 4.3.0`, AUTH `454 4.7.0`), as when the user
+store is unavailable.
 Only the counting after a message was accepted fails open (logged), because
 the smarthost already has the message.
 """
@@ -23,6 +24,7 @@ the smarthost already has the message.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,18 +32,24 @@ from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
 
 from submitgw.config import LimitsConfig
-from submitgw.errors import AuthFailed, SmtpReply
+from submitgw.errors import (
+    AuthFailed,
+    LoginLocked,
+    Need,
+    PasswordExpired,
+    Refusal,
+    TooManyLogins,
+    Unavailable,
+)
 from submitgw.rules.limits import (
     IP,
-    LoginLocked,
     Quota,
-    TooManyLogins,
     Window,
     account_key,
     format_time,
     ip_key,
     keys_to_lock,
-    limit_reply,
+    limit_refusal,
     login_delay,
     login_name,
     quota,
@@ -51,7 +59,7 @@ from submitgw.rules.limits import (
     user_key,
 )
 from submitgw.services import audit
-from submitgw.services.authn import PasswordExpired
+from submitgw.services.offload import offload
 from submitgw.store.counters import CounterStore
 
 log = logging.getLogger(__name__)
@@ -71,21 +79,25 @@ class Limiter:
         cfg: LimitsConfig,
         store: CounterStore,
         clock: Callable[[], float] = time.time,
+        describe: Callable[[Refusal], str] = str,
     ) -> None:
         self.cfg = cfg
         self.store = store
         self.rates = Window(cfg.rate_window)
         self.logins = Window(cfg.auth_window)
         self._clock = clock
+        # How a refusal reads in the log (the SMTP reply line; see `app`).
+        self._describe = describe
         self._next_prune = 0.0
         # Counts of accepted messages not yet written, and who waits for them.
         self._pending: dict[tuple[str, int], tuple[int, int]] = {}
         self._batch: asyncio.Future[None] | None = None
         self._writer: asyncio.Future[None] | None = None
 
-    async def _off_loop(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, lambda: fn(*args, **kwargs))
+    async def _off_loop(
+        self, what: Need, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        return await offload(functools.partial(fn, *args, **kwargs), what)
 
     # --- sending ------------------------------------------------------------------------
 
@@ -93,15 +105,9 @@ class Limiter:
         """At MAIL: refuse when one more message (with one recipient) would go over a limit."""
         now = self._clock()
         keys = [user_key(user), ip_key(client_ip)]
-        try:
-            used, override = await self._off_loop(
-                self.store.usage, keys, self.rates.first_counted(now), user
-            )
-        except Exception as exc:
-            log.error("sending counters unavailable: %s", type(exc).__name__)
-            raise SmtpReply(
-                451, "4.3.0", "Cannot check sending limits now, try again later"
-            ) from exc
+        used, override = await self._off_loop(
+            Need.LIMITS, self.store.usage, keys, self.rates.first_counted(now), user
+        )
         current = quota(self.cfg, user, client_ip, used, override)
         await self.enforce(current, session, client_ip, messages=1, recipients=1)
         return current
@@ -115,21 +121,24 @@ class Limiter:
         messages: int = 0,
         recipients: int = 0,
     ) -> None:
-        """Raise `450 4.7.1` if `messages`/`recipients` more would exceed a limit of `current`."""
+        """Refuse (LIMIT_REACHED) if `messages`/`recipients` more would go over `current`."""
         over = current.exceeded(messages, recipients)
         if over is None:
             return
         now = self._clock()
         try:
             buckets = await self._off_loop(
-                self.store.buckets, over.counted.key, self.rates.first_counted(now), over.measure
+                Need.LIMITS,
+                self.store.buckets,
+                over.counted.key,
+                self.rates.first_counted(now),
+                over.measure,
             )
             resets = reset_time(self.rates, buckets, over.excess, now)
-        except Exception as exc:
+        except Unavailable:
             # The refusal stands; only its reset time is unknown.
-            log.error("sending counters unavailable: %s", type(exc).__name__)
             resets = None
-        reply = limit_reply(over, self.rates, resets, now)
+        refusal = limit_refusal(over, self.rates, resets, now)
         audit.emit(
             {
                 "event": "limit",
@@ -138,11 +147,11 @@ class Limiter:
                 "user": current.user,
                 "limit": f"{over.counted.scope} {over.measure}",
                 "key": over.counted.key,
-                "reply": reply.line,
+                "reply": self._describe(refusal),
             },
             logging.WARNING,
         )
-        raise reply
+        raise refusal
 
     async def count_message(self, user: str, client_ip: str, recipients: int) -> None:
         """After the smarthost accepted a message: count it for the user and the client.
@@ -172,7 +181,9 @@ class Limiter:
                 batch, self._batch = self._batch, None
                 now = self._clock()
                 try:
-                    await self._off_loop(self._write, counts, now, self._prune_due(now))
+                    await self._off_loop(
+                        Need.LIMITS, self._write, counts, now, self._prune_due(now)
+                    )
                 except Exception as exc:
                     log.error("could not count sent messages: %s", type(exc).__name__)
                 if batch is not None:
@@ -211,22 +222,16 @@ class Limiter:
     ) -> T:
         """Run `verify` (the password check) unless the name or client is locked out.
 
-        Raises `LoginLocked` or `TooManyLogins` (454) without calling `verify`;
+        Raises `LoginLocked` or `TooManyLogins` without calling `verify`;
         waits the escalating delay before calling it; counts it as a failure if
         it raises `AuthFailed`, as a success if it returns.
         """
         account, client = account_key(authcid), ip_key(client_ip)
         keys = [account, client, success_key(account), success_key(client)]
         now = self._clock()
-        try:
-            state = await self._off_loop(
-                self.store.login_state, keys, self.logins.first_counted(now)
-            )
-        except Exception as exc:
-            log.error("login counters unavailable: %s", type(exc).__name__)
-            raise SmtpReply(
-                454, "4.7.0", "Temporary authentication failure, try again later"
-            ) from exc
+        state = await self._off_loop(
+            Need.LOGIN, self.store.login_state, keys, self.logins.first_counted(now)
+        )
         until = max((lock.locked_until.timestamp() for lock in state.locks), default=0.0)
         if until > now:
             raise LoginLocked(until)
@@ -255,7 +260,7 @@ class Limiter:
 
     def _too_many_logins(self, which: str, authcid: bytes, client_ip: str) -> TooManyLogins:
         """The refusal, logged for the admin with the limit that was reached."""
-        reply = TooManyLogins()
+        refusal = TooManyLogins()
         limit = (
             self.cfg.auth_successes_per_ip if which == IP else self.cfg.auth_successes_per_account
         )
@@ -266,18 +271,24 @@ class Limiter:
                 "user": login_name(authcid) if which == "account" else None,
                 "limit": f"{which} logins",
                 "max": limit,
-                "reply": reply.line,
+                "reply": self._describe(refusal),
             },
             logging.WARNING,
         )
-        return reply
+        return refusal
 
     async def _succeeded(self, account: str, client: str, forget: str | None) -> None:
         """Count a successful login; a failure to count is logged, the login stands."""
         now = self._clock()
         try:
             await self._off_loop(
-                self._record_success, account, client, forget, now, self._prune_due(now)
+                Need.LOGIN,
+                self._record_success,
+                account,
+                client,
+                forget,
+                now,
+                self._prune_due(now),
             )
         except Exception as exc:
             log.error("could not count a login: %s", type(exc).__name__)
@@ -294,7 +305,7 @@ class Limiter:
         now = self._clock()
         try:
             locked = await self._off_loop(
-                self._record_failure, authcid, client_ip, now, self._prune_due(now)
+                Need.LOGIN, self._record_failure, authcid, client_ip, now, self._prune_due(now)
             )
         except Exception as exc:
             log.error("could not count a failed login: %s", type(exc).__name__)

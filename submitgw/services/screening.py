@@ -6,23 +6,23 @@ connection on every gateway sharing the database. Reverse DNS is asked only
 when no address rule matched and a name or `unknown` rule exists, so a rule set
 of addresses alone never waits on DNS.
 
-If the rules cannot be read, the client gets `421 4.3.0` (try again later):
-failing open would let a denied client in whenever the database hiccups.
+If the rules cannot be read, the client is told to try again later
+(`Unavailable`, `421 4.3.0`): failing open would let a denied client in
+whenever the database hiccups.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
 from submitgw.config import PolicyConfig
+from submitgw.errors import Kind, Need, Refusal, Unavailable
 from submitgw.rules.access import ClientName, Decision, Rule, client_address, decide, needs_name
 from submitgw.services import audit
 from submitgw.services.dns import ReverseDns
+from submitgw.services.offload import offload
 from submitgw.store import AccessRuleStore
-
-UNAVAILABLE = "421 4.3.0 Temporary failure, try again later"
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class ClientScreen:
             return rules, decide(address, rules, default)
 
         # Reading and matching a thousand rules takes milliseconds: not on the event loop.
-        rules, by_address = await asyncio.get_running_loop().run_in_executor(None, load)
+        rules, by_address = await offload(load, Need.ACCESS_RULES)
         if not always_resolve and (by_address.rule is not None or not needs_name(rules)):
             return Verdict(by_address, None)
         name = await self._dns.lookup(str(address))
@@ -69,25 +69,26 @@ class ClientScreen:
             return Verdict(Decision(self._policy.default, None, ()), None)
         return await self.verdict(client_ip)
 
-    async def refusal(self, client_ip: str, session: str) -> str | None:
-        """The reply line that replaces the greeting, or None to greet the client.
+    async def refusal(self, client_ip: str, session: str) -> Refusal | None:
+        """The refusal that replaces the greeting, or None to greet the client.
 
         Logs one `access` event per connection.
         """
         try:
             verdict = await self._verdict_or_default(client_ip)
         except Exception as exc:
+            cause = exc.__cause__ if isinstance(exc, Unavailable) and exc.__cause__ else exc
             audit.emit(
                 {
                     "event": "access",
                     "session": session,
                     "client": client_ip,
                     "decision": "error",
-                    "reason": f"access rules unavailable: {type(exc).__name__}",
+                    "reason": f"access rules unavailable: {type(cause).__name__}",
                 },
                 logging.ERROR,
             )
-            return UNAVAILABLE
+            return Unavailable(Need.ACCESS_RULES)
         decision, name = verdict.decision, verdict.name
         audit.emit(
             {
@@ -103,11 +104,11 @@ class ClientScreen:
         )
         if decision.allowed:
             return None
-        return deny_reply(self._policy)
+        return deny_refusal(self._policy)
 
 
-def deny_reply(policy: PolicyConfig) -> str:
-    """`554 5.7.1` with the admin's text as one printable ASCII line (a CR or LF in it
-    would end the reply early and start another)."""
+def deny_refusal(policy: PolicyConfig) -> Refusal:
+    """What a denied client gets instead of the greeting: the admin's text, as one printable
+    ASCII line (a CR or LF in it would end an SMTP reply early and start another)."""
     text = "".join(c if " " <= c <= "~" else " " for c in policy.deny_message).strip()
-    return f"554 5.7.1 {text or 'Access denied'}"
+    return Refusal(Kind.ACCESS_DENIED, text=text)

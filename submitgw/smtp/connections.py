@@ -16,8 +16,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
+from submitgw.errors import Kind, Refusal
 from submitgw.rules.limits import client_key
 from submitgw.services import audit
+from submitgw.smtp import replies
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +99,9 @@ class ConnectionTable:
 
 
 REFUSALS = {
-    "shutting-down": "421 4.3.2 Service shutting down, try again later",
-    "too-many-connections": "421 4.7.0 Too many connections, try again later",
-    "too-many-connections-from-client": (
-        "421 4.7.0 Too many connections from your address, try later"
-    ),
+    "shutting-down": Kind.SHUTDOWN_REFUSED,
+    "too-many-connections": Kind.TOO_MANY_CONNECTIONS,
+    "too-many-connections-from-client": Kind.TOO_MANY_FROM_CLIENT,
 }
 
 
@@ -146,7 +146,7 @@ class Connection(asyncio.Protocol):
         if refusal is not None:
             audit.connection_refused(listener=self.listener, client=self.client_ip, reason=refusal)
             if self.greet_refusals:
-                transport.write(REFUSALS[refusal].encode("ascii") + b"\r\n")
+                transport.write(replies.line(Refusal(REFUSALS[refusal])).encode("ascii") + b"\r\n")
                 transport.close()
             else:
                 transport.abort()

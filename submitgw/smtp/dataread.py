@@ -16,7 +16,7 @@ agree where DATA ended. The first problem wins.
 
 from __future__ import annotations
 
-from submitgw.errors import SmtpReply
+from submitgw.errors import Kind, Refusal
 
 TERMINATOR = b"\r\n.\r\n"
 LINE_LIMIT = 1001  # RFC 5321 4.5.3.1.6: 998 + CRLF, plus one stuffed dot
@@ -30,7 +30,7 @@ class DataDecoder:
         self.max_size = max_size
         self.line_limit = line_limit
         self.done = False
-        self.problem: SmtpReply | None = None
+        self.problem: Refusal | None = None
         self._out = bytearray()
         self._size = 0
         # An incomplete line carried to the next block (never longer than line_limit).
@@ -122,7 +122,7 @@ class DataDecoder:
     def _keep_partial(self, block: bytes, start: int, end: int) -> int:
         self._carry += block[start:end]
         if len(self._carry) > self.line_limit:
-            self._set_problem(SmtpReply(500, "5.5.2", "Line too long"))
+            self._set_problem(Refusal(Kind.LINE_TOO_LONG))
             self._skipping = True
             self._carry = self._carry[-1:]
         return len(block)
@@ -162,16 +162,14 @@ class DataDecoder:
         usable = usable.replace(b"\r\n.", b"\r\n")
         self._size += len(usable)
         if self._size > self.max_size:
-            self._set_problem(
-                SmtpReply(552, "5.3.4", f"Message too big; the limit is {self.max_size} bytes")
-            )
+            self._set_problem(Refusal(Kind.MESSAGE_TOO_BIG, limit=self.max_size))
         elif too_long:
             self._out += usable
-            self._set_problem(SmtpReply(500, "5.5.2", "Line too long"))
+            self._set_problem(Refusal(Kind.LINE_TOO_LONG))
         else:
             self._out += usable
 
-    def _set_problem(self, problem: SmtpReply) -> None:
+    def _set_problem(self, problem: Refusal) -> None:
         if self.problem is None:
             self.problem = problem
         self._out = bytearray()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from submitgw.config import SmarthostServer
-from submitgw.errors import RelayError, SmtpReply, smarthost_unavailable
+from submitgw.errors import Kind, Refusal, RelayError
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class Upstream:
                 continue
             return cls(client, server)
         log.error("no smarthost reachable (%s)", last)
-        raise smarthost_unavailable()
+        raise RelayError(Kind.SMARTHOST_UNAVAILABLE)
 
     async def _command(self, *args: bytes) -> UpstreamReply:
         try:
@@ -103,7 +103,7 @@ class Upstream:
         except _TRANSIENT as exc:
             log.warning("smarthost %s lost: %s", self.server, type(exc).__name__)
             self.close()
-            raise smarthost_unavailable() from exc
+            raise RelayError(Kind.SMARTHOST_UNAVAILABLE) from exc
         return UpstreamReply(response.code, response.message)
 
     async def mail(self, sender: str, options: list[str]) -> UpstreamReply:
@@ -127,11 +127,7 @@ class Upstream:
                 type(exc).__name__,
             )
             self.close()
-            raise RelayError(
-                451,
-                "4.4.2",
-                "Smarthost did not confirm the message; it may or may not have been queued",
-            ) from exc
+            raise RelayError(Kind.SMARTHOST_UNCONFIRMED) from exc
         return UpstreamReply(response.code, response.message)
 
     async def reset(self) -> None:
@@ -155,17 +151,21 @@ class Upstream:
             self._client.close()
 
 
-def as_client_reply(reply: UpstreamReply, fallback_status: str) -> SmtpReply:
+def as_client_reply(reply: UpstreamReply, fallback_status: str) -> Refusal:
     """Turn a smarthost refusal into the reply we pass on (its code, its enhanced status)."""
     text = reply.text.splitlines()[0] if reply.text else ""
     first, _, rest = text.partition(" ")
     parts = first.split(".")
     if len(parts) == 3 and all(p.isdigit() for p in parts):
-        return SmtpReply(reply.code, first, rest or "Refused by smarthost")
+        return _refused(reply.code, first, rest or "Refused by smarthost")
     if reply.code >= 500:
         status = fallback_status
     elif reply.code >= 400:
         status = "4" + fallback_status[1:]
     else:
         status = fallback_status
-    return SmtpReply(reply.code, status, text or "Refused by smarthost")
+    return _refused(reply.code, status, text or "Refused by smarthost")
+
+
+def _refused(code: int, status: str, text: str) -> Refusal:
+    return Refusal(Kind.UPSTREAM_REFUSED, code=code, status=status, text=text)

@@ -4,7 +4,7 @@ aiosmtpd's own command loop answers without enhanced status codes, leaks
 exception text, times out only between commands and reads AUTH synchronously,
 so the session replaces the loop and every command handler while keeping the
 library's connection and TLS-upgrade machinery. This module is the only place
-where an `SmtpReply` becomes bytes on the wire.
+where a `Refusal` becomes bytes on the wire, worded by `replies`.
 """
 
 from __future__ import annotations
@@ -27,21 +27,31 @@ from aiosmtpd.smtp import SMTP
 
 import pki
 from submitgw.config import Config, ListenerConfig
-from submitgw.errors import AuthFailed, RelayError, SmtpReply
+from submitgw.errors import (
+    AuthFailed,
+    Kind,
+    LoginLocked,
+    Need,
+    PasswordExpired,
+    Refusal,
+    RelayError,
+    TooManyLogins,
+)
 from submitgw.rules import message, policy
 from submitgw.rules.address import MailParams, normalise_login, parse_mail_from, parse_rcpt_to
 from submitgw.rules.binding import HeaderLimits, from_addresses
-from submitgw.rules.limits import LoginLocked, Quota, TooManyLogins
+from submitgw.rules.limits import Quota
 from submitgw.services import audit
 from submitgw.services.authn import (
     CertificateAuthenticator,
     PasswordAuthenticator,
-    PasswordExpired,
     decode_sasl,
     split_plain,
 )
 from submitgw.services.limiter import Limiter
+from submitgw.services.offload import offload
 from submitgw.services.screening import ClientScreen
+from submitgw.smtp import replies
 from submitgw.smtp.connections import Connection, ConnectionTable
 from submitgw.smtp.dataread import DataDecoder
 from submitgw.smtp.relay import Upstream, as_client_reply
@@ -62,18 +72,18 @@ _READS_PER_TURN = 64
 
 
 def split_command(raw: bytes, *, command_limit: int, auth_limit: int) -> tuple[str, str | None]:
-    """The verb (upper case) and argument of one command line, or its `500 5.5.2`."""
+    """The verb (upper case) and argument of one command line, or why it is unreadable."""
     line = raw.rstrip(b"\r\n")
     if b"\x00" in line or b"\r" in line or not raw.endswith(b"\r\n"):
-        raise SmtpReply(500, "5.5.2", "Syntax error: bare CR, LF or NUL")
+        raise Refusal(Kind.BAD_LINE)
     verb_bytes, _, arg_bytes = line.partition(b" ")
     verb = verb_bytes.decode("ascii", "replace").upper()
     if len(raw) > (auth_limit if verb == "AUTH" else command_limit):
-        raise SmtpReply(500, "5.5.2", "Line too long")
+        raise Refusal(Kind.LINE_TOO_LONG)
     try:
         arg = arg_bytes.decode("utf-8").strip() or None
     except UnicodeDecodeError:
-        raise SmtpReply(500, "5.5.2", "Syntax error: invalid UTF-8") from None
+        raise Refusal(Kind.BAD_UTF8) from None
     return verb, arg
 
 
@@ -157,7 +167,7 @@ class Gateway:
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for session in list(self.sessions):
-            session.abort("421 4.3.2 Service shutting down, closing connection")
+            session.abort(Refusal(Kind.SHUTTING_DOWN))
         if self._background:
             await asyncio.wait(self._background, timeout=5)
 
@@ -231,22 +241,22 @@ class Session(SMTP):
     def evict(self) -> None:
         """Every slot is taken and a newcomer needs this stranger's."""
         self.end_reason = "evicted"
-        self._say_goodbye("421 4.7.0 Too many connections, closing this one")
+        self._say_goodbye(Refusal(Kind.EVICTED))
 
     def request_stop(self) -> None:
         self.stop_requested = True
         if self.waiting_for_command and self.txn is None:
-            self.abort("421 4.3.2 Service shutting down, closing connection")
+            self.abort(Refusal(Kind.SHUTTING_DOWN))
 
-    def abort(self, line: str) -> None:
+    def abort(self, refusal: Refusal) -> None:
         """End the session from outside the command loop (shutdown)."""
         self.end_reason = "shutdown"
-        self._say_goodbye(line)
+        self._say_goodbye(refusal)
 
-    def _say_goodbye(self, line: str) -> None:
+    def _say_goodbye(self, refusal: Refusal) -> None:
         transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            transport.write(line.encode("ascii") + b"\r\n")
+            transport.write(replies.line(refusal).encode("ascii") + b"\r\n")
             transport.close()
         # A TLS close waits for the client's close_notify (30 s in asyncio); a client
         # that does not answer must not hold the slot, or a shutdown, that long.
@@ -255,14 +265,20 @@ class Session(SMTP):
     async def reply(self, line: str) -> None:
         await self.push(line)
 
-    async def _error(self, err: SmtpReply) -> None:
-        if err.code >= 400:
+    async def _refuse(self, refusal: Refusal) -> None:
+        """Say `refusal` and end the session (the command loop's own 421s)."""
+        await self.push(replies.line(refusal))
+        raise _Closed(refusal.kind.value)
+
+    async def _error(self, err: Refusal) -> None:
+        reply = replies.render(err)
+        if reply.code >= 400:
             self.errors += 1
-        await self.push(err.line)
-        if err.close:
-            raise _Closed(err.text)
+        await self.push(reply.line)
+        if reply.close:
+            raise _Closed(err.kind.value)
         if self.errors >= self.cfg.limits.max_errors:
-            await self.push("421 4.7.0 Too many errors, closing connection")
+            await self.push(replies.line(Refusal(Kind.TOO_MANY_ERRORS)))
             self.end_reason = "errors"
             raise _Closed("too many errors")
 
@@ -277,7 +293,7 @@ class Session(SMTP):
         try:
             line = await asyncio.wait_for(self._reader.readuntil(b"\n"), timeout)
         except TimeoutError:
-            await self._timeout("Idle timeout" if remaining > timeout else why)
+            await self._timeout(Kind.IDLE_TIMEOUT if remaining > timeout else why)
         except asyncio.IncompleteReadError as exc:
             raise _Closed("eof") from exc
         except asyncio.LimitOverrunError as exc:
@@ -287,12 +303,12 @@ class Session(SMTP):
             raise _LineTooLong()
         return line
 
-    def _time_left(self) -> tuple[float, str]:
+    def _time_left(self) -> tuple[float, Kind]:
         """Seconds until the session's lifetime, or a stranger's time to log in, ends."""
         now = time.monotonic()
         if not self.identified and self.login_deadline < self.deadline:
-            return self.login_deadline - now, "No login in time"
-        return self.deadline - now, "Session lifetime exceeded"
+            return self.login_deadline - now, Kind.LOGIN_TIMEOUT
+        return self.deadline - now, Kind.SESSION_EXPIRED
 
     async def _discard_line(self, consumed: int) -> None:
         await self._reader.readexactly(consumed)
@@ -303,14 +319,13 @@ class Session(SMTP):
             except asyncio.LimitOverrunError as exc:
                 await self._reader.readexactly(exc.consumed)
             except TimeoutError:
-                await self._timeout("Idle timeout")
+                await self._timeout(Kind.IDLE_TIMEOUT)
             except asyncio.IncompleteReadError as exc:
                 raise _Closed("eof") from exc
 
-    async def _timeout(self, why: str) -> None:
+    async def _timeout(self, why: Kind) -> None:
         self.end_reason = "timeout"
-        await self.push(f"421 4.4.2 {self.hostname} {why}, closing connection")
-        raise _Closed(why)
+        await self._refuse(Refusal(why, hostname=self.hostname))
 
     # --- the command loop -----------------------------------------------------------
 
@@ -322,14 +337,14 @@ class Session(SMTP):
                 refusal = await self.gw.screen.refusal(self.client_ip, self.id)
                 if refusal is not None:
                     self.end_reason = "access-denied"
-                    await self.push(refusal)
+                    await self.push(replies.line(refusal))
                     return
-            await self.push(f"220 {self.hostname} ESMTP ready")
+            await self.push(replies.greeting(self.hostname))
             while self.transport is not None:
                 await self._one_command()
                 if self.stop_requested and self.txn is None:
                     self.end_reason = "shutdown"
-                    await self.push("421 4.3.2 Service shutting down, closing connection")
+                    await self.push(replies.line(Refusal(Kind.SHUTTING_DOWN)))
                     return
         except _Closed:
             pass
@@ -341,7 +356,7 @@ class Session(SMTP):
             log.exception("session %s: internal error", self.id)
             self.end_reason = "internal-error"
             with contextlib.suppress(Exception):
-                await self.push("421 4.3.0 Internal error, closing connection")
+                await self.push(replies.line(Refusal(Kind.INTERNAL_ERROR)))
         finally:
             self._finish()
 
@@ -370,7 +385,7 @@ class Session(SMTP):
         try:
             raw = await self._readline(self.cfg.limits.max_auth_length)
         except _LineTooLong:
-            await self._error(SmtpReply(500, "5.5.2", "Line too long"))
+            await self._error(Refusal(Kind.LINE_TOO_LONG))
             return
         finally:
             self.waiting_for_command = False
@@ -380,33 +395,31 @@ class Session(SMTP):
                 command_limit=self.cfg.limits.max_command_length,
                 auth_limit=self.cfg.limits.max_auth_length,
             )
-        except SmtpReply as err:
+        except Refusal as err:
             await self._error(err)
             return
         handler = self._commands.get(verb)
         try:
             if handler is None:
-                raise SmtpReply(500, "5.5.1", "Command not recognized")
+                raise Refusal(Kind.UNKNOWN_COMMAND)
             if verb in JUNK_COMMANDS:
                 self.junk += 1
                 if self.junk > self.cfg.limits.max_junk_commands:
                     self.end_reason = "junk-commands"
-                    raise SmtpReply(
-                        421, "4.7.0", "Too many commands, closing connection", close=True
-                    )
+                    raise Refusal(Kind.TOO_MANY_COMMANDS)
             if not self.tls_info and verb not in PRE_TLS_COMMANDS:
-                raise SmtpReply(530, "5.7.0", "Must issue a STARTTLS command first")
+                raise Refusal(Kind.TLS_REQUIRED)
             await handler(self, arg)
         except _LineTooLong:
-            await self._error(SmtpReply(500, "5.5.2", "Line too long"))
-        except SmtpReply as err:
+            await self._error(Refusal(Kind.LINE_TOO_LONG))
+        except Refusal as err:
             await self._error(err)
 
     # --- commands -------------------------------------------------------------------
 
     async def _ehlo(self, arg: str | None, extended: bool) -> None:
         if not arg:
-            raise SmtpReply(501, "5.5.4", f"Syntax: {'EHLO' if extended else 'HELO'} hostname")
+            raise Refusal(Kind.SYNTAX, command="EHLO" if extended else "HELO")
         await self._reset_transaction()
         name = arg.split()[0][:255]
         # It goes into the Received header: keep it to what a host name or literal uses.
@@ -439,10 +452,10 @@ class Session(SMTP):
 
     async def smtp_STARTTLS(self, arg: str | None) -> None:
         if self.tls_info:
-            raise SmtpReply(554, "5.5.1", "TLS already active")
+            raise Refusal(Kind.TLS_ACTIVE)
         if arg:
-            raise SmtpReply(501, "5.5.4", "Syntax: STARTTLS")
-        await self.push("220 2.0.0 Ready to start TLS")
+            raise Refusal(Kind.SYNTAX, command="STARTTLS")
+        await self.push(replies.TLS_READY)
         await self._finish_tls(self._begin_tls())
         # RFC 3207 4.2: forget everything learnt before TLS.
         self.helo = None
@@ -492,14 +505,14 @@ class Session(SMTP):
 
     async def smtp_AUTH(self, arg: str | None) -> None:
         if not self.esmtp:
-            raise SmtpReply(503, "5.5.1", "Send EHLO first")
+            raise Refusal(Kind.NEED_EHLO)
         if self.identity is not None:
-            raise SmtpReply(503, "5.5.1", "Already authenticated")
+            raise Refusal(Kind.ALREADY_AUTHENTICATED)
         if self.txn is not None:
-            raise SmtpReply(503, "5.5.1", "AUTH not allowed during a mail transaction")
+            raise Refusal(Kind.AUTH_IN_TRANSACTION)
         words = (arg or "").split()
         if not words or len(words) > 2:
-            raise SmtpReply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+            raise Refusal(Kind.SYNTAX, command="AUTH")
         mechanism = words[0].upper()
         initial = words[1] if len(words) == 2 else None
         if mechanism == "EXTERNAL":
@@ -516,7 +529,7 @@ class Session(SMTP):
                 authcid = decode_sasl(await self._challenge("Username:"))
             password = decode_sasl(await self._challenge("Password:"))
         else:
-            raise SmtpReply(504, "5.5.4", "Unrecognized authentication mechanism")
+            raise Refusal(Kind.UNKNOWN_MECHANISM)
         verify = functools.partial(
             self.gw.authenticator.login,
             authcid,
@@ -531,7 +544,7 @@ class Session(SMTP):
                 self.identity = await verify()
             else:
                 self.identity = await self.gw.limiter.login(authcid, self.client_ip, verify)
-        except SmtpReply as err:
+        except Refusal as err:
             attempted = normalise_login(authcid.decode("utf-8", "replace"))
             audit.auth_event(
                 session=self.id,
@@ -552,12 +565,12 @@ class Session(SMTP):
             ok=True,
             app_password=self.identity.app_password,
         )
-        await self.push("235 2.7.0 Authentication successful")
+        await self.push(replies.AUTHENTICATED)
 
     async def _auth_external(self, initial: str | None) -> None:
         """RFC 4422 appendix A: the TLS certificate is the credential."""
         if self.cert is None:
-            raise SmtpReply(504, "5.5.4", "Unrecognized authentication mechanism")
+            raise Refusal(Kind.UNKNOWN_MECHANISM)
         wanted = decode_sasl(initial if initial is not None else await self._challenge(""))
         cert = self.cert
         try:
@@ -576,7 +589,7 @@ class Session(SMTP):
         audit.auth_event(
             session=self.id, client=self.client_ip, mechanism="EXTERNAL", user=cert.user, ok=True
         )
-        await self.push("235 2.7.0 Authentication successful")
+        await self.push(replies.AUTHENTICATED)
 
     async def _challenge(self, prompt: str) -> str:
         await self.push("334 " + base64.b64encode(prompt.encode()).decode())
@@ -585,7 +598,7 @@ class Session(SMTP):
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         if self.helo is None:
-            raise SmtpReply(503, "5.5.1", "Send EHLO first")
+            raise Refusal(Kind.NEED_EHLO)
         if (
             self.identity is None
             and self.cert is not None
@@ -596,14 +609,14 @@ class Session(SMTP):
             self.identity = policy.certificate_identity(self.cert, "CERTIFICATE")
         identity = policy.require_identity(self.identity)
         if self.txn is not None:
-            raise SmtpReply(503, "5.5.1", "Nested MAIL command")
+            raise Refusal(Kind.NESTED_MAIL)
         if self.messages >= self.cfg.limits.max_messages_per_session:
-            raise SmtpReply(421, "4.7.0", "Too many messages in one session", close=True)
+            raise Refusal(Kind.TOO_MANY_MESSAGES)
         sender, params = parse_mail_from(arg, max_size=self.cfg.limits.max_message_size)
         allowed = await self._allowed_senders(identity)
         try:
             policy.check_sender(identity, sender, allowed)
-        except SmtpReply as err:
+        except Refusal as err:
             self._log_sender_refused("envelope", [sender], err)
             raise
         quota = None
@@ -626,14 +639,14 @@ class Session(SMTP):
             await upstream.reset()
             raise as_client_reply(reply, "5.1.0")
         self.txn = Transaction(sender, params, quota=quota)
-        await self.push("250 2.1.0 Sender OK")
+        await self.push(replies.SENDER_OK)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         txn = self.txn
         if txn is None or self.upstream is None:
-            raise SmtpReply(503, "5.5.1", "Need MAIL command first")
+            raise Refusal(Kind.NEED_MAIL)
         if len(txn.recipients) >= self.cfg.limits.max_recipients:
-            raise SmtpReply(452, "4.5.3", "Too many recipients")
+            raise Refusal(Kind.TOO_MANY_RECIPIENTS)
         recipient = parse_rcpt_to(arg, smtputf8=txn.params.smtputf8)
         if txn.quota is not None and self.gw.limiter is not None:
             await self.gw.limiter.enforce(
@@ -643,23 +656,23 @@ class Session(SMTP):
         if not 200 <= reply.code < 300:
             raise as_client_reply(reply, "5.1.0")
         txn.recipients.append(recipient)
-        await self.push("250 2.1.5 Recipient OK")
+        await self.push(replies.RECIPIENT_OK)
 
     async def smtp_DATA(self, arg: str | None) -> None:
         txn = self.txn
         if txn is None or self.upstream is None:
-            raise SmtpReply(503, "5.5.1", "Need MAIL command first")
+            raise Refusal(Kind.NEED_MAIL)
         if not txn.recipients:
-            raise SmtpReply(503, "5.5.1", "Need RCPT command first")
+            raise Refusal(Kind.NEED_RCPT)
         if arg:
-            raise SmtpReply(501, "5.5.4", "Syntax: DATA")
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+            raise Refusal(Kind.SYNTAX, command="DATA")
+        await self.push(replies.START_DATA)
         try:
             data = await self._read_data()
             content = message.normalise(data, eight_bit_declared=txn.params.body == "8BITMIME")
             if self.cfg.policy.check_header_from:
                 await self._check_header_from(content)
-        except SmtpReply:
+        except Refusal:
             await self._reset_transaction()
             raise
         trace = message.Trace(
@@ -677,7 +690,7 @@ class Session(SMTP):
         try:
             result = await upstream.data(message.prepare(content, trace))
         except RelayError as err:
-            self._log_message(txn, len(content), err.line)
+            self._log_message(txn, len(content), replies.line(err))
             raise
         if 200 <= result.code < 300:
             self.messages += 1
@@ -686,7 +699,7 @@ class Session(SMTP):
                     self.identity.user, self.client_ip, len(txn.recipients)
                 )
             self._log_message(txn, len(content), result.line)
-            await self.push(f"250 2.0.0 Message accepted ({result.line[:200]})")
+            await self.push(replies.accepted(result.line))
             return
         self._log_message(txn, len(content), result.line)
         raise as_client_reply(result, "5.6.0")
@@ -731,7 +744,7 @@ class Session(SMTP):
                         # Reads from the buffer do not yield: let other sessions run.
                         await asyncio.sleep(0)
         except TimeoutError:
-            await self._timeout("Session too long" if expires >= end else "Idle timeout")
+            await self._timeout(Kind.DATA_TOO_LONG if expires >= end else Kind.IDLE_TIMEOUT)
         except asyncio.IncompleteReadError as exc:
             raise _Closed("eof") from exc
         return decoder.result()
@@ -762,16 +775,10 @@ class Session(SMTP):
             if self.gw.senders is None:
                 self.allowed_senders = [identity.user]
                 return self.allowed_senders
-            loop = asyncio.get_running_loop()
-            try:
-                self.allowed_senders = await loop.run_in_executor(
-                    None, self.gw.senders.allowed, identity.user
-                )
-            except Exception as exc:
-                log.error("sender bindings unavailable: %s", type(exc).__name__)
-                raise SmtpReply(
-                    451, "4.3.0", "Cannot check sender addresses now, try again later"
-                ) from exc
+            senders = self.gw.senders
+            self.allowed_senders = await offload(
+                lambda: senders.allowed(identity.user), Need.SENDERS
+            )
         return self.allowed_senders
 
     async def _check_header_from(self, content: bytes) -> None:
@@ -796,15 +803,13 @@ class Session(SMTP):
                     limits.header_check_timeout,
                 )
             except TimeoutError:
-                raise SmtpReply(
-                    554, "5.6.0", "Header section too complex to check in time"
-                ) from None
+                raise Refusal(Kind.HEADER_TOO_COMPLEX) from None
             policy.check_header_from(addresses, self.allowed_senders or [])
-        except SmtpReply as err:
+        except Refusal as err:
             self._log_sender_refused("header", addresses, err)
             raise
 
-    def _log_sender_refused(self, check: str, addresses: list[str], err: SmtpReply) -> None:
+    def _log_sender_refused(self, check: str, addresses: list[str], err: Refusal) -> None:
         audit.emit(
             {
                 "event": "sender",
@@ -813,7 +818,7 @@ class Session(SMTP):
                 "user": self.identity.user if self.identity else None,
                 "check": check,
                 "addresses": addresses,
-                "reply": err.line,
+                "reply": replies.line(err),
             }
         )
 
@@ -824,24 +829,24 @@ class Session(SMTP):
 
     async def smtp_RSET(self, arg: str | None) -> None:
         await self._reset_transaction()
-        await self.push("250 2.0.0 OK")
+        await self.push(replies.OK)
 
     async def smtp_NOOP(self, arg: str | None) -> None:
-        await self.push("250 2.0.0 OK")
+        await self.push(replies.OK)
 
     async def smtp_QUIT(self, arg: str | None) -> None:
         self.end_reason = "quit"
-        await self.push("221 2.0.0 Bye")
+        await self.push(replies.BYE)
         raise _Closed("quit")
 
     async def smtp_VRFY(self, arg: str | None) -> None:
-        await self.push("252 2.5.0 Cannot verify users; send mail and delivery will be attempted")
+        await self.push(replies.CANNOT_VERIFY)
 
     async def smtp_EXPN(self, arg: str | None) -> None:
-        raise SmtpReply(502, "5.5.1", "EXPN not supported")
+        raise Refusal(Kind.EXPN_UNSUPPORTED)
 
     async def smtp_HELP(self, arg: str | None) -> None:
-        await self.push("214 2.0.0 See RFC 5321 and RFC 6409")
+        await self.push(replies.HELP)
 
     _commands: ClassVar[dict[str, Callable[[Session, str | None], Awaitable[None]]]] = {
         "EHLO": smtp_EHLO,

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from submitgw.rules.access import ACTIONS, Rule, parse_network, parse_rule
 from submitgw.store.db import Database
+from submitgw.store.errors import Exists, NotFound
 from submitgw.store.models import Base, User, UtcDateTime, utcnow
 from submitgw.store.users import UserNotFound, normalise_email
 
@@ -55,7 +56,7 @@ class UserNetworkRow(Base):
     cidr: Mapped[str] = mapped_column(String(50))
 
 
-class RuleExists(Exception):
+class RuleExists(Exists):
     def __init__(self, existing: Rule) -> None:
         super().__init__(
             f"rule {existing.rule} already exists as #{existing.id} ({existing.action}): "
@@ -64,7 +65,7 @@ class RuleExists(Exception):
         self.existing = existing
 
 
-class RuleNotFound(Exception):
+class RuleNotFound(NotFound):
     def __init__(self, rule_id: int) -> None:
         super().__init__(f"no access rule #{rule_id}")
         self.rule_id = rule_id

@@ -19,23 +19,24 @@ from sqlalchemy.orm import Session
 
 import pki
 from submitgw.store.db import Database
+from submitgw.store.errors import Exists, NotFound, StoreError
 from submitgw.store.models import Certificate, User, utcnow
 from submitgw.store.users import UserNotFound, _rowcount, normalise_email
 
 
-class CertificateNotFound(Exception):
+class CertificateNotFound(NotFound):
     def __init__(self, serial: str) -> None:
         super().__init__(f"no certificate with serial {serial}")
         self.serial = serial
 
 
-class CertificateExists(Exception):
+class CertificateExists(Exists):
     def __init__(self, serial: str) -> None:
         super().__init__(f"certificate {serial} is already in the inventory")
         self.serial = serial
 
 
-class AlreadyRevoked(Exception):
+class AlreadyRevoked(StoreError):
     def __init__(self, serial: str, revoked_at: datetime) -> None:
         when = revoked_at.isoformat(timespec="seconds")
         super().__init__(f"certificate {serial} was already revoked at {when}")

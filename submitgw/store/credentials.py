@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from submitgw.store.db import Database
+from submitgw.store.errors import NotFound
 from submitgw.store.models import Base, User, UtcDateTime, utcnow
 from submitgw.store.users import UserNotFound, _rowcount, normalise_email
 
@@ -89,7 +90,7 @@ class EventRecord:
     at: datetime
 
 
-class AppPasswordNotFound(Exception):
+class AppPasswordNotFound(NotFound):
     def __init__(self, email: str, app_id: int) -> None:
         super().__init__(f"{email} has no app password {app_id}")
         self.email = email

@@ -20,11 +20,12 @@ from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
+from submitgw.store.errors import StoreError
 
 UPGRADE_HINT = "run 'submitgw db upgrade'"
 
 
-class MigrationRequired(Exception):
+class MigrationRequired(StoreError):
     """The database schema does not match this version; the text is shown to the admin."""
 
 

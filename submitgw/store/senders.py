@@ -16,6 +16,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from submitgw.rules.binding import fold, normalise_pattern
 from submitgw.store.db import Database
+from submitgw.store.errors import Exists, NotFound
 from submitgw.store.models import Base, User, UtcDateTime, utcnow
 from submitgw.store.users import UserNotFound, _rowcount, normalise_email
 
@@ -32,7 +33,7 @@ class SenderBinding(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
-class SenderExists(Exception):
+class SenderExists(Exists):
     def __init__(self, email: str, pattern: str, *, own: bool = False) -> None:
         why = "is the user's own address, always allowed" if own else f"is already bound to {email}"
         super().__init__(f"{pattern} {why}")
@@ -40,7 +41,7 @@ class SenderExists(Exception):
         self.pattern = pattern
 
 
-class SenderNotFound(Exception):
+class SenderNotFound(NotFound):
     def __init__(self, email: str, pattern: str) -> None:
         super().__init__(f"{pattern} is not bound to {email}")
         self.email = email

@@ -12,16 +12,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from submitgw.store.db import Database
+from submitgw.store.errors import Exists, NotFound
 from submitgw.store.models import AUTH_POLICIES, User, utcnow
 
 
-class UserExists(Exception):
+class UserExists(Exists):
     def __init__(self, email: str) -> None:
         super().__init__(f"user {email} already exists")
         self.email = email
 
 
-class UserNotFound(Exception):
+class UserNotFound(NotFound):
     def __init__(self, email: str) -> None:
         super().__init__(f"no user {email}")
         self.email = email

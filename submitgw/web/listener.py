@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from submitgw.config import Endpoint, SelfServiceConfig
+from submitgw.errors import Need, Refusal, Unavailable
 from submitgw.rules.limits import client_key
 from submitgw.services import audit
 
@@ -45,7 +46,7 @@ ANSWER_GRACE = 5.0
 _EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ACCEPT_PAUSE = 1.0
 
-Screen = Callable[[str, str], Awaitable[str | None]]
+Screen = Callable[[str, str], Awaitable[Refusal | None]]
 
 _IDLE, _HEAD, _BUSY, _CLOSING = "idle", "head", "busy", "closing"
 
@@ -74,8 +75,8 @@ class SiteConnection(asyncio.Protocol):
         self.client_ip = client_ip
         self.key = key
         self.started = time.monotonic()
-        # The access rules' reply line when this client is refused, else None.
-        self.refusal: str | None = None
+        # The access rules' refusal of this client, else None.
+        self.refusal: Refusal | None = None
         self.made = False
         self.released = False
         self.requests = 0
@@ -302,7 +303,7 @@ class GuardedSite(web.BaseSite):
             if not conn.made:
                 self.release(conn)
 
-    async def _screen(self, conn: SiteConnection) -> str | None:
+    async def _screen(self, conn: SiteConnection) -> Refusal | None:
         assert self.screen is not None
         try:
             return await asyncio.wait_for(
@@ -310,7 +311,7 @@ class GuardedSite(web.BaseSite):
             )
         except TimeoutError:
             log.error("access rules took too long for %s; refusing", conn.client_ip)
-            return "421 4.3.0 Temporary failure, try again later"
+            return Unavailable(Need.ACCESS_RULES)
 
     def release(self, conn: SiteConnection) -> None:
         """Give the connection's slot back: exactly once, whichever path ends it."""

@@ -40,23 +40,19 @@ from typing import Any, ParamSpec, TypeVar
 from aiohttp import web
 
 from submitgw.config import Config, Endpoint
-from submitgw.errors import AuthFailed, SmtpReply
-from submitgw.rules.limits import LoginLocked, format_time
+from submitgw.errors import AuthFailed, LoginLocked, Need, Refusal
 from submitgw.rules.passwords import PasswordRejected, is_expired
 from submitgw.services import audit
 from submitgw.services.accounts import AccountService, Actor
 from submitgw.services.authn import CertificateAuthenticator, PasswordAuthenticator, Verified
 from submitgw.services.limiter import Limiter
-from submitgw.store import (
-    AppPasswordNotFound,
-    CertificateStore,
-    UserNotFound,
-    UserRecord,
-    UserStore,
-)
+from submitgw.services.offload import offload
+from submitgw.store import CertificateStore, UserRecord, UserStore
+from submitgw.store.errors import NotFound
 from submitgw.types import CERTIFICATE, TWO_FACTOR, CertificateUser
 from submitgw.web import pages
 from submitgw.web.listener import CLOSE_GRACE, GuardedSite, Screen, SiteConnection, connection_of
+from submitgw.web.replies import GENERIC_LOGIN_ERROR, WebError, web_error
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +65,6 @@ LOGIN_COOKIE = "__Host-submitgw-login"
 MAX_SESSIONS = 10_000
 MAX_BODY = 64 * 1024
 LINGER = 2.0
-GENERIC_LOGIN_ERROR = "Invalid email or password"
 WRONG_CURRENT_PASSWORD = "The current password is wrong"
 UNUSABLE_TEXT = "The text contains characters that cannot be used"
 
@@ -85,16 +80,6 @@ SECURITY_HEADERS = {
         "frame-ancestors 'none'; base-uri 'none'"
     ),
 }
-
-
-class WebError(Exception):
-    """A refusal with the HTTP status and the text the user sees."""
-
-    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retry_after = retry_after
 
 
 @dataclass
@@ -326,10 +311,7 @@ class SelfService:
         """The access rules' verdict on this connection's client, as an HTTP answer."""
         if conn.refusal is None:
             return None
-        code, _status, text = [*conn.refusal.split(" ", 2), "", ""][:3]
-        if code.startswith("4"):
-            return WebError(503, "Temporarily unavailable, try again later")
-        return WebError(403, text or "Access denied")
+        return web_error(conn.refusal)
 
     async def _read_body(self, request: web.Request) -> WebError | None:
         """Read the whole body within `body_timeout`; handlers then find it in memory."""
@@ -362,6 +344,8 @@ class SelfService:
             return await handler(request)
         except WebError as err:
             return self._error_response(request, err)
+        except Refusal as refusal:
+            return self._error_response(request, web_error(refusal))
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -386,8 +370,7 @@ class SelfService:
         return web.Response(text=body, status=err.status, content_type="text/html", headers=headers)
 
     async def _db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+        return await offload(functools.partial(fn, *args, **kwargs), Need.ACCOUNT)
 
     async def _peer(self, request: web.Request) -> CertificateUser | None:
         """The user of a valid client certificate on this connection, if any."""
@@ -492,7 +475,7 @@ class SelfService:
                 found = await verify()
             else:
                 found = await self.limiter.login(email.encode("utf-8", "replace"), ip, verify)
-        except SmtpReply as err:
+        except Refusal as err:
             audit.auth_event(
                 session="web",
                 client=ip,
@@ -501,18 +484,11 @@ class SelfService:
                 ok=False,
                 locked=isinstance(err, LoginLocked),
             )
-            if isinstance(err, LoginLocked):
-                wait = max(1, int(err.until - time.time()))
-                raise WebError(
-                    429,
-                    f"Too many failed sign-ins; try again after {format_time(err.until)}",
-                    retry_after=wait,
-                ) from err
             if isinstance(err, AuthFailed):
                 if not usable:
                     raise WebError(400, UNUSABLE_TEXT) from err
                 raise refused from err
-            raise WebError(503, "The server is busy; try again shortly") from err
+            raise web_error(err) from err
         audit.auth_event(
             session="web", client=ip, mechanism=mechanism, user=found.record.email, ok=True
         )
@@ -591,8 +567,8 @@ class SelfService:
             )
         except PasswordRejected as err:
             raise WebError(400, str(err)) from err
-        except SmtpReply as err:
-            raise WebError(503, "The server is busy; try again shortly") from err
+        except Refusal as err:
+            raise web_error(err) from err
         record = await self._db(self.users.get, visit.record.email)
         visit.session.password_changed_at = record.password_changed_at if record else None
         # Other browsers signed in with the old password are signed out.
@@ -634,8 +610,8 @@ class SelfService:
             )
         except ValueError as err:
             raise WebError(400, str(err)) from err
-        except SmtpReply as err:
-            raise WebError(503, "The server is busy; try again shortly") from err
+        except Refusal as err:
+            raise web_error(err) from err
         return record.id, record.label, record.created_at, secret
 
     async def _revoke_app_password(self, request: web.Request, visit: Visit, raw_id: str) -> str:
@@ -647,7 +623,7 @@ class SelfService:
                 app_id,
                 self._actor(request, visit),
             )
-        except (ValueError, AppPasswordNotFound, UserNotFound) as err:
+        except (ValueError, NotFound) as err:
             raise WebError(404, "No such app password") from err
 
     async def _app_passwords(self, email: str) -> list[dict[str, Any]]:

@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-from submitgw.errors import SmtpReply
+from submitgw.errors import Refusal
 from submitgw.rules.address import MailParams, normalise_login, parse_mail_from, parse_rcpt_to
+from submitgw.smtp.replies import render
 
 MAX_SIZE = 10_000
 
@@ -21,10 +22,10 @@ def mail(arg: str) -> tuple[str, MailParams]:
 
 
 def reply_of(call: Callable[..., object], *args: object, **kwargs: object) -> str:
-    """The `code status` of the SmtpReply a parse raises."""
-    with pytest.raises(SmtpReply) as info:
+    """The `code status` of the reply to the refusal a parse raises."""
+    with pytest.raises(Refusal) as info:
         call(*args, **kwargs)
-    return f"{info.value.code} {info.value.status}"
+    return f"{render(info.value).code} {render(info.value).status}"
 
 
 @pytest.mark.parametrize(
@@ -108,11 +109,12 @@ TRICKS = [
 )
 def test_mail_from_rejects(why: str, address: str, expected: str, reason: str) -> None:
     """Each trick is caught by its own rule (the reply says which), not by luck elsewhere."""
-    with pytest.raises(SmtpReply) as info:
+    with pytest.raises(Refusal) as info:
         parse_mail_from(f"FROM:<{address}>", max_size=MAX_SIZE)
 
-    assert f"{info.value.code} {info.value.status}" == expected
-    assert reason in info.value.text
+    reply = render(info.value)
+    assert f"{reply.code} {reply.status}" == expected
+    assert reason in reply.text
 
 
 @pytest.mark.parametrize(
@@ -122,11 +124,12 @@ def test_rcpt_to_rejects_with_the_recipient_status(
     why: str, address: str, expected: str, reason: str
 ) -> None:
     """The same rules for recipients, with 5.1.3 (bad destination) instead of 5.1.7."""
-    with pytest.raises(SmtpReply) as info:
+    with pytest.raises(Refusal) as info:
         parse_rcpt_to(f"TO:<{address}>", smtputf8=False)
 
-    assert f"{info.value.code} {info.value.status}" == expected.replace("5.1.7", "5.1.3")
-    assert reason in info.value.text
+    reply = render(info.value)
+    assert f"{reply.code} {reply.status}" == expected.replace("5.1.7", "5.1.3")
+    assert reason in reply.text
 
 
 def test_the_path_limit_counts_the_whole_address() -> None:
@@ -334,6 +337,6 @@ def test_normalise_login(text: str, expected: str | None) -> None:
 
 
 def test_a_parameter_given_twice_is_refused() -> None:
-    with pytest.raises(SmtpReply) as err:
+    with pytest.raises(Refusal) as err:
         parse_mail_from("FROM:<a@example.org> SIZE=10 SIZE=99999", max_size=1000)
-    assert err.value.line.startswith("501 5.5.4")
+    assert render(err.value).line.startswith("501 5.5.4")

@@ -8,15 +8,15 @@ from datetime import UTC, datetime
 import pytest
 
 from submitgw.config import LimitsConfig
+from submitgw.errors import LoginLocked
 from submitgw.rules.limits import (
-    LoginLocked,
     Override,
     Window,
     account_key,
     client_key,
     ip_key,
     keys_to_lock,
-    limit_reply,
+    limit_refusal,
     login_delay,
     login_name,
     per_window,
@@ -24,6 +24,7 @@ from submitgw.rules.limits import (
     reset_time,
     user_key,
 )
+from submitgw.smtp.replies import render
 
 CFG = LimitsConfig()
 NOW = 1_800_000_000.0  # a fixed moment; the decisions take the time as an argument
@@ -151,7 +152,7 @@ def test_reply_names_the_limit_the_holder_and_the_reset_time() -> None:
     q = quota(CFG, "alice@example.org", "192.0.2.7", used(user=(200, 200)), None)
     over = q.exceeded(messages=1, recipients=1)
     assert over is not None
-    reply = limit_reply(over, window, int(NOW) + 754, NOW)
+    reply = render(limit_refusal(over, window, int(NOW) + 754, NOW))
     assert (reply.code, reply.status) == (450, "4.7.1")
     expected = "Message limit reached for alice@example.org: 200 messages per hour"
     assert reply.text.startswith(expected)
@@ -166,14 +167,14 @@ def test_reply_does_not_put_a_non_ascii_login_on_the_wire() -> None:
     q = quota(CFG, "jösé@example.org", "192.0.2.7", {user_key("jösé@example.org"): (200, 1)}, None)
     over = q.exceeded(messages=1, recipients=1)
     assert over is not None
-    assert limit_reply(over, Window(3600), None, NOW).line.isascii()
+    assert render(limit_refusal(over, Window(3600), None, NOW)).line.isascii()
 
 
 def test_recipient_reply_without_a_reset_says_to_split_the_message() -> None:
     q = quota(CFG, "alice@example.org", "192.0.2.7", used(), Override(recipients=2))
     over = q.exceeded(recipients=3)
     assert over is not None
-    text = limit_reply(over, Window(3600), None, NOW).text
+    text = render(limit_refusal(over, Window(3600), None, NOW)).text
     assert text.startswith("Recipient limit reached for alice@example.org: 2 recipients per hour")
     assert "later message" in text
 
@@ -214,7 +215,7 @@ def test_thresholds_lock_the_account_and_the_client_separately() -> None:
 
 
 def test_lockout_reply_is_454_and_does_not_say_whose_lock_it_is() -> None:
-    reply = LoginLocked(NOW + 60)
+    reply = render(LoginLocked(NOW + 60))
     assert (reply.code, reply.status) == (454, "4.7.0")
     assert "account" not in reply.text.lower() and "user" not in reply.text.lower()
     assert reply.line.isascii()

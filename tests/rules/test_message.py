@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from submitgw.errors import SmtpReply
+from submitgw.errors import Refusal
 from submitgw.rules.message import Trace, normalise, prepare
+from submitgw.smtp.replies import render
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 NOW_TEXT = "Mon, 06 May 2024 07:08:09 +0000"
@@ -59,18 +60,18 @@ def header_names(lines: list[bytes]) -> list[bytes]:
 )
 def test_nul_is_refused(data: bytes) -> None:
     for declared in (False, True):
-        with pytest.raises(SmtpReply) as info:
+        with pytest.raises(Refusal) as info:
             normalise(data, eight_bit_declared=declared)
-        assert (info.value.code, info.value.status) == (554, "5.6.0")
+        assert (render(info.value).code, render(info.value).status) == (554, "5.6.0")
 
 
 @pytest.mark.parametrize(
     "data", [b"Subject: caf\xc3\xa9\r\n\r\nx\r\n", b"Subject: x\r\n\r\n\xff\r\n", b"\x80"]
 )
 def test_eight_bit_data_needs_8bitmime(data: bytes) -> None:
-    with pytest.raises(SmtpReply) as info:
+    with pytest.raises(Refusal) as info:
         normalise(data, eight_bit_declared=False)
-    assert (info.value.code, info.value.status) == (554, "5.6.0")
+    assert (render(info.value).code, render(info.value).status) == (554, "5.6.0")
 
     assert normalise(data, eight_bit_declared=True) == data
 

@@ -12,9 +12,10 @@ import unicodedata
 
 import pytest
 
-from submitgw.errors import SmtpReply
+from submitgw.errors import Refusal
 from submitgw.rules import policy
 from submitgw.rules.binding import InvalidPattern, fold, from_addresses, normalise_pattern
+from submitgw.smtp.replies import render
 from submitgw.types import Identity
 
 ALICE = Identity("alice@example.org", "PLAIN")
@@ -26,8 +27,8 @@ def envelope(sender: str, allowed: list[str] | None = None) -> str | None:
     """The refusal as `code status`, or None when the sender is allowed."""
     try:
         policy.check_sender(ALICE, sender, ALLOWED[1:] if allowed is None else allowed)
-    except SmtpReply as err:
-        return f"{err.code} {err.status}"
+    except Refusal as err:
+        return f"{render(err).code} {render(err).status}"
     return None
 
 
@@ -37,8 +38,8 @@ def header(*lines: str | bytes, allowed: list[str] = ALLOWED) -> str | None:
     content = b"\r\n".join(encoded) + b"\r\nSubject: test\r\n\r\nbody\r\n"
     try:
         policy.check_header_from(from_addresses(content), allowed)
-    except SmtpReply as err:
-        return f"{err.code} {err.status}"
+    except Refusal as err:
+        return f"{render(err).code} {render(err).status}"
     return None
 
 
@@ -143,10 +144,10 @@ def test_lookalike_unicode_spellings_are_refused(sender: str, binding: str) -> N
 
 
 def test_the_refusal_names_the_logged_in_user() -> None:
-    with pytest.raises(SmtpReply) as raised:
+    with pytest.raises(Refusal) as raised:
         policy.check_sender(ALICE, "ceo@example.org", [])
 
-    assert raised.value.line == "553 5.7.1 Sender address not allowed for alice@example.org"
+    assert render(raised.value).line == "553 5.7.1 Sender address not allowed for alice@example.org"
 
 
 # --- From: header --------------------------------------------------------------------------------

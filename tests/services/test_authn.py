@@ -19,13 +19,14 @@ import argon2
 import pytest
 
 from submitgw.config import AuthConfig
-from submitgw.errors import AuthBusy, AuthFailed, SmtpReply
+from submitgw.errors import AuthBusy, AuthFailed, Refusal
 from submitgw.services.authn import (
     PasswordAuthenticator,
     decode_sasl,
     make_hasher,
     split_plain,
 )
+from submitgw.smtp.replies import line, render
 from submitgw.store import CredentialStore, Database, UserStore
 from submitgw.types import Identity
 
@@ -140,14 +141,14 @@ def test_every_failure_is_the_same_authfailed(
     auth: PasswordAuthenticator, users: UserStore
 ) -> None:
     """Which part was wrong is never revealed: same class, same reply line."""
-    expected = AuthFailed().line
+    expected = line(AuthFailed())
     assert expected.startswith("535 5.7.8 ")
 
     for why, (login, password, authzid) in failure_cases(users).items():
-        with pytest.raises(SmtpReply) as info:
+        with pytest.raises(Refusal) as info:
             run(attempt(auth, login, password, authzid))
         assert type(info.value) is AuthFailed, why
-        assert info.value.line == expected, why
+        assert render(info.value).line == expected, why
 
 
 def test_failures_do_not_count_as_logins(auth: PasswordAuthenticator, users: UserStore) -> None:
@@ -177,14 +178,14 @@ def test_an_unusable_store_is_a_temporary_failure(tmp_path: Path) -> None:
     unmigrated = Database(f"sqlite:///{tmp_path}/empty.db")
     auth = PasswordAuthenticator(UserStore(unmigrated), CHEAP)
     try:
-        with pytest.raises(SmtpReply) as info:
+        with pytest.raises(Refusal) as info:
             run(attempt(auth, ALICE, PASSWORD))
     finally:
         auth.close()
         unmigrated.dispose()
 
     assert not isinstance(info.value, AuthFailed)
-    assert (info.value.code, info.value.status) == (454, "4.7.0")
+    assert (render(info.value).code, render(info.value).status) == (454, "4.7.0")
 
 
 # --- SASL helpers --------------------------------------------------------------------------
@@ -206,16 +207,16 @@ def test_decode_sasl(blob: str, expected: bytes) -> None:
 
 
 def test_star_cancels_the_exchange() -> None:
-    with pytest.raises(SmtpReply) as info:
+    with pytest.raises(Refusal) as info:
         decode_sasl("*")
-    assert (info.value.code, info.value.status) == (501, "5.7.0")
+    assert (render(info.value).code, render(info.value).status) == (501, "5.7.0")
 
 
 @pytest.mark.parametrize("blob", ["dXNlcg", "dXN lcg==", "!!!!", "dXNlcg==dXNl", "d", "**"])
 def test_invalid_base64_is_501_5_5_2(blob: str) -> None:
-    with pytest.raises(SmtpReply) as info:
+    with pytest.raises(Refusal) as info:
         decode_sasl(blob)
-    assert (info.value.code, info.value.status) == (501, "5.5.2")
+    assert (render(info.value).code, render(info.value).status) == (501, "5.5.2")
 
 
 @pytest.mark.parametrize(
@@ -234,9 +235,9 @@ def test_split_plain(payload: bytes, expected: tuple[bytes, bytes, bytes]) -> No
 @pytest.mark.parametrize("payload", [b"", b"alice", b"alice\x00pw", b"\x00alice\x00p\x00w"])
 def test_split_plain_needs_exactly_three_parts(payload: bytes) -> None:
     """A NUL inside the password would be ambiguous, so it is malformed, not truncated."""
-    with pytest.raises(SmtpReply) as info:
+    with pytest.raises(Refusal) as info:
         split_plain(payload)
-    assert (info.value.code, info.value.status) == (501, "5.5.2")
+    assert (render(info.value).code, render(info.value).status) == (501, "5.5.2")
 
 
 # --- rehash --------------------------------------------------------------------------------
@@ -307,7 +308,7 @@ def test_a_full_pool_answers_454_at_once(
     good = [r for r in results if isinstance(r, Identity)]
     assert len(busy) + len(good) == 4, results
     assert busy and good
-    assert all(b.line.startswith("454 4.7.0 ") for b in busy)
+    assert all(line(b).startswith("454 4.7.0 ") for b in busy)
 
 
 def test_capacity_is_workers_plus_max_pending(

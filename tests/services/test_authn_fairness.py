@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 
 from submitgw.config import AuthConfig, ConfigError, LimitsConfig, from_dict
-from submitgw.errors import AuthBusy, AuthFailed
+from submitgw.errors import AuthBusy, AuthFailed, TooManyLogins
 from submitgw.rules.limits import (
     PoolShares,
-    TooManyLogins,
     account_key,
     ip_key,
     success_key,
@@ -28,6 +27,7 @@ from submitgw.rules.limits import (
 )
 from submitgw.services.authn import PasswordAuthenticator, make_hasher
 from submitgw.services.limiter import Limiter
+from submitgw.smtp.replies import line
 from submitgw.store import CredentialStore, Database, UserStore
 from submitgw.store.counters import CounterStore
 from submitgw.types import Identity
@@ -113,7 +113,7 @@ def test_successful_logins_are_limited_by_name_then_by_address() -> None:
 def test_successes_are_counted_apart_from_failures() -> None:
     assert success_key(account_key("Alice@Example.org")) == "ok:acct:alice@example.org"
     assert success_key(ip_key("2001:db8::1")) == "ok:ip:2001:db8::/64"
-    assert TooManyLogins().line == "454 4.7.0 Too many logins, try again later"
+    assert line(TooManyLogins()) == "454 4.7.0 Too many logins, try again later"
 
 
 @pytest.mark.parametrize(
@@ -266,7 +266,7 @@ def test_successes_are_refused_unchecked_once_over_the_limit(sqlite_db: Database
         try:
             return await limiter.login(user.encode(), ip, verify(user))
         except TooManyLogins as err:
-            return err.line
+            return line(err)
 
     async def go() -> list[object]:
         return [
