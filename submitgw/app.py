@@ -25,6 +25,7 @@ from submitgw.services.dns import ReverseDns
 from submitgw.services.limiter import Limiter
 from submitgw.services.memory import trim_after_churn
 from submitgw.services.screening import ClientScreen
+from submitgw.services.senders import Senders
 from submitgw.smtp import replies
 from submitgw.smtp.session import Gateway, Listener
 from submitgw.store import (
@@ -147,7 +148,12 @@ class App:
         self.services = build_services(cfg, db)
         s = self.services
         self.gateway = Gateway(
-            cfg, s.authenticator, s.certificates, s.screen, senders=s.senders, limiter=s.limiter
+            cfg,
+            s.authenticator,
+            s.certificates,
+            s.screen,
+            senders=Senders(s.senders),
+            limiter=s.limiter,
         )
         # name -> the address actually bound (a port 0 in the config becomes the real one).
         self.bound: dict[str, Endpoint] = {}

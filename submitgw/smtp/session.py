@@ -31,7 +31,6 @@ from submitgw.errors import (
     AuthFailed,
     Kind,
     LoginLocked,
-    Need,
     PasswordExpired,
     Refusal,
     RelayError,
@@ -49,13 +48,12 @@ from submitgw.services.authn import (
     split_plain,
 )
 from submitgw.services.limiter import Limiter
-from submitgw.services.offload import offload
 from submitgw.services.screening import ClientScreen
+from submitgw.services.senders import Senders
 from submitgw.smtp import replies
 from submitgw.smtp.connections import Connection, ConnectionTable
 from submitgw.smtp.dataread import DataDecoder
 from submitgw.smtp.relay import Upstream, as_client_reply
-from submitgw.store import SenderStore
 from submitgw.tls import describe
 from submitgw.types import CERTIFICATE, CertificateUser, Identity
 
@@ -124,7 +122,7 @@ class Gateway:
         certificates: CertificateAuthenticator | None = None,
         screen: ClientScreen | None = None,
         *,
-        senders: SenderStore | None = None,
+        senders: Senders | None = None,
         limiter: Limiter | None = None,
     ) -> None:
         self.cfg = cfg
@@ -772,13 +770,8 @@ class Session(SMTP):
         message; an admin's change applies from the user's next connection.
         """
         if self.allowed_senders is None:
-            if self.gw.senders is None:
-                self.allowed_senders = [identity.user]
-                return self.allowed_senders
-            senders = self.gw.senders
-            self.allowed_senders = await offload(
-                lambda: senders.allowed(identity.user), Need.SENDERS
-            )
+            senders = self.gw.senders or Senders(None)
+            self.allowed_senders = await senders.allowed(identity.user)
         return self.allowed_senders
 
     async def _check_header_from(self, content: bytes) -> None:
