@@ -437,6 +437,18 @@ def test_endpoint_parse_errors_quote_the_text(text: str) -> None:
     assert str(info.value).startswith(f"--listen {text.strip()!r}")
 
 
+def test_port_zero_is_for_listeners_only() -> None:
+    """A listener may ask for any free port; a smarthost on port 0 is a mistake."""
+    assert parse_listen("127.0.0.1:0", "--listen") == Endpoint("127.0.0.1", 0)
+    assert from_dict({"submission": {"listen": "[::1]:0"}}, BASE).submission.listen == Endpoint(
+        "::1", 0
+    )
+    with pytest.raises(ConfigError):
+        Endpoint.parse("127.0.0.1:0", "smarthost")
+    with pytest.raises(ConfigError):
+        parse_listen("127.0.0.1:65536", "--listen")
+
+
 @pytest.mark.parametrize("word", ["off", "OFF", " Off "])
 def test_listen_off_disables_a_listener(word: str) -> None:
     assert parse_listen(word, "submission") is None
