@@ -37,8 +37,17 @@ ALLOWED: dict[str, set[str]] = {
         "submitgw.tls",
         "pki",
     },
+    # `access check` shows the very reply a refused client would get: the reply table
+    # is wording, not protocol.
     "submitgw.cli": FOUNDATION
-    | {"submitgw.rules", "submitgw.services", "submitgw.store", "submitgw.app", "pki"},
+    | {
+        "submitgw.rules",
+        "submitgw.services",
+        "submitgw.store",
+        "submitgw.app",
+        "submitgw.smtp.replies",
+        "pki",
+    },
     "submitgw.__main__": {"submitgw.cli"},
 }
 # Third-party packages a layer must not reach for: the protocol and storage libraries
