@@ -90,9 +90,10 @@ def imports(path: Path) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            found.add(base)
-            # `from submitgw import app` imports the module submitgw.app.
-            found.update(f"{base}.{alias.name}" for alias in node.names)
+            for alias in node.names:
+                # `from submitgw.smtp import replies` imports the module, not the package.
+                module = f"{base}.{alias.name}"
+                found.add(module if module in KNOWN else base)
     return found
 
 
@@ -100,11 +101,14 @@ def sources() -> list[Path]:
     return sorted([*(ROOT / "submitgw").rglob("*.py"), *(ROOT / "pki").rglob("*.py")])
 
 
+KNOWN = {module_name(p) for p in sources()}
+
+
 def project_module(name: str) -> str | None:
     """The project module `name` refers to, or None for another package."""
     if name.split(".")[0] not in {"submitgw", "pki"}:
         return None
-    known = {module_name(p) for p in sources()}
+    known = KNOWN
     while name and name not in known:
         name = name.rpartition(".")[0]
     return name or None
@@ -117,8 +121,7 @@ def violations(module: str, names: set[str]) -> list[str]:
     wrong = set()
     for name in names:
         target = project_module(name)
-        # `from submitgw import x` names the bare package; x itself is checked.
-        if target is None or target == "submitgw":
+        if target is None:
             continue
         if not any(target == a or target.startswith(a + ".") for a in allowed):
             wrong.add(target)
