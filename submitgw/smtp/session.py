@@ -174,7 +174,8 @@ class Session(SMTP):
         self.messages = 0
         self.errors = 0
         self.junk = 0
-        self.client_ip = "?"
+        # The connection learnt the peer's address before it made the session.
+        self.client_ip = connection.client_ip
         self.trail = audit.SessionTrail(self.id, listener.name, self.client_ip)
         self.started = time.monotonic()
         self.deadline = self.started + cfg.limits.max_session_seconds
@@ -191,8 +192,6 @@ class Session(SMTP):
         if upgrading:
             self.tls_info = describe(transport.get_extra_info("ssl_object"))
             return
-        self.client_ip = self.connection.client_ip
-        self.trail = audit.SessionTrail(self.id, self.listener.name, self.client_ip)
         self.gw.sessions.add(self)
         if self.listener.implicit_tls:
             # Before any byte arrives, so the ClientHello reaches the TLS layer.
@@ -249,6 +248,8 @@ class Session(SMTP):
             self.errors += 1
         await self.push(reply.line)
         if reply.close:
+            if err.kind is Kind.TOO_MANY_COMMANDS:
+                self.end_reason = "junk-commands"
             raise _Closed(err.kind.value)
         try:
             rules.check_error_count(self.errors, self.cfg.limits.max_errors)
@@ -372,18 +373,13 @@ class Session(SMTP):
             return
         handler = self._commands.get(verb)
         try:
-            try:
-                self.junk = rules.admit_command(
-                    verb,
-                    known=handler is not None,
-                    tls=bool(self.tls_info),
-                    junk=self.junk,
-                    max_junk=self.cfg.limits.max_junk_commands,
-                )
-            except Refusal as err:
-                if err.kind is Kind.TOO_MANY_COMMANDS:
-                    self.end_reason = "junk-commands"
-                raise
+            self.junk = rules.admit_command(
+                verb,
+                known=handler is not None,
+                tls=bool(self.tls_info),
+                junk=self.junk,
+                max_junk=self.cfg.limits.max_junk_commands,
+            )
             assert handler is not None
             await handler(self, arg)
         except _LineTooLong:
