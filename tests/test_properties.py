@@ -21,9 +21,9 @@ from submitgw.errors import Refusal
 from submitgw.rules import message
 from submitgw.rules.address import parse_mail_from, parse_rcpt_to
 from submitgw.rules.binding import HeaderLimits, from_addresses
+from submitgw.rules.session import split_command
 from submitgw.smtp.dataread import TERMINATOR, DataDecoder
 from submitgw.smtp.replies import render
-from submitgw.smtp.session import split_command
 
 # Modest example counts and a per-example deadline: the whole file runs in seconds.
 FAST = settings(max_examples=150, deadline=500, suppress_health_check=[HealthCheck.too_slow])

@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from submitgw.config import LogConfig
+from submitgw.errors import LoginLocked, PasswordExpired, Refusal, TooManyLogins
+from submitgw.types import Identity
 
 log = logging.getLogger("submitgw.audit")
 
@@ -251,3 +254,114 @@ def connection_refused(*, listener: str, client: str, reason: str) -> None:
         },
         logging.WARNING,
     )
+
+
+@dataclass(frozen=True)
+class SessionTrail:
+    """One SMTP session's events, each already tagged with the session, client and listener.
+
+    The session says what happened, once per event; which fields each event carries
+    (and that no secret is among them) is decided here, not at every call site.
+    """
+
+    session: str
+    listener: str
+    client: str
+
+    def tls_failed(self, reason: str) -> None:
+        tls_failure(session=self.session, client=self.client, reason=reason)
+
+    def certificate(self, fingerprint: str, user: str | None, result: str) -> None:
+        certificate_event(
+            session=self.session,
+            client=self.client,
+            fingerprint=fingerprint,
+            user=user,
+            result=result,
+        )
+
+    def login(self, mechanism: str, identity: Identity) -> None:
+        auth_event(
+            session=self.session,
+            client=self.client,
+            mechanism=mechanism,
+            user=identity.user,
+            ok=True,
+            app_password=identity.app_password,
+        )
+
+    def login_refused(self, mechanism: str, user: str | None, err: Refusal) -> None:
+        """A failed AUTH; the log tells lockouts, login caps and expired passwords apart."""
+        auth_event(
+            session=self.session,
+            client=self.client,
+            mechanism=mechanism,
+            user=user,
+            ok=False,
+            locked=isinstance(err, LoginLocked),
+            limited=isinstance(err, TooManyLogins),
+            expired=isinstance(err, PasswordExpired),
+        )
+
+    def sender_refused(
+        self, identity: Identity | None, check: str, addresses: list[str], reply: str
+    ) -> None:
+        """An envelope sender (`check` "envelope") or From: ("header") the user may not use."""
+        emit(
+            {
+                "event": "sender",
+                "session": self.session,
+                "client": self.client,
+                "user": identity.user if identity else None,
+                "check": check,
+                "addresses": addresses,
+                "reply": reply,
+            }
+        )
+
+    def message(
+        self,
+        identity: Identity | None,
+        *,
+        sender: str,
+        recipients: int,
+        size: int,
+        smarthost: str | None,
+        reply: str,
+    ) -> None:
+        message_event(
+            session=self.session,
+            client=self.client,
+            user=identity.user if identity else "",
+            mechanism=identity.mechanism if identity else None,
+            cert_serial=identity.cert_serial if identity else None,
+            cert_fingerprint=identity.cert_fingerprint if identity else None,
+            app_password=identity.app_password if identity else None,
+            sender=sender,
+            recipients=recipients,
+            size=size,
+            smarthost=smarthost,
+            reply=reply,
+        )
+
+    def ended(
+        self,
+        *,
+        tls: str | None,
+        user: str | None,
+        cert_serial: str | None,
+        messages: int,
+        seconds: float,
+        end: str,
+    ) -> None:
+        session_event(
+            session=self.session,
+            listener=self.listener,
+            client=self.client,
+            tls=tls,
+            user=user,
+            cert_serial=cert_serial,
+            messages=messages,
+            seconds=seconds,
+            end=end,
+        )

@@ -151,6 +151,38 @@ class Upstream:
             self._client.close()
 
 
+class Smarthost:
+    """A session's way to the smarthost: one connection, kept from message to message.
+
+    Reusing the connection spares a connect, EHLO, STARTTLS and login per message.
+    A kept connection the smarthost has closed meanwhile is only noticed at the
+    next MAIL, so that MAIL is retried once on a fresh connection; a fresh one
+    that fails is a failure.
+    """
+
+    def __init__(self, servers: tuple[SmarthostServer, ...], helo_name: str) -> None:
+        self._servers = servers
+        self._helo_name = helo_name
+        self.upstream: Upstream | None = None
+
+    async def mail(self, sender: str, options: list[str]) -> UpstreamReply:
+        reused = self.upstream is not None and self.upstream.usable
+        if self.upstream is None or not reused:
+            self.upstream = await Upstream.connect(self._servers, self._helo_name)
+        try:
+            return await self.upstream.mail(sender, options)
+        except RelayError:
+            if not reused:
+                raise
+        self.upstream = await Upstream.connect(self._servers, self._helo_name)
+        return await self.upstream.mail(sender, options)
+
+    def release(self) -> Upstream | None:
+        """Hand over the connection for a polite QUIT once the session is over."""
+        upstream, self.upstream = self.upstream, None
+        return upstream
+
+
 def as_client_reply(reply: UpstreamReply, fallback_status: str) -> Refusal:
     """Turn a smarthost refusal into the reply we pass on (its code, its enhanced status)."""
     text = reply.text.splitlines()[0] if reply.text else ""

@@ -14,7 +14,6 @@ import base64
 import contextlib
 import functools
 import logging
-import re
 import secrets
 import ssl
 import time
@@ -27,16 +26,9 @@ from aiosmtpd.smtp import SMTP
 
 import pki
 from submitgw.config import Config, ListenerConfig
-from submitgw.errors import (
-    AuthFailed,
-    Kind,
-    LoginLocked,
-    PasswordExpired,
-    Refusal,
-    RelayError,
-    TooManyLogins,
-)
+from submitgw.errors import AuthFailed, Kind, Refusal, RelayError
 from submitgw.rules import message, policy
+from submitgw.rules import session as rules
 from submitgw.rules.address import MailParams, normalise_login, parse_mail_from, parse_rcpt_to
 from submitgw.rules.binding import HeaderLimits, from_addresses
 from submitgw.rules.limits import Quota
@@ -53,36 +45,17 @@ from submitgw.services.senders import Senders
 from submitgw.smtp import replies
 from submitgw.smtp.connections import Connection, ConnectionTable
 from submitgw.smtp.dataread import DataDecoder
-from submitgw.smtp.relay import Upstream, as_client_reply
+from submitgw.smtp.relay import Smarthost, as_client_reply
 from submitgw.tls import describe
-from submitgw.types import CERTIFICATE, CertificateUser, Identity
+from submitgw.types import CertificateUser, Identity
 
 log = logging.getLogger(__name__)
 
-PRE_TLS_COMMANDS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
-JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "EHLO", "HELO"})
-_HELO_NAME = re.compile(r"[A-Za-z0-9.:_\-\[\]]+")
 DATA_LINE_LIMIT = 1001  # RFC 5321 4.5.3.1.6: 998 + CRLF, plus one stuffed dot
 # How often, at most, a DATA transfer that is making progress moves its idle timer.
 _IDLE_SLACK = 1.0
 # DATA reads between two turns of the event loop (data is often already buffered).
 _READS_PER_TURN = 64
-
-
-def split_command(raw: bytes, *, command_limit: int, auth_limit: int) -> tuple[str, str | None]:
-    """The verb (upper case) and argument of one command line, or why it is unreadable."""
-    line = raw.rstrip(b"\r\n")
-    if b"\x00" in line or b"\r" in line or not raw.endswith(b"\r\n"):
-        raise Refusal(Kind.BAD_LINE)
-    verb_bytes, _, arg_bytes = line.partition(b" ")
-    verb = verb_bytes.decode("ascii", "replace").upper()
-    if len(raw) > (auth_limit if verb == "AUTH" else command_limit):
-        raise Refusal(Kind.LINE_TOO_LONG)
-    try:
-        arg = arg_bytes.decode("utf-8").strip() or None
-    except UnicodeDecodeError:
-        raise Refusal(Kind.BAD_UTF8) from None
-    return verb, arg
 
 
 class _Closed(Exception):
@@ -197,11 +170,13 @@ class Session(SMTP):
         self.identity: Identity | None = None
         self.allowed_senders: list[str] | None = None
         self.txn: Transaction | None = None
-        self.upstream: Upstream | None = None
+        self.smarthost = Smarthost(cfg.smarthost.servers, self.hostname)
         self.messages = 0
         self.errors = 0
         self.junk = 0
-        self.client_ip = "?"
+        # The connection learnt the peer's address before it made the session.
+        self.client_ip = connection.client_ip
+        self.trail = audit.SessionTrail(self.id, listener.name, self.client_ip)
         self.started = time.monotonic()
         self.deadline = self.started + cfg.limits.max_session_seconds
         self.login_deadline = self.started + cfg.limits.login_timeout
@@ -217,7 +192,6 @@ class Session(SMTP):
         if upgrading:
             self.tls_info = describe(transport.get_extra_info("ssl_object"))
             return
-        self.client_ip = self.connection.client_ip
         self.gw.sessions.add(self)
         if self.listener.implicit_tls:
             # Before any byte arrives, so the ClientHello reaches the TLS layer.
@@ -274,11 +248,14 @@ class Session(SMTP):
             self.errors += 1
         await self.push(reply.line)
         if reply.close:
+            if err.kind is Kind.TOO_MANY_COMMANDS:
+                self.end_reason = "junk-commands"
             raise _Closed(err.kind.value)
-        if self.errors >= self.cfg.limits.max_errors:
-            await self.push(replies.line(Refusal(Kind.TOO_MANY_ERRORS)))
+        try:
+            rules.check_error_count(self.errors, self.cfg.limits.max_errors)
+        except Refusal as refusal:
             self.end_reason = "errors"
-            raise _Closed("too many errors")
+            await self._refuse(refusal)
 
     # --- reading --------------------------------------------------------------------
 
@@ -302,11 +279,12 @@ class Session(SMTP):
         return line
 
     def _time_left(self) -> tuple[float, Kind]:
-        """Seconds until the session's lifetime, or a stranger's time to log in, ends."""
-        now = time.monotonic()
-        if not self.identified and self.login_deadline < self.deadline:
-            return self.login_deadline - now, Kind.LOGIN_TIMEOUT
-        return self.deadline - now, Kind.SESSION_EXPIRED
+        return rules.time_left(
+            time.monotonic(),
+            deadline=self.deadline,
+            login_deadline=self.login_deadline,
+            identified=self.identified,
+        )
 
     async def _discard_line(self, consumed: int) -> None:
         await self._reader.readexactly(consumed)
@@ -360,16 +338,13 @@ class Session(SMTP):
 
     def _finish(self) -> None:
         """Synchronous on purpose: it also runs while the task is being cancelled."""
-        if self.upstream is not None:
-            upstream, self.upstream = self.upstream, None
+        upstream = self.smarthost.release()
+        if upstream is not None:
             self.gw.spawn(upstream.quit())
         if self.transport is not None:
             self.transport.close()
         self.connection.finished()
-        audit.session_event(
-            session=self.id,
-            listener=self.listener.name,
-            client=self.client_ip,
+        self.trail.ended(
             tls=self.tls_info,
             user=self.identity.user if self.identity else None,
             cert_serial=self.cert.serial if self.cert else None,
@@ -388,7 +363,7 @@ class Session(SMTP):
         finally:
             self.waiting_for_command = False
         try:
-            verb, arg = split_command(
+            verb, arg = rules.split_command(
                 raw,
                 command_limit=self.cfg.limits.max_command_length,
                 auth_limit=self.cfg.limits.max_auth_length,
@@ -398,15 +373,14 @@ class Session(SMTP):
             return
         handler = self._commands.get(verb)
         try:
-            if handler is None:
-                raise Refusal(Kind.UNKNOWN_COMMAND)
-            if verb in JUNK_COMMANDS:
-                self.junk += 1
-                if self.junk > self.cfg.limits.max_junk_commands:
-                    self.end_reason = "junk-commands"
-                    raise Refusal(Kind.TOO_MANY_COMMANDS)
-            if not self.tls_info and verb not in PRE_TLS_COMMANDS:
-                raise Refusal(Kind.TLS_REQUIRED)
+            self.junk = rules.admit_command(
+                verb,
+                known=handler is not None,
+                tls=bool(self.tls_info),
+                junk=self.junk,
+                max_junk=self.cfg.limits.max_junk_commands,
+            )
+            assert handler is not None
             await handler(self, arg)
         except _LineTooLong:
             await self._error(Refusal(Kind.LINE_TOO_LONG))
@@ -416,28 +390,21 @@ class Session(SMTP):
     # --- commands -------------------------------------------------------------------
 
     async def _ehlo(self, arg: str | None, extended: bool) -> None:
-        if not arg:
-            raise Refusal(Kind.SYNTAX, command="EHLO" if extended else "HELO")
+        name = rules.helo_name(arg, extended=extended)
         await self._reset_transaction()
-        name = arg.split()[0][:255]
-        # It goes into the Received header: keep it to what a host name or literal uses.
-        self.helo = name if _HELO_NAME.fullmatch(name) else "invalid-helo"
+        self.helo = name
         self.esmtp = extended
         if not extended:
             await self.push(f"250 {self.hostname}")
             return
         lines = [
             self.hostname,
-            "PIPELINING",
-            f"SIZE {self.cfg.limits.max_message_size}",
-            "8BITMIME",
-            "SMTPUTF8",
-            "ENHANCEDSTATUSCODES",
+            *rules.extensions(
+                tls=bool(self.tls_info),
+                certificate=self.cert is not None,
+                max_size=self.cfg.limits.max_message_size,
+            ),
         ]
-        if self.tls_info:
-            lines.append("AUTH PLAIN LOGIN EXTERNAL" if self.cert else "AUTH PLAIN LOGIN")
-        else:
-            lines.append("STARTTLS")
         for text in lines[:-1]:
             await self.push(f"250-{text}")
         await self.push(f"250 {lines[-1]}")
@@ -449,10 +416,7 @@ class Session(SMTP):
         await self._ehlo(arg, extended=False)
 
     async def smtp_STARTTLS(self, arg: str | None) -> None:
-        if self.tls_info:
-            raise Refusal(Kind.TLS_ACTIVE)
-        if arg:
-            raise Refusal(Kind.SYNTAX, command="STARTTLS")
+        rules.check_starttls(arg, tls=bool(self.tls_info))
         await self.push(replies.TLS_READY)
         await self._finish_tls(self._begin_tls())
         # RFC 3207 4.2: forget everything learnt before TLS.
@@ -487,47 +451,36 @@ class Session(SMTP):
             reason = str(why or type(exc).__name__)
         if ssl_object is None:
             self.end_reason = "tls-failed"
-            audit.tls_failure(session=self.id, client=self.client_ip, reason=reason)
+            self.trail.tls_failed(reason)
             raise _Closed("TLS handshake failed")
         self.tls_info = describe(ssl_object)
         der = ssl_object.getpeercert(binary_form=True)
         if der and self.gw.certificates is not None:
             self.cert, why = await self.gw.certificates.identify(der, self.client_ip)
-            audit.certificate_event(
-                session=self.id,
-                client=self.client_ip,
-                fingerprint=pki.fingerprint_sha256(der),
-                user=self.cert.user if self.cert else None,
-                result=why,
-            )
+            user = self.cert.user if self.cert else None
+            self.trail.certificate(pki.fingerprint_sha256(der), user, why)
 
     async def smtp_AUTH(self, arg: str | None) -> None:
-        if not self.esmtp:
-            raise Refusal(Kind.NEED_EHLO)
-        if self.identity is not None:
-            raise Refusal(Kind.ALREADY_AUTHENTICATED)
-        if self.txn is not None:
-            raise Refusal(Kind.AUTH_IN_TRANSACTION)
-        words = (arg or "").split()
-        if not words or len(words) > 2:
-            raise Refusal(Kind.SYNTAX, command="AUTH")
-        mechanism = words[0].upper()
-        initial = words[1] if len(words) == 2 else None
+        mechanism, initial = rules.parse_auth(
+            arg,
+            esmtp=self.esmtp,
+            authenticated=self.identity is not None,
+            in_transaction=self.txn is not None,
+            certificate=self.cert is not None,
+        )
         if mechanism == "EXTERNAL":
             await self._auth_external(initial)
             return
         if mechanism == "PLAIN":
             payload = decode_sasl(initial if initial is not None else await self._challenge(""))
             authzid, authcid, password = split_plain(payload)
-        elif mechanism == "LOGIN":
+        else:
             authzid = b""
             if initial is not None:
                 authcid = decode_sasl(initial)
             else:
                 authcid = decode_sasl(await self._challenge("Username:"))
             password = decode_sasl(await self._challenge("Password:"))
-        else:
-            raise Refusal(Kind.UNKNOWN_MECHANISM)
         verify = functools.partial(
             self.gw.authenticator.login,
             authcid,
@@ -544,49 +497,22 @@ class Session(SMTP):
                 self.identity = await self.gw.limiter.login(authcid, self.client_ip, verify)
         except Refusal as err:
             attempted = normalise_login(authcid.decode("utf-8", "replace"))
-            audit.auth_event(
-                session=self.id,
-                client=self.client_ip,
-                mechanism=mechanism,
-                user=attempted,
-                ok=False,
-                locked=isinstance(err, LoginLocked),
-                limited=isinstance(err, TooManyLogins),
-                expired=isinstance(err, PasswordExpired),
-            )
+            self.trail.login_refused(mechanism, attempted, err)
             raise
-        audit.auth_event(
-            session=self.id,
-            client=self.client_ip,
-            mechanism=mechanism,
-            user=self.identity.user,
-            ok=True,
-            app_password=self.identity.app_password,
-        )
+        self.trail.login(mechanism, self.identity)
         await self.push(replies.AUTHENTICATED)
 
     async def _auth_external(self, initial: str | None) -> None:
         """RFC 4422 appendix A: the TLS certificate is the credential."""
-        if self.cert is None:
-            raise Refusal(Kind.UNKNOWN_MECHANISM)
-        wanted = decode_sasl(initial if initial is not None else await self._challenge(""))
         cert = self.cert
+        assert cert is not None
+        wanted = decode_sasl(initial if initial is not None else await self._challenge(""))
         try:
-            if wanted and wanted.decode("utf-8", "replace").strip().lower() != cert.user:
-                raise AuthFailed()
-            self.identity = policy.certificate_identity(cert, "EXTERNAL")
-        except AuthFailed:
-            audit.auth_event(
-                session=self.id,
-                client=self.client_ip,
-                mechanism="EXTERNAL",
-                user=cert.user,
-                ok=False,
-            )
+            self.identity = rules.external_identity(cert, wanted)
+        except AuthFailed as err:
+            self.trail.login_refused("EXTERNAL", cert.user, err)
             raise
-        audit.auth_event(
-            session=self.id, client=self.client_ip, mechanism="EXTERNAL", user=cert.user, ok=True
-        )
+        self.trail.login("EXTERNAL", self.identity)
         await self.push(replies.AUTHENTICATED)
 
     async def _challenge(self, prompt: str) -> str:
@@ -595,75 +521,61 @@ class Session(SMTP):
         return raw.decode("ascii", "replace")
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        if self.helo is None:
-            raise Refusal(Kind.NEED_EHLO)
-        if (
-            self.identity is None
-            and self.cert is not None
-            and self.cert.auth_policy == CERTIFICATE
-            and self.cert.source_allowed
-            and self.listener.settings.certificate_without_auth
-        ):
-            self.identity = policy.certificate_identity(self.cert, "CERTIFICATE")
-        identity = policy.require_identity(self.identity)
-        if self.txn is not None:
-            raise Refusal(Kind.NESTED_MAIL)
-        if self.messages >= self.cfg.limits.max_messages_per_session:
-            raise Refusal(Kind.TOO_MANY_MESSAGES)
+        identity = self.identity = rules.mail_identity(
+            self.identity,
+            greeted=self.helo is not None,
+            cert=self.cert,
+            certificate_without_auth=self.listener.settings.certificate_without_auth,
+        )
+        rules.check_new_transaction(
+            in_transaction=self.txn is not None,
+            messages=self.messages,
+            max_messages=self.cfg.limits.max_messages_per_session,
+        )
         sender, params = parse_mail_from(arg, max_size=self.cfg.limits.max_message_size)
         allowed = await self._allowed_senders(identity)
         try:
             policy.check_sender(identity, sender, allowed)
         except Refusal as err:
-            self._log_sender_refused("envelope", [sender], err)
+            self.trail.sender_refused(identity, "envelope", [sender], replies.line(err))
             raise
         quota = None
         if self.gw.limiter is not None:
             quota = await self.gw.limiter.check_message(identity.user, self.client_ip, self.id)
-        reused = self.upstream is not None and self.upstream.usable
-        if not reused:
-            self.upstream = await Upstream.connect(self.cfg.smarthost.servers, self.hostname)
-        assert self.upstream is not None
-        try:
-            reply = await self.upstream.mail(sender, params.upstream_options())
-        except RelayError:
-            if not reused:
-                raise
-            # The smarthost may have closed a connection kept from the last message.
-            self.upstream = await Upstream.connect(self.cfg.smarthost.servers, self.hostname)
-            reply = await self.upstream.mail(sender, params.upstream_options())
-        upstream = self.upstream
+        reply = await self.smarthost.mail(sender, params.upstream_options())
         if not 200 <= reply.code < 300:
-            await upstream.reset()
+            await self._reset_upstream()
             raise as_client_reply(reply, "5.1.0")
         self.txn = Transaction(sender, params, quota=quota)
         await self.push(replies.SENDER_OK)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        txn = self.txn
-        if txn is None or self.upstream is None:
-            raise Refusal(Kind.NEED_MAIL)
-        if len(txn.recipients) >= self.cfg.limits.max_recipients:
-            raise Refusal(Kind.TOO_MANY_RECIPIENTS)
+        txn, upstream = self.txn, self.smarthost.upstream
+        rules.check_recipient(
+            in_transaction=txn is not None and upstream is not None,
+            recipients=len(txn.recipients) if txn else 0,
+            max_recipients=self.cfg.limits.max_recipients,
+        )
+        assert txn is not None and upstream is not None
         recipient = parse_rcpt_to(arg, smtputf8=txn.params.smtputf8)
         if txn.quota is not None and self.gw.limiter is not None:
             await self.gw.limiter.enforce(
                 txn.quota, self.id, self.client_ip, recipients=len(txn.recipients) + 1
             )
-        reply = await self.upstream.rcpt(recipient)
+        reply = await upstream.rcpt(recipient)
         if not 200 <= reply.code < 300:
             raise as_client_reply(reply, "5.1.0")
         txn.recipients.append(recipient)
         await self.push(replies.RECIPIENT_OK)
 
     async def smtp_DATA(self, arg: str | None) -> None:
-        txn = self.txn
-        if txn is None or self.upstream is None:
-            raise Refusal(Kind.NEED_MAIL)
-        if not txn.recipients:
-            raise Refusal(Kind.NEED_RCPT)
-        if arg:
-            raise Refusal(Kind.SYNTAX, command="DATA")
+        txn, upstream = self.txn, self.smarthost.upstream
+        rules.check_data(
+            arg,
+            in_transaction=txn is not None and upstream is not None,
+            recipients=len(txn.recipients) if txn else 0,
+        )
+        assert txn is not None and upstream is not None
         await self.push(replies.START_DATA)
         try:
             data = await self._read_data()
@@ -683,7 +595,6 @@ class Session(SMTP):
             cert_serial=self.identity.cert_serial if self.identity else None,
             recipient=txn.recipients[0] if len(txn.recipients) == 1 else None,
         )
-        upstream = self.upstream
         self.txn = None
         try:
             result = await upstream.data(message.prepare(content, trace))
@@ -748,18 +659,13 @@ class Session(SMTP):
         return decoder.result()
 
     def _log_message(self, txn: Transaction, size: int, reply: str) -> None:
-        audit.message_event(
-            session=self.id,
-            client=self.client_ip,
-            user=self.identity.user if self.identity else "",
-            mechanism=self.identity.mechanism if self.identity else None,
-            cert_serial=self.identity.cert_serial if self.identity else None,
-            cert_fingerprint=self.identity.cert_fingerprint if self.identity else None,
-            app_password=self.identity.app_password if self.identity else None,
+        upstream = self.smarthost.upstream
+        self.trail.message(
+            self.identity,
             sender=txn.sender,
             recipients=len(txn.recipients),
             size=size,
-            smarthost=str(self.upstream.server) if self.upstream else None,
+            smarthost=str(upstream.server) if upstream else None,
             reply=reply,
         )
 
@@ -799,25 +705,16 @@ class Session(SMTP):
                 raise Refusal(Kind.HEADER_TOO_COMPLEX) from None
             policy.check_header_from(addresses, self.allowed_senders or [])
         except Refusal as err:
-            self._log_sender_refused("header", addresses, err)
+            self.trail.sender_refused(self.identity, "header", addresses, replies.line(err))
             raise
 
-    def _log_sender_refused(self, check: str, addresses: list[str], err: Refusal) -> None:
-        audit.emit(
-            {
-                "event": "sender",
-                "session": self.id,
-                "client": self.client_ip,
-                "user": self.identity.user if self.identity else None,
-                "check": check,
-                "addresses": addresses,
-                "reply": replies.line(err),
-            }
-        )
+    async def _reset_upstream(self) -> None:
+        if self.smarthost.upstream is not None:
+            await self.smarthost.upstream.reset()
 
     async def _reset_transaction(self) -> None:
-        if self.txn is not None and self.upstream is not None:
-            await self.upstream.reset()
+        if self.txn is not None:
+            await self._reset_upstream()
         self.txn = None
 
     async def smtp_RSET(self, arg: str | None) -> None:

@@ -18,7 +18,15 @@ from typing import Any
 
 import pytest
 
-from submitgw.services.audit import JsonFormatter, TextFormatter, escape_text, text_value
+from submitgw.errors import AuthFailed, LoginLocked, PasswordExpired, TooManyLogins
+from submitgw.services.audit import (
+    JsonFormatter,
+    SessionTrail,
+    TextFormatter,
+    escape_text,
+    text_value,
+)
+from submitgw.types import Identity
 from tests.support.gateway import GatewayProcess
 from tests.support.web import WebClient
 
@@ -184,3 +192,31 @@ def test_gateway_text_log_keeps_typed_sign_in_names_on_their_lines(gateway_facto
     assert [e["user"] for e in auth] == [t.lower() for t in TYPED]
     assert all(e["result"] == "failed" for e in auth)
     assert not [e for e in events if e.get("user") == "root@example.org"]
+
+
+def test_session_trail_tags_every_event_and_names_why_a_login_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    trail = SessionTrail("s1", "submission", "192.0.2.7")
+    with caplog.at_level(logging.INFO, logger="submitgw.audit"):
+        trail.login_refused("PLAIN", "a@example.org", LoginLocked(0.0))
+        trail.login_refused("PLAIN", "a@example.org", TooManyLogins())
+        trail.login_refused("PLAIN", "a@example.org", PasswordExpired(None))
+        trail.login_refused("PLAIN", None, AuthFailed())
+        trail.login("LOGIN", Identity("a@example.org", "LOGIN", app_password="3 phone"))
+        trail.sender_refused(None, "header", ["b@example.org"], "550 no")
+        trail.ended(tls=None, user=None, cert_serial=None, messages=0, seconds=1.23456, end="x")
+    events = [r.event for r in caplog.records]  # type: ignore[attr-defined]
+    assert all(e["session"] == "s1" and e["client"] == "192.0.2.7" for e in events)
+    assert [e.get("result") for e in events[:5]] == ["locked", "limited", "expired", "failed", "ok"]
+    assert events[4]["app_password"] == "3 phone" and "app_password" not in events[0]
+    assert events[5] == {
+        "event": "sender",
+        "session": "s1",
+        "client": "192.0.2.7",
+        "user": None,
+        "check": "header",
+        "addresses": ["b@example.org"],
+        "reply": "550 no",
+    }
+    assert events[6]["listener"] == "submission" and events[6]["seconds"] == 1.235

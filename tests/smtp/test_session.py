@@ -561,6 +561,7 @@ def test_pipelined_command_flood_is_cut(gateway_factory: Any) -> None:
     assert codes.count(250) <= 50
     assert 421 in codes
     assert d.closed()
+    assert ended(gw) == "junk-commands"
 
 
 def test_error_flood_is_cut(gateway_factory: Any) -> None:
@@ -571,6 +572,18 @@ def test_error_flood_is_cut(gateway_factory: Any) -> None:
     assert d.cmd("BOGUS").code == 500
     assert d.read().lines == ["421 4.7.0 Too many errors, closing connection"]
     assert d.closed()
+    assert ended(gw) == "errors"
+
+
+def ended(gw: GatewayProcess) -> str:
+    """How the one session so far ended, as its log line says."""
+    for _ in range(50):
+        sessions = gw.log_events("session")
+        if sessions:
+            (session,) = sessions
+            return str(session["end"])
+        time.sleep(0.1)
+    raise AssertionError("no session line logged")
 
 
 def test_connection_limit(gateway_factory: Any) -> None:
