@@ -54,7 +54,17 @@ ALLOWED: dict[str, set[str]] = {
 # belong to their own layers.
 FORBIDDEN_THIRD_PARTY: dict[str, set[str]] = {
     "pki": {"sqlalchemy", "aiosmtpd", "aiosmtplib", "aiohttp", "submitgw"},
-    "submitgw.rules": {"sqlalchemy", "aiosmtpd", "aiosmtplib", "aiohttp", "asyncio", "dns"},
+    "submitgw.rules": {
+        "sqlalchemy",
+        "aiosmtpd",
+        "aiosmtplib",
+        "aiohttp",
+        "asyncio",
+        "dns",
+        "threading",
+        "concurrent",
+        "socket",
+    },
     "submitgw.store": {"aiosmtpd", "aiosmtplib", "aiohttp", "asyncio"},
     "submitgw.services": {"aiosmtpd", "aiohttp"},
     "submitgw.web": {"aiosmtpd", "aiosmtplib"},

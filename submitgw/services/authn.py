@@ -3,7 +3,7 @@
 argon2id costs ~100 ms of CPU per verify, so verification (and the database read
 that goes with it) runs in a bounded thread pool; when the pool and its queue are
 full the client gets `454 4.7.0` at once instead of stalling every session. One
-client address or login name holds only a few of its places (`limits.PoolShares`),
+client address or login name holds only a few of its places (`pool.PoolShares`),
 so a loop of logins, even with the right password, cannot keep others out. A
 place is given back when the work is over, not when the client stops waiting:
 a client that hangs up mid-verify still holds it while argon2 runs.
@@ -34,10 +34,11 @@ from submitgw.config import AuthConfig, PasswordsConfig
 from submitgw.errors import AuthBusy, AuthFailed, Kind, Need, PasswordExpired, Refusal, Unavailable
 from submitgw.rules.access import source_allowed
 from submitgw.rules.address import normalise_login
-from submitgw.rules.limits import PoolShares, account_key, client_key
+from submitgw.rules.limits import account_key, client_key
 from submitgw.rules.passwords import app_password_form, is_expired
 from submitgw.rules.policy import password_allowed
 from submitgw.services.offload import offload
+from submitgw.services.pool import PoolShares
 from submitgw.store import (
     AppPasswordHash,
     CertificateStore,

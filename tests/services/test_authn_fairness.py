@@ -19,7 +19,6 @@ import pytest
 from submitgw.config import AuthConfig, ConfigError, LimitsConfig, from_dict
 from submitgw.errors import AuthBusy, AuthFailed, TooManyLogins
 from submitgw.rules.limits import (
-    PoolShares,
     account_key,
     ip_key,
     success_key,
@@ -27,6 +26,7 @@ from submitgw.rules.limits import (
 )
 from submitgw.services.authn import PasswordAuthenticator, make_hasher
 from submitgw.services.limiter import Limiter
+from submitgw.services.pool import PoolShares
 from submitgw.smtp.replies import line
 from submitgw.store import CredentialStore, Database, UserStore
 from submitgw.store.counters import CounterStore
