@@ -10,11 +10,10 @@ import os
 from pathlib import Path
 
 import click
-from cryptography import x509
 from sqlalchemy.exc import SQLAlchemyError
 
 # Names, not `import pki`: loading the submodule submitgw.cli.pki rebinds `pki` here.
-from pki import PrivateKey, load_certificate, load_private_key
+from pki import CA, CAError, CAPassphraseRequired
 from submitgw import config as config_mod
 from submitgw.config import Config, ConfigError
 from submitgw.rules.address import normalise_login
@@ -39,10 +38,6 @@ def read_secret_line(path: Path, what: str) -> bytes:
     return lines[0]
 
 
-def _is_encrypted_pem(data: bytes) -> bool:
-    return b"ENCRYPTED" in data.split(b"\n", 2)[0] or b"Proc-Type: 4,ENCRYPTED" in data
-
-
 class Context:
     """What every command gets: the config path, loaded on first use."""
 
@@ -59,38 +54,17 @@ class Context:
         elif from_env:
             self.ca_passphrase = from_env.encode("utf-8")
 
-    def load_ca(self) -> tuple[x509.Certificate, PrivateKey]:
+    def load_ca(self) -> CA:
         """The CA of `[tls]`, its key decrypted with the passphrase given to `pki`, if any."""
         tls = self.config.tls
         try:
-            cert = load_certificate(tls.ca_cert)
-            data = tls.ca_key.read_bytes()
-        except OSError as exc:
+            return CA.load(tls.ca_cert, tls.ca_key, self.ca_passphrase)
+        except CAPassphraseRequired as exc:
             raise click.ClickException(
-                f"cannot read the CA: {exc.filename}: {exc.strerror}"
+                f"{exc}: set {CA_PASSPHRASE_ENV} or use 'submitgw pki --ca-passphrase-file PATH'"
             ) from exc
-        except ValueError as exc:
-            raise click.ClickException(f"CA certificate {tls.ca_cert} is not PEM") from exc
-        encrypted = _is_encrypted_pem(data)
-        if encrypted and self.ca_passphrase is None:
-            raise click.ClickException(
-                f"CA key {tls.ca_key} is encrypted: set {CA_PASSPHRASE_ENV} "
-                "or use 'submitgw pki --ca-passphrase-file PATH'"
-            )
-        if not encrypted and self.ca_passphrase is not None:
-            raise click.ClickException(
-                f"a CA passphrase was given but CA key {tls.ca_key} is not encrypted"
-            )
-        try:
-            key = load_private_key(tls.ca_key, self.ca_passphrase)
-        except (ValueError, TypeError) as exc:
-            if encrypted:
-                raise click.ClickException(f"wrong CA passphrase for {tls.ca_key}") from exc
-            reason = (str(exc).splitlines() or ["unreadable"])[0]
-            raise click.ClickException(f"cannot use CA key {tls.ca_key}: {reason}") from exc
-        if key.public_key() != cert.public_key():
-            raise click.ClickException(f"CA key {tls.ca_key} does not match {tls.ca_cert}")
-        return cert, key
+        except CAError as exc:
+            raise click.ClickException(str(exc)) from exc
 
     @property
     def config(self) -> Config:

@@ -70,7 +70,7 @@ def init_command(
             f"{directory} already holds a submitgw setup ({existing[0]}); refusing to overwrite it"
         )
     try:
-        ca_cert, ca_key = pki.create_ca(
+        ca = pki.CA.create(
             f"submitgw CA for {hostname}",
             permitted_domains=list(ca_domains) or None,
             server_names=names,
@@ -81,11 +81,10 @@ def init_command(
         (directory / sub).mkdir(parents=True, exist_ok=True)
     (directory / "ca").chmod(0o700)
 
-    pki.write_private_key(targets["ca_key"], ca_key)
-    pki.write_certificate(targets["ca_cert"], ca_cert)
-    cert, key = pki.issue_server_cert(ca_cert, ca_key, names)
-    pki.write_private_key(targets["server_key"], key)
-    pki.write_certificate(targets["server_cert"], cert)
+    ca.write(targets["ca_cert"], targets["ca_key"])
+    server = ca.issue_server_cert(names)
+    server.write_private_key(targets["server_key"])
+    server.write_cert(targets["server_cert"])
 
     # The config may later hold a database password and the database holds the password
     # hashes: both are for the gateway's eyes only (SQLite gives its WAL files the same mode).

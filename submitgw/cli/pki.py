@@ -8,11 +8,9 @@ keys and PKCS#12 passwords are written or shown once and never stored.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -23,9 +21,9 @@ import click
 from click.core import ParameterSource
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 import pki
+from pki.files import replace as replace_file
 from submitgw.cli import CA_PASSPHRASE_ENV, Context, email_argument, pass_context
 from submitgw.store import (
     AlreadyRevoked,
@@ -146,15 +144,11 @@ def _p12_password(from_stdin: bool) -> tuple[str, bool]:
     return line, False
 
 
-def _key_type(cert: x509.Certificate) -> str:
-    return "rsa" if isinstance(cert.public_key(), rsa.RSAPublicKey) else "ec"
-
-
 def _issue(
     ctx: Context,
     email: str,
     days: int,
-    key_type: str,
+    key_type: pki.KeyType,
     out: Path,
     password_stdin: bool,
 ) -> None:
@@ -167,23 +161,23 @@ def _issue(
         if UserStore(db).get(email) is None:
             raise click.ClickException(f"no user {email}")
         password, generated = _p12_password(password_stdin)
-        ca_cert, ca_key = ctx.load_ca()
+        ca = ctx.load_ca()
         try:
-            cert, key = pki.issue_client_cert(ca_cert, ca_key, email, days=days, key_type=key_type)
+            issued = ca.issue_client_cert(email, days=days, key_type=key_type)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
-        modern, legacy = pki.pkcs12_bundles(cert, key, ca_cert, password.encode("utf-8"))
+        modern, legacy = issued.pkcs12(password.encode("utf-8"))
         crt, key_path, p12, legacy_p12 = paths
         _write_all(
             [
-                (crt, lambda p: pki.write_certificate(p, cert)),
-                (key_path, lambda p: pki.write_private_key(p, key)),
+                (crt, issued.write_cert),
+                (key_path, issued.write_private_key),
                 (p12, lambda p: pki.write_secret_file(p, modern)),
                 (legacy_p12, lambda p: pki.write_secret_file(p, legacy)),
             ]
         )
         try:
-            record = CertificateStore(db).add(email, cert)
+            record = CertificateStore(db).add(email, issued.cert)
         except (UserNotFound, CertificateExists) as exc:
             _remove(paths)
             raise click.ClickException(str(exc)) from exc
@@ -235,14 +229,19 @@ def _output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     help=f"Validity (at most {pki.MAX_DAYS}, and never beyond the CA's).",
 )
-@click.option("--key-type", type=click.Choice(pki.KEY_TYPES), default="ec", show_default=True)
+@click.option(
+    "--key-type",
+    type=click.Choice([str(k) for k in pki.KeyType]),
+    default=str(pki.KeyType.EC),
+    show_default=True,
+)
 @_output_options
 @pass_context
 def issue(
     ctx: Context, email: str, days: int, key_type: str, out: Path, p12_password_stdin: bool
 ) -> None:
     """Issue a client certificate for an existing user."""
-    _issue(ctx, email_argument(email), days, key_type, out, p12_password_stdin)
+    _issue(ctx, email_argument(email), days, pki.KeyType(key_type), out, p12_password_stdin)
 
 
 @pki_group.command("renew")
@@ -260,7 +259,7 @@ def renew(ctx: Context, serial: str, out: Path, p12_password_stdin: bool) -> Non
     # The old length, without the backdating every certificate gets.
     length = old.not_after - old.not_before - pki.ca.BACKDATE
     days = min(pki.MAX_DAYS, max(1, round(length / timedelta(days=1))))
-    _issue(ctx, old.email, days, _key_type(cert), out, p12_password_stdin)
+    _issue(ctx, old.email, days, pki.KeyType.of(cert.public_key()), out, p12_password_stdin)
     click.echo(f"the old certificate {old.serial} stays valid: revoke it when no longer needed")
 
 
@@ -379,35 +378,22 @@ def crl(ctx: Context, out: Path | None, next_update_days: int) -> None:
     """Build a CRL of every revoked certificate, signed by the CA."""
     with _database(ctx) as db:
         records = CertificateStore(db).revoked()
-    ca_cert, ca_key = ctx.load_ca()
+    ca = ctx.load_ca()
     entries = [
         (pki.parse_serial(r.serial), r.revoked_at or r.issued_at, r.revocation_reason)
         for r in records
     ]
-    pem = pki.build_crl(ca_cert, ca_key, entries, next_update_days=next_update_days).public_bytes(
+    pem = ca.crl(entries, next_update_days=next_update_days).public_bytes(
         serialization.Encoding.PEM
     )
     if out is None:
         click.echo(pem.decode("ascii"), nl=False)
         return
-    _replace(out, pem)
+    try:
+        replace_file(out, pem)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc.strerror}") from exc
     click.echo(f"wrote {out} ({len(entries)} revoked)")
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """CRLs are rebuilt on a schedule, so this one file may be replaced, atomically."""
-    try:
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except OSError as exc:
-        Path(temp).unlink(missing_ok=True)
-        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from exc
 
 
 # --- server certificates ---------------------------------------------------------------------
@@ -444,20 +430,15 @@ def server_cert(ctx: Context, hostnames: tuple[str, ...], out: Path, days: int) 
     out = _out_dir(out)
     paths = [out / "server.crt", out / "server.key"]
     _refuse_existing(paths)
-    ca_cert, ca_key = ctx.load_ca()
+    ca = ctx.load_ca()
     try:
-        cert, key = pki.issue_server_cert(ca_cert, ca_key, list(hostnames), days=days)
+        issued = ca.issue_server_cert(list(hostnames), days=days)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    _write_all(
-        [
-            (paths[0], lambda p: pki.write_certificate(p, cert)),
-            (paths[1], lambda p: pki.write_private_key(p, key)),
-        ]
-    )
-    click.echo(f"serial: {pki.format_serial(cert.serial_number)}")
-    click.echo(f"fingerprint_sha256: {pki.fingerprint_sha256(cert)}")
-    click.echo(f"not_after: {_stamp(cert.not_valid_after_utc)}")
+    _write_all([(paths[0], issued.write_cert), (paths[1], issued.write_private_key)])
+    click.echo(f"serial: {issued.serial}")
+    click.echo(f"fingerprint_sha256: {issued.fingerprint_sha256}")
+    click.echo(f"not_after: {_stamp(issued.cert.not_valid_after_utc)}")
     for path in paths:
         click.echo(f"wrote {path}")
     click.echo("point [tls] cert and key at them and restart the gateway")

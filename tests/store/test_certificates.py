@@ -28,12 +28,10 @@ from submitgw.store import (
     UserStore,
 )
 
-Ca = tuple[x509.Certificate, pki.PrivateKey]
-
 
 @pytest.fixture(scope="module")
-def ca() -> Ca:
-    return pki.create_ca("inventory test CA")
+def ca() -> pki.CA:
+    return pki.CA.create("inventory test CA")
 
 
 @pytest.fixture
@@ -49,8 +47,8 @@ def certs(db: Database, users: UserStore) -> CertificateStore:
     return CertificateStore(db)
 
 
-def issue(ca: Ca, email: str) -> x509.Certificate:
-    return pki.issue_client_cert(ca[0], ca[1], email)[0]
+def issue(ca: pki.CA, email: str) -> x509.Certificate:
+    return ca.issue_client_cert(email).cert
 
 
 def colon_lower(serial: str) -> str:
@@ -101,7 +99,7 @@ def test_policy_of_a_missing_user(users: UserStore) -> None:
 # --- adding and reading ----------------------------------------------------------------------
 
 
-def test_add_records_every_field(ca: Ca, certs: CertificateStore) -> None:
+def test_add_records_every_field(ca: pki.CA, certs: CertificateStore) -> None:
     cert = issue(ca, "alice@example.org")
     before = datetime.now(UTC)
 
@@ -123,7 +121,7 @@ def test_add_records_every_field(ca: Ca, certs: CertificateStore) -> None:
 
 
 def test_add_refuses_unknown_users_other_mailboxes_and_duplicates(
-    ca: Ca, certs: CertificateStore
+    ca: pki.CA, certs: CertificateStore
 ) -> None:
     ghost = issue(ca, "ghost@example.org")
     with pytest.raises(UserNotFound, match=r"^no user ghost@example\.org$"):
@@ -140,7 +138,7 @@ def test_add_refuses_unknown_users_other_mailboxes_and_duplicates(
     assert [r.email for r in certs.list()] == ["bob@example.org"]
 
 
-def test_get_accepts_any_spelling_of_a_serial(ca: Ca, certs: CertificateStore) -> None:
+def test_get_accepts_any_spelling_of_a_serial(ca: pki.CA, certs: CertificateStore) -> None:
     record = certs.add("alice@example.org", issue(ca, "alice@example.org"))
 
     assert certs.get(record.serial.lower()) == record
@@ -151,7 +149,7 @@ def test_get_accepts_any_spelling_of_a_serial(ca: Ca, certs: CertificateStore) -
         certs.get("not-hex")
 
 
-def test_list_all_or_one_user_in_a_stable_order(ca: Ca, certs: CertificateStore) -> None:
+def test_list_all_or_one_user_in_a_stable_order(ca: pki.CA, certs: CertificateStore) -> None:
     assert certs.list() == []
     bob1 = certs.add("bob@example.org", issue(ca, "bob@example.org"))
     alice1 = certs.add("alice@example.org", issue(ca, "alice@example.org"))
@@ -166,7 +164,7 @@ def test_list_all_or_one_user_in_a_stable_order(ca: Ca, certs: CertificateStore)
 # --- revocation ------------------------------------------------------------------------------
 
 
-def test_revoke_one_certificate(ca: Ca, certs: CertificateStore) -> None:
+def test_revoke_one_certificate(ca: pki.CA, certs: CertificateStore) -> None:
     kept = certs.add("alice@example.org", issue(ca, "alice@example.org"))
     gone = certs.add("alice@example.org", issue(ca, "alice@example.org"))
 
@@ -181,7 +179,7 @@ def test_revoke_one_certificate(ca: Ca, certs: CertificateStore) -> None:
     assert certs.revoked() == [revoked]
 
 
-def test_revoke_errors_are_one_clear_line(ca: Ca, certs: CertificateStore) -> None:
+def test_revoke_errors_are_one_clear_line(ca: pki.CA, certs: CertificateStore) -> None:
     record = certs.add("alice@example.org", issue(ca, "alice@example.org"))
     first = certs.revoke(record.serial)
     assert first.revocation_reason == "unspecified"
@@ -198,7 +196,7 @@ def test_revoke_errors_are_one_clear_line(ca: Ca, certs: CertificateStore) -> No
     assert certs.get(record.serial) == first, "a second revocation changes nothing"
 
 
-def test_revoke_refuses_unknown_reasons(ca: Ca, certs: CertificateStore) -> None:
+def test_revoke_refuses_unknown_reasons(ca: pki.CA, certs: CertificateStore) -> None:
     record = certs.add("alice@example.org", issue(ca, "alice@example.org"))
 
     with pytest.raises(ValueError, match="unknown revocation reason 'lost'"):
@@ -210,7 +208,7 @@ def test_revoke_refuses_unknown_reasons(ca: Ca, certs: CertificateStore) -> None
 
 
 def test_revoke_user_revokes_only_that_users_live_certificates(
-    ca: Ca, certs: CertificateStore
+    ca: pki.CA, certs: CertificateStore
 ) -> None:
     earlier = certs.add("alice@example.org", issue(ca, "alice@example.org"))
     earlier = certs.revoke(earlier.serial, "superseded")
@@ -230,7 +228,7 @@ def test_revoke_user_revokes_only_that_users_live_certificates(
 
 
 def test_concurrent_revocations_of_one_certificate_succeed_once(
-    ca: Ca, certs: CertificateStore
+    ca: pki.CA, certs: CertificateStore
 ) -> None:
     record = certs.add("alice@example.org", issue(ca, "alice@example.org"))
 
@@ -254,7 +252,7 @@ def test_concurrent_revocations_of_one_certificate_succeed_once(
 
 
 def test_lookup_returns_the_identity_and_none_for_strangers(
-    ca: Ca, certs: CertificateStore
+    ca: pki.CA, certs: CertificateStore
 ) -> None:
     cert = issue(ca, "alice@example.org")
     record = certs.add("alice@example.org", cert)
@@ -274,7 +272,7 @@ def test_lookup_returns_the_identity_and_none_for_strangers(
 
 
 def test_lookup_sees_revocation_disabling_and_policy_at_once(
-    ca: Ca, users: UserStore, certs: CertificateStore
+    ca: pki.CA, users: UserStore, certs: CertificateStore
 ) -> None:
     record = certs.add("alice@example.org", issue(ca, "alice@example.org"))
 
@@ -292,7 +290,9 @@ def test_lookup_sees_revocation_disabling_and_policy_at_once(
     assert (lookup().revoked, lookup().user_enabled) == (True, True)
 
 
-def test_lookup_is_one_query_joining_users(ca: Ca, db: Database, certs: CertificateStore) -> None:
+def test_lookup_is_one_query_joining_users(
+    ca: pki.CA, db: Database, certs: CertificateStore
+) -> None:
     record = certs.add("alice@example.org", issue(ca, "alice@example.org"))
     statements: list[str] = []
 
@@ -314,7 +314,7 @@ def test_lookup_is_one_query_joining_users(ca: Ca, db: Database, certs: Certific
 
 
 def test_deleting_a_user_deletes_their_certificates(
-    ca: Ca, users: UserStore, certs: CertificateStore
+    ca: pki.CA, users: UserStore, certs: CertificateStore
 ) -> None:
     alices: list[CertificateRecord] = [
         certs.add("alice@example.org", issue(ca, "alice@example.org")) for _ in range(2)

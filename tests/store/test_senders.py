@@ -184,8 +184,7 @@ def test_upgrade_from_0002_keeps_users_and_certificates(bare_db: Database) -> No
     """Later migrations only add tables and columns: rebuilding `users` on SQLite would
     cascade-delete certificates. Rows are written as the 0002 schema knew them."""
     alembic_command(bare_db, "upgrade", "0002")
-    ca_cert, ca_key = pki.create_ca("migration test CA")
-    cert = pki.issue_client_cert(ca_cert, ca_key, ALICE)[0]
+    cert = pki.CA.create("migration test CA").issue_client_cert(ALICE).cert
     serial = pki.format_serial(cert.serial_number)
     with bare_db.engine.begin() as connection:
         connection.execute(
