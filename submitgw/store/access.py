@@ -17,42 +17,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, String, Text, UniqueConstraint, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
 
 from submitgw.rules.access import ACTIONS, Rule, parse_network, parse_rule
 from submitgw.store.db import Database
-from submitgw.store.models import Base, User, UtcDateTime, utcnow
+from submitgw.store.models import AccessRuleRow, User, UserNetworkRow, utcnow
 from submitgw.store.users import UserNotFound, normalise_email
-
-
-class AccessRuleRow(Base):
-    """One allow/deny rule; `rule` is normalised (see `submitgw.rules.access.parse_rule`).
-
-    `rule` is unique: the same client text with two actions would leave the
-    outcome to a tie-break the admin never chose.
-    """
-
-    __tablename__ = "access_rules"
-    __table_args__ = (CheckConstraint("action IN ('allow', 'deny')", name="action"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    action: Mapped[str] = mapped_column(String(8))
-    rule: Mapped[str] = mapped_column(String(300), unique=True)
-    comment: Mapped[str] = mapped_column(Text, default="", server_default="")
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-
-
-class UserNetworkRow(Base):
-    """A network a user may log in from; a user without any may log in from anywhere."""
-
-    __tablename__ = "user_networks"
-    __table_args__ = (UniqueConstraint("user_id", "cidr", name="uq_user_networks_user_id_cidr"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    cidr: Mapped[str] = mapped_column(String(50))
 
 
 class RuleExists(Exception):

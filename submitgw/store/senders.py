@@ -8,28 +8,15 @@ envelope sender and in the From: header. Rows go with their user (ON DELETE CASC
 from __future__ import annotations
 
 import builtins
-from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from submitgw.rules.binding import fold, normalise_pattern
 from submitgw.store.db import Database
-from submitgw.store.models import Base, User, UtcDateTime, utcnow
+from submitgw.store.models import SenderBinding, User, utcnow
 from submitgw.store.users import UserNotFound, _rowcount, normalise_email
-
-
-class SenderBinding(Base):
-    """One address or `@domain` a user may send as, in its comparison form."""
-
-    __tablename__ = "sender_bindings"
-    __table_args__ = (UniqueConstraint("user_id", "pattern"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    pattern: Mapped[str] = mapped_column(String(320))
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class SenderExists(Exception):
