@@ -1,4 +1,5 @@
-"""Values every layer passes around: who a session speaks for, and how they may log in."""
+"""Values every layer passes around: who a session speaks for, how they may log in, and
+the stored settings (access rules, own limits) that the store hands to the rules."""
 
 from __future__ import annotations
 
@@ -32,3 +33,29 @@ class Identity:
     cert_fingerprint: str | None = None
     # "ID LABEL" of the app password used, so a message names the device that sent it.
     app_password: str | None = None
+
+
+ALLOW = "allow"
+DENY = "deny"
+ACTIONS = (ALLOW, DENY)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One stored access rule; `rule` is the normalised text `rules.access.parse_rule` produced."""
+
+    id: int
+    action: str
+    rule: str
+    comment: str = ""
+
+    def __str__(self) -> str:
+        return f"#{self.id} {self.action} {self.rule}"
+
+
+@dataclass(frozen=True)
+class Override:
+    """A user's own sending limits; None keeps the configured default."""
+
+    messages: int | None = None
+    recipients: int | None = None

@@ -21,6 +21,9 @@ from submitgw.rules.access import (
     ClientName,
     RuleError,
     client_address,
+    parse_network,
+    parse_rule,
+    rule_kind,
 )
 from submitgw.rules.address import normalise_login
 from submitgw.services.dns import ReverseDns
@@ -61,13 +64,13 @@ def access_group() -> None:
 def _add(ctx: Context, action: str, text: str, comment: str) -> None:
     db = ctx.database()
     try:
-        stored = AccessRuleStore(db).add(action, text, comment)
+        stored = AccessRuleStore(db).add(action, parse_rule(text), comment)
     except (RuleError, RuleExists) as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         db.dispose()
     rule = stored.rule
-    kind = _KIND_NAMES[rule.kind]
+    kind = _KIND_NAMES[rule_kind(rule.rule)]
     click.echo(f"added rule #{rule.id}: {rule.action} {rule.rule} ({kind}); effective now")
 
 
@@ -105,7 +108,7 @@ def list_rules(ctx: Context, as_json: bool) -> None:
                 "id": s.rule.id,
                 "action": s.rule.action,
                 "rule": s.rule.rule,
-                "kind": s.rule.kind,
+                "kind": rule_kind(s.rule.rule),
                 "comment": s.rule.comment,
                 "created_at": s.created_at.isoformat(),
             }
@@ -164,7 +167,7 @@ def render_check(ctx: Context, ip: str, verdict: Verdict) -> list[str]:
         lines.append(f"matching rules: {len(decision.matched)}, most specific first")
         width = max(len(rule.rule) for rule in decision.matched)
         for rule in decision.matched:
-            kind = _KIND_NAMES[rule.kind]
+            kind = _KIND_NAMES[rule_kind(rule.rule)]
             comment = f'  "{rule.comment}"' if rule.comment else ""
             lines.append(
                 f"  #{rule.id:<4} {rule.action:<5} {rule.rule:<{width}}  ({kind}){comment}"
@@ -228,7 +231,7 @@ def set_networks(ctx: Context, email: str, cidrs: tuple[str, ...], clear: bool) 
         raise click.ClickException(f"{email!r} is not a valid email address")
     db = ctx.database()
     try:
-        stored = UserNetworkStore(db).set(address, cidrs)
+        stored = UserNetworkStore(db).set(address, [str(parse_network(text)) for text in cidrs])
     except (RuleError, UserNotFound) as exc:
         raise click.ClickException(str(exc)) from exc
     finally:

@@ -11,7 +11,7 @@ from typing import TypeVar
 import click
 
 from submitgw.cli import Context, email_argument, pass_context
-from submitgw.rules.binding import InvalidPattern
+from submitgw.rules.binding import InvalidPattern, fold, normalise_pattern
 from submitgw.store import SenderExists, SenderNotFound, SenderStore, UserNotFound
 
 T = TypeVar("T")
@@ -27,6 +27,21 @@ def _with_store(ctx: Context, action: Callable[[SenderStore], T]) -> T:
         raise click.ClickException(str(exc)) from exc
     finally:
         db.dispose()
+
+
+def _pattern(text: str) -> str:
+    """The stored form of a binding, as the gateway compares it."""
+    try:
+        return normalise_pattern(text)
+    except InvalidPattern as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _add(store: SenderStore, email: str, pattern: str) -> str:
+    """The user's own address is always allowed, so it is never stored as a binding."""
+    if pattern == fold(email) and store.list(email) is not None:
+        raise SenderExists(email, pattern, own=True)
+    return store.add(email, pattern)
 
 
 @click.group("sender")
@@ -45,7 +60,8 @@ def sender_group() -> None:
 def add(ctx: Context, email: str, pattern: str) -> None:
     """Allow EMAIL to send as ADDRESS, or as any address @DOMAIN."""
     address = email_argument(email)
-    stored = _with_store(ctx, lambda store: store.add(address, pattern))
+    wanted = _pattern(pattern)
+    stored = _with_store(ctx, lambda store: _add(store, address, wanted))
     click.echo(f"{address} may now send as {stored}")
 
 
@@ -56,7 +72,8 @@ def add(ctx: Context, email: str, pattern: str) -> None:
 def remove(ctx: Context, email: str, pattern: str) -> None:
     """Take back a binding; effective from the user's next connection."""
     address = email_argument(email)
-    stored = _with_store(ctx, lambda store: store.remove(address, pattern))
+    wanted = _pattern(pattern)
+    stored = _with_store(ctx, lambda store: store.remove(address, wanted))
     click.echo(f"{address} may no longer send as {stored}")
 
 

@@ -20,10 +20,10 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from submitgw.rules.access import ACTIONS, Rule, parse_network, parse_rule
 from submitgw.store.db import Database
 from submitgw.store.models import AccessRuleRow, User, UserNetworkRow, utcnow
 from submitgw.store.users import UserNotFound, normalise_email
+from submitgw.types import ACTIONS, Rule
 
 
 class RuleExists(Exception):
@@ -59,11 +59,10 @@ class AccessRuleStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def add(self, action: str, text: str, comment: str = "") -> StoredRule:
-        """Store a rule; RuleError if the text is not a rule, RuleExists if it is stored."""
+    def add(self, action: str, rule: str, comment: str = "") -> StoredRule:
+        """Store a rule already normalised by `rules.access.parse_rule`; RuleExists if stored."""
         if action not in ACTIONS:
             raise ValueError(f"action must be one of {', '.join(ACTIONS)}")
-        rule = parse_rule(text)
         row = AccessRuleRow(action=action, rule=rule, comment=comment, created_at=utcnow())
         try:
             with self._db.session() as session:
@@ -120,11 +119,11 @@ class UserNetworkStore:
     def set(self, email: str, networks: Iterable[str]) -> builtins.list[str]:
         """Replace the user's networks in one transaction (none: anywhere again).
 
-        RuleError for a malformed network, UserNotFound for an unknown user.
-        Returns the stored, normalised networks.
+        `networks` are CIDR texts as `rules.access.parse_network` normalised them;
+        UserNotFound for an unknown user. Returns them as stored.
         """
         email = normalise_email(email)
-        cidrs = sorted({str(parse_network(text)) for text in networks}, key=_network_order)
+        cidrs = sorted(set(networks), key=_network_order)
         with self._db.session() as session:
             user_id = session.scalar(select(User.id).where(User.email == email))
             if user_id is None:

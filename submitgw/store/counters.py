@@ -26,7 +26,6 @@ from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from submitgw.rules.limits import Override
 from submitgw.store.db import Database
 from submitgw.store.models import (
     AuthFailure,
@@ -38,6 +37,7 @@ from submitgw.store.models import (
     utcnow,
 )
 from submitgw.store.users import UserNotFound, normalise_email
+from submitgw.types import Override
 
 
 @dataclass(frozen=True)

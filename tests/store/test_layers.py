@@ -1,4 +1,4 @@
-"""The store's shape: every table in models.py, which imports none of the repositories."""
+"""The store's place in the layers: it knows tables and values, never decisions or protocols."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 import submitgw.store
 
 STORE = Path(submitgw.store.__file__).parent
+# What a store module may import from this project (besides the store itself).
+ALLOWED = ("submitgw.types", "submitgw.config", "submitgw.store", "migrations", "pki")
 
 
 def project_imports(path: Path) -> set[str]:
@@ -18,6 +20,16 @@ def project_imports(path: Path) -> set[str]:
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
     return {name for name in found if name.split(".")[0] in ("submitgw", "pki", "migrations")}
+
+
+def test_the_store_imports_no_rules_services_or_protocols() -> None:
+    for path in sorted(STORE.glob("*.py")):
+        outside = {
+            name
+            for name in project_imports(path)
+            if not any(name == a or name.startswith(a + ".") for a in ALLOWED)
+        }
+        assert not outside, f"{path.name} imports {sorted(outside)}"
 
 
 def test_models_hold_every_table_and_import_no_repository() -> None:
