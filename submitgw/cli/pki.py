@@ -11,8 +11,7 @@ import json
 import re
 import secrets
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,16 +23,9 @@ from cryptography.hazmat.primitives import serialization
 
 import pki
 from pki.files import replace as replace_file
-from submitgw.cli import CA_PASSPHRASE_ENV, Context, email_argument, pass_context
+from submitgw.cli.context import CA_PASSPHRASE_ENV, Context, email_argument, pass_context
 from submitgw.store import (
-    AlreadyRevoked,
-    CertificateExists,
-    CertificateNotFound,
     CertificateRecord,
-    CertificateStore,
-    Database,
-    UserNotFound,
-    UserStore,
     canonical_serial,
 )
 
@@ -48,15 +40,6 @@ def _serial(text: str) -> str:
         return canonical_serial(text)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-
-
-@contextmanager
-def _database(ctx: Context) -> Iterator[Database]:
-    db = ctx.database()
-    try:
-        yield db
-    finally:
-        db.dispose()
 
 
 def _refuse_command_line(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -157,8 +140,8 @@ def _issue(
     base = _UNSAFE_FILE_CHARS.sub("_", email)
     paths = [out / f"{base}{suffix}" for suffix in (".crt", ".key", ".p12", ".legacy.p12")]
     _refuse_existing(paths)
-    with _database(ctx) as db:
-        if UserStore(db).get(email) is None:
+    with ctx.services() as s:
+        if s.users.get(email) is None:
             raise click.ClickException(f"no user {email}")
         password, generated = _p12_password(password_stdin)
         ca = ctx.load_ca()
@@ -177,10 +160,7 @@ def _issue(
             ]
         )
         try:
-            record = CertificateStore(db).add(email, issued.cert)
-        except (UserNotFound, CertificateExists) as exc:
-            _remove(paths)
-            raise click.ClickException(str(exc)) from exc
+            record = s.certificates.add(email, issued.cert)
         except BaseException:
             _remove(paths)
             raise
@@ -251,8 +231,8 @@ def issue(
 def renew(ctx: Context, serial: str, out: Path, p12_password_stdin: bool) -> None:
     """Issue a new key and certificate like SERIAL's; SERIAL stays valid until revoked."""
     wanted = _serial(serial)
-    with _database(ctx) as db:
-        old = CertificateStore(db).get(wanted)
+    with ctx.services() as s:
+        old = s.certificates.get(wanted)
     if old is None:
         raise click.ClickException(f"no certificate with serial {wanted}")
     cert = x509.load_pem_x509_certificate(old.pem.encode("ascii"))
@@ -297,11 +277,8 @@ def _row(record: CertificateRecord, now: datetime) -> dict[str, Any]:
 def list_certificates(ctx: Context, email: str | None, as_json: bool) -> None:
     """List issued client certificates (revoked and expired ones included)."""
     address = email_argument(email) if email is not None else None
-    with _database(ctx) as db:
-        try:
-            records = CertificateStore(db).list(address)
-        except UserNotFound as exc:
-            raise click.ClickException(str(exc)) from exc
+    with ctx.services() as s:
+        records = s.certificates.list(address)
     now = datetime.now(UTC)
     if as_json:
         click.echo(json.dumps([_row(r, now) for r in records], indent=2))
@@ -316,8 +293,8 @@ def list_certificates(ctx: Context, email: str | None, as_json: bool) -> None:
 def show(ctx: Context, serial: str) -> None:
     """Show one certificate's inventory entry, then its PEM."""
     wanted = _serial(serial)
-    with _database(ctx) as db:
-        record = CertificateStore(db).get(wanted)
+    with ctx.services() as s:
+        record = s.certificates.get(wanted)
     if record is None:
         raise click.ClickException(f"no certificate with serial {wanted}")
     for name, value in _row(record, datetime.now(UTC)).items():
@@ -342,15 +319,11 @@ def revoke(ctx: Context, serial: str | None, email: str | None, reason: str) -> 
         raise click.ClickException("give either SERIAL or --user EMAIL")
     wanted = _serial(serial) if serial is not None else None
     address = email_argument(email) if email is not None else None
-    with _database(ctx) as db:
-        store = CertificateStore(db)
-        try:
-            if wanted is not None:
-                revoked = [store.revoke(wanted, reason)]
-            else:
-                revoked = store.revoke_user(address or "", reason)
-        except (CertificateNotFound, AlreadyRevoked, UserNotFound) as exc:
-            raise click.ClickException(str(exc)) from exc
+    with ctx.services() as s:
+        if wanted is not None:
+            revoked = [s.certificates.revoke(wanted, reason)]
+        else:
+            revoked = s.certificates.revoke_user(address or "", reason)
     if not revoked:
         click.echo(f"{address} has no unrevoked certificates")
         return
@@ -376,8 +349,8 @@ def revoke(ctx: Context, serial: str | None, email: str | None, reason: str) -> 
 @pass_context
 def crl(ctx: Context, out: Path | None, next_update_days: int) -> None:
     """Build a CRL of every revoked certificate, signed by the CA."""
-    with _database(ctx) as db:
-        records = CertificateStore(db).revoked()
+    with ctx.services() as s:
+        records = s.certificates.revoked()
     ca = ctx.load_ca()
     entries = [
         (pki.parse_serial(r.serial), r.revoked_at or r.issued_at, r.revocation_reason)

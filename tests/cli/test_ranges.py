@@ -18,7 +18,8 @@ from click.testing import CliRunner, Result
 
 import pki
 from submitgw import config as config_mod
-from submitgw.cli import COUNT_MAX, ID_MAX, commands
+from submitgw.cli import commands
+from submitgw.cli.context import COUNT_MAX, ID_MAX
 from submitgw.store import AccessRuleStore, CredentialStore, Database
 from submitgw.store.counters import CounterStore
 from tests.cli.test_cli import CHEAP_AUTH, GOOD_PASSWORD, edit

@@ -116,6 +116,7 @@ def test_server_certificate_fields(
     ca_cert = ca.cert
     cert, key = server.cert, server.key
 
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
     assert key.curve.name == "secp256r1"
     assert cert.public_key() == key.public_key()
     assert cert.issuer == ca_cert.subject
