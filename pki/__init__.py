@@ -19,7 +19,13 @@ from pki.files import (
     write_private_key,
     write_secret_file,
 )
-from pki.identity import certificate_email, fingerprint_sha256, format_serial, parse_serial
+from pki.identity import (
+    canonical_serial,
+    certificate_email,
+    fingerprint_sha256,
+    format_serial,
+    parse_serial,
+)
 from pki.keys import KeyType, PrivateKey
 from pki.names import server_name, server_names
 
@@ -32,6 +38,7 @@ __all__ = [
     "IssuedCertificate",
     "KeyType",
     "PrivateKey",
+    "canonical_serial",
     "certificate_email",
     "check_reason",
     "fingerprint_sha256",

@@ -183,6 +183,18 @@ class IssuedCertificate:
     def key_type(self) -> KeyType:
         return KeyType.of(self.key)
 
+    @property
+    def subject(self) -> str:
+        return self.cert.subject.rfc4514_string()
+
+    @property
+    def not_before(self) -> datetime:
+        return self.cert.not_valid_before_utc
+
+    @property
+    def not_after(self) -> datetime:
+        return self.cert.not_valid_after_utc
+
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 

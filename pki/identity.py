@@ -50,6 +50,11 @@ def parse_serial(text: str) -> int:
     return number
 
 
+def canonical_serial(text: str) -> str:
+    """A serial as people paste it, spelled as `format_serial` does; ValueError if not one."""
+    return format_serial(parse_serial(text))
+
+
 def certificate_email(cert: x509.Certificate) -> str | None:
     """The mailbox a certificate is for (first rfc822Name SAN, lower-cased), if any."""
     try:

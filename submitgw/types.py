@@ -4,6 +4,8 @@ the stored settings (access rules, own limits) that the store hands to the rules
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
 
 PASSWORD = "password"
 CERTIFICATE = "certificate"
@@ -33,6 +35,28 @@ class Identity:
     cert_fingerprint: str | None = None
     # "ID LABEL" of the app password used, so a message names the device that sent it.
     app_password: str | None = None
+
+
+class CertificateFacts(Protocol):
+    """What the inventory records about a certificate the CA issued, spelled as text.
+
+    `pki.IssuedCertificate` is one; the store takes these rather than X.509 objects
+    so that it needs no certificate parsing of its own.
+    """
+
+    @property
+    def serial(self) -> str: ...
+    @property
+    def fingerprint_sha256(self) -> str: ...
+    @property
+    def email(self) -> str | None: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def not_before(self) -> datetime: ...
+    @property
+    def not_after(self) -> datetime: ...
+    def cert_pem(self) -> bytes: ...
 
 
 ALLOW = "allow"

@@ -26,7 +26,6 @@ from pki.files import replace as replace_file
 from submitgw.cli.context import CA_PASSPHRASE_ENV, Context, email_argument, pass_context
 from submitgw.store import (
     CertificateRecord,
-    canonical_serial,
 )
 
 # Characters kept as they are in file names; anything else (e.g. "/", legal in
@@ -37,7 +36,7 @@ P12_PASSWORD_BYTES = 18  # 24 characters of base64url, 144 bits
 
 def _serial(text: str) -> str:
     try:
-        return canonical_serial(text)
+        return pki.canonical_serial(text)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -160,7 +159,7 @@ def _issue(
             ]
         )
         try:
-            record = s.certificates.add(email, issued.cert)
+            record = s.certificates.add(email, issued)
         except BaseException:
             _remove(paths)
             raise

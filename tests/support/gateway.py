@@ -134,7 +134,7 @@ class GatewayProcess:
         issued = ca.issue_client_cert(email, days=days)
         db = Database(config_mod.load(self.config).database.url)
         try:
-            CertificateStore(db).add(email, issued.cert)
+            CertificateStore(db).add(email, issued)
         finally:
             db.dispose()
         return ClientCert.write(self.dir / "client-certs", email, issued.cert, issued.key)
