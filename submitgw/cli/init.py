@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 import pki
+from submitgw import config as config_mod
+from submitgw.cli.services import open_services
 from submitgw.config import DEFAULT_CONFIG_NAME, render_default_config
-from submitgw.store import Database
 
 LAYOUT = {
     "config": Path(DEFAULT_CONFIG_NAME),
@@ -92,11 +93,9 @@ def init_command(
         targets["config"], render_default_config(hostname, smarthost).encode("utf-8")
     )
     pki.write_secret_file(targets["database"], b"")
-    db = Database(f"sqlite:///{targets['database'].resolve()}")
-    try:
-        db.upgrade()
-    finally:
-        db.dispose()
+    cfg = config_mod.load(targets["config"])
+    with open_services(cfg.database.url, cfg, require_current=False) as s:
+        s.db.upgrade()
 
     click.echo(f"Created a submitgw setup in {directory}:")
     for label, name in (

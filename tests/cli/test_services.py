@@ -162,3 +162,14 @@ def test_other_errors_pass_through_and_the_engine_still_goes(
         raise KeyError("not a refusal")
 
     assert connections.closed == connections.opened >= 1
+
+
+def test_init_closes_the_connections_of_its_migration(
+    tmp_path: Path, connections: Connections
+) -> None:
+    result = CliRunner().invoke(
+        commands(), ["init", "--dir", str(tmp_path / "gw"), "--hostname", "gw.test"]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert connections.closed == connections.opened >= 1
