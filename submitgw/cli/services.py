@@ -45,7 +45,7 @@ from submitgw.store.counters import CounterStore
 
 # Refusals whose text is already the one line an admin should read, by class.
 ONE_LINE_ERRORS: tuple[type[Exception], ...] = (
-    # The store's refusals.
+    # The store's refusals (one entry once they share a base class).
     AlreadyRevoked,
     AppPasswordNotFound,
     CertificateExists,
