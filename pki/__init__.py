@@ -1,41 +1,51 @@
-"""The bundled mini-CA: pure functions over `cryptography`, no SMTP."""
+"""The bundled mini-CA over `cryptography`: knows nothing of SMTP or the database.
 
-from pki.bundle import pkcs12_bundles
+`CA` issues `IssuedCertificate`s and signs CRLs; `pki.files` reads and writes
+keys and certificates; `pki.identity` spells certificates as text.
+"""
+
 from pki.ca import (
-    KEY_TYPES,
+    CA,
     MAX_DAYS,
-    PrivateKey,
-    certificate_email,
-    create_ca,
-    issue_client_cert,
-    issue_server_cert,
+    CAError,
+    CAPassphraseRequired,
+    IssuedCertificate,
+)
+from pki.crl import REVOCATION_REASONS, check_reason
+from pki.files import (
     load_certificate,
     load_private_key,
     write_certificate,
     write_private_key,
     write_secret_file,
 )
-from pki.crl import REVOCATION_REASONS, build_crl, check_reason
-from pki.identity import fingerprint_sha256, format_serial, parse_serial
+from pki.identity import (
+    canonical_serial,
+    certificate_email,
+    fingerprint_sha256,
+    format_serial,
+    parse_serial,
+)
+from pki.keys import KeyType, PrivateKey
 from pki.names import server_name, server_names
 
 __all__ = [
-    "KEY_TYPES",
+    "CA",
     "MAX_DAYS",
     "REVOCATION_REASONS",
+    "CAError",
+    "CAPassphraseRequired",
+    "IssuedCertificate",
+    "KeyType",
     "PrivateKey",
-    "build_crl",
+    "canonical_serial",
     "certificate_email",
     "check_reason",
-    "create_ca",
     "fingerprint_sha256",
     "format_serial",
-    "issue_client_cert",
-    "issue_server_cert",
     "load_certificate",
     "load_private_key",
     "parse_serial",
-    "pkcs12_bundles",
     "server_name",
     "server_names",
     "write_certificate",

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from pki.ca import certificate_email
+from pki.identity import certificate_email
 
 # PBKDF2 rounds for the modern file; the legacy one stays at the 2048 that the
 # old importers it exists for were written against.

@@ -1,31 +1,25 @@
-"""Create a private CA and the certificates it issues, and store them safely on disk.
+"""The private CA (`CA`) and the certificates it issues (`IssuedCertificate`).
 
-Certificate builders share `_end_entity` so that each later certificate kind
-(client, …) only adds what makes it different.
+Certificate builders share `_end_entity` so that each certificate kind (server,
+client) only adds what makes it different. Files are read and written by `pki.files`.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeAlias, TypeGuard, get_args
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import (
-    CertificateIssuerPrivateKeyTypes,
-    CertificateIssuerPublicKeyTypes,
-    CertificatePublicKeyTypes,
-    PrivateKeyTypes,
-)
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pki import names
-
-PrivateKey: TypeAlias = CertificateIssuerPrivateKeyTypes
-FilePath: TypeAlias = str | os.PathLike[str]
+from pki import files, names
+from pki.bundle import pkcs12_bundles
+from pki.crl import crl_number, revoked_entry
+from pki.identity import certificate_email, fingerprint_sha256, format_serial
+from pki.keys import IssuedKey, KeyType, PrivateKey, is_issuer_public_key, signing_hash
 
 # Tolerates clocks of peers that are slightly behind ours.
 BACKDATE = timedelta(minutes=5)
@@ -34,34 +28,10 @@ MAX_DAYS = 3650
 CN_MAX_LENGTH = 64
 
 
-KEY_TYPES = ("ec", "rsa")
-RSA_KEY_BITS = 2048
-
-
-def _new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _new_client_key(key_type: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
-    """P-256 by default; RSA for the few mail clients and smart cards that cannot use EC."""
-    if key_type == "ec":
-        return _new_key()
-    if key_type == "rsa":
-        return rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
-    raise ValueError(f"key type must be one of {', '.join(KEY_TYPES)}: {key_type!r}")
-
-
 def _name(common_name: str) -> x509.Name:
     if not 0 < len(common_name) <= CN_MAX_LENGTH:
         raise ValueError(f"common name must be 1 to {CN_MAX_LENGTH} characters: {common_name!r}")
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _hash_for(key: PrivateKey) -> hashes.SHA256 | None:
-    """EdDSA and ML-DSA keys sign without a separate digest; the others use SHA-256."""
-    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | dsa.DSAPrivateKey):
-        return hashes.SHA256()
-    return None
 
 
 def _base(
@@ -83,26 +53,17 @@ def _base(
     )
 
 
-def _can_issue(key: PrivateKeyTypes) -> TypeGuard[PrivateKey]:
-    """Only signing keys can issue: not DH, X25519, X448 or ML-KEM."""
-    return isinstance(key, get_args(CertificateIssuerPrivateKeyTypes))
-
-
-def _is_issuer_public_key(
-    key: CertificatePublicKeyTypes,
-) -> TypeGuard[CertificateIssuerPublicKeyTypes]:
-    return isinstance(key, get_args(CertificateIssuerPublicKeyTypes))
-
-
 def _authority_key_id(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     try:
         ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     except x509.ExtensionNotFound:
-        public_key = ca_cert.public_key()
-        if not _is_issuer_public_key(public_key):
-            raise TypeError(f"a {type(public_key).__name__} cannot issue certificates") from None
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)
-    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+        ski = None
+    if ski is not None:
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    public_key = ca_cert.public_key()
+    if not is_issuer_public_key(public_key):
+        raise TypeError(f"a {type(public_key).__name__} cannot have signed certificates")
+    return x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)
 
 
 def _key_usage(*, digital_signature: bool = False, cert_sign: bool = False) -> x509.KeyUsage:
@@ -150,83 +111,11 @@ def _domain_subtrees(domains: list[str]) -> list[x509.GeneralName]:
     return subtrees
 
 
-def create_ca(
-    common_name: str,
-    *,
-    days: int = MAX_DAYS,
-    permitted_domains: list[str] | None = None,
-    server_names: list[str] | None = None,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A self-signed CA that may sign end-entity certificates only (path length 0).
-
-    Clients are told to trust this CA, so it should vouch for nothing else: critical
-    NameConstraints limit server certificates to `server_names` (DNS names and the
-    names below them, IP addresses) and client certificates to mailboxes at
-    `permitted_domains`. Verifiers enforce them, even on what a stolen key signs.
-    A list left as None leaves that name form unconstrained.
-    """
-    key = _new_key()
-    name = _name(common_name)
-    public_key = key.public_key()
-    builder = (
-        _base(name, name, public_key, datetime.now(UTC) + timedelta(days=days))
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), critical=False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-    )
-    permitted: list[x509.GeneralName] = []
-    excluded: list[x509.GeneralName] = []
-    if server_names is not None:
-        permitted, excluded = names.server_subtrees(server_names)
-    if permitted_domains is not None:
-        permitted += _domain_subtrees(permitted_domains)
-    if permitted or excluded:
-        constraints = x509.NameConstraints(
-            permitted_subtrees=permitted or None, excluded_subtrees=excluded or None
-        )
-        builder = builder.add_extension(constraints, critical=True)
-    return builder.sign(key, _hash_for(key)), key
-
-
 def _name_constraints(ca_cert: x509.Certificate) -> x509.NameConstraints | None:
     try:
         return ca_cert.extensions.get_extension_for_class(x509.NameConstraints).value
     except x509.ExtensionNotFound:
         return None
-
-
-def issue_server_cert(
-    ca_cert: x509.Certificate,
-    ca_key: PrivateKey,
-    hostnames: list[str],
-    *,
-    days: int = 825,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A TLS server certificate for `hostnames`: DNS names or IP addresses (`pki.names`).
-
-    CN repeats the first DNS name that fits in one for old clients. Without such a
-    name the subject is empty and the SAN critical (RFC 5280 4.2.1.6): a CN of digits
-    would be read as a DNS name by NameConstraints checks and fail them.
-    """
-    entries = names.server_names(hostnames)
-    if not entries:
-        raise ValueError("a server certificate needs at least one hostname")
-    constraints = _name_constraints(ca_cert)
-    if constraints is not None:
-        names.check_server_names(constraints, entries)
-    dns = [e.value for e in entries if isinstance(e, x509.DNSName)]
-    cn = next((name for name in dns if len(name) <= CN_MAX_LENGTH), None)
-    subject = _name(cn) if cn is not None else x509.Name([])
-    key = _new_key()
-    cert = (
-        _end_entity(ca_cert, subject, key.public_key(), days)
-        .add_extension(x509.SubjectAlternativeName(entries), critical=cn is None)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, _hash_for(ca_key))
-    )
-    return cert, key
 
 
 def _mailbox(email: str) -> str:
@@ -249,7 +138,7 @@ def _rfc822_matches(constraint: str, address: str) -> bool:
     return domain == constraint
 
 
-def _check_name_constraints(ca_cert: x509.Certificate, address: str) -> None:
+def _check_mailbox_constraints(ca_cert: x509.Certificate, address: str) -> None:
     """Refuse to issue what every verifier would reject anyway, with a clearer reason."""
     constraints = _name_constraints(ca_cert)
     if constraints is None:
@@ -267,90 +156,240 @@ def _check_name_constraints(ca_cert: x509.Certificate, address: str) -> None:
         raise ValueError(f"the CA may not certify {address} (permitted domains: {allowed})")
 
 
-def issue_client_cert(
-    ca_cert: x509.Certificate,
-    ca_key: PrivateKey,
-    email: str,
-    *,
-    days: int = 365,
-    key_type: str = "ec",
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey]:
-    """A TLS client (and S/MIME-capable) certificate binding a new key to one mailbox.
+class CAError(Exception):
+    """The CA's files cannot be used; the text says why in one line."""
 
-    The mailbox is the rfc822Name SAN, which is what verifiers check against
-    NameConstraints; CN repeats it for humans reading certificate lists.
-    """
-    address = _mailbox(email)
-    _check_name_constraints(ca_cert, address)
-    key = _new_client_key(key_type)
-    cert = (
-        _end_entity(ca_cert, _name(address), key.public_key(), days)
-        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(address)]), critical=False)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.EMAIL_PROTECTION]
-            ),
-            critical=False,
+
+class CAPassphraseRequired(CAError):
+    """The CA key is encrypted and no passphrase was given."""
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A certificate the CA signed, its new private key, and the CA that signed it."""
+
+    cert: x509.Certificate
+    key: IssuedKey
+    ca_cert: x509.Certificate
+
+    @property
+    def serial(self) -> str:
+        return format_serial(self.cert.serial_number)
+
+    @property
+    def fingerprint_sha256(self) -> str:
+        return fingerprint_sha256(self.cert)
+
+    @property
+    def email(self) -> str | None:
+        return certificate_email(self.cert)
+
+    @property
+    def key_type(self) -> KeyType:
+        return KeyType.of(self.key)
+
+    @property
+    def subject(self) -> str:
+        return self.cert.subject.rfc4514_string()
+
+    @property
+    def not_before(self) -> datetime:
+        return self.cert.not_valid_before_utc
+
+    @property
+    def not_after(self) -> datetime:
+        return self.cert.not_valid_after_utc
+
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def private_key_pem(self, passphrase: bytes | None = None) -> bytes:
+        return files.private_key_pem(self.key, passphrase)
+
+    def pkcs12(self, password: bytes) -> tuple[bytes, bytes]:
+        """(modern, legacy) password-protected key + certificate + CA (see `pki.bundle`)."""
+        return pkcs12_bundles(self.cert, self.key, self.ca_cert, password)
+
+    def write_cert(self, path: files.FilePath) -> None:
+        files.write_certificate(path, self.cert)
+
+    def write_private_key(self, path: files.FilePath, passphrase: bytes | None = None) -> None:
+        files.write_private_key(path, self.key, passphrase)
+
+
+class CA:
+    """A CA certificate and its key: issues server and client certificates and signs CRLs."""
+
+    def __init__(self, cert: x509.Certificate, key: PrivateKey) -> None:
+        if key.public_key() != cert.public_key():
+            raise ValueError("the CA key does not belong to the CA certificate")
+        self.cert = cert
+        self.key = key
+
+    @classmethod
+    def create(
+        cls,
+        common_name: str,
+        *,
+        days: int = MAX_DAYS,
+        permitted_domains: list[str] | None = None,
+        server_names: list[str] | None = None,
+    ) -> CA:
+        """A self-signed CA that may sign end-entity certificates only (path length 0).
+
+        Clients are told to trust this CA, so it should vouch for nothing else: critical
+        NameConstraints limit server certificates to `server_names` (DNS names and the
+        names below them, IP addresses) and client certificates to mailboxes at
+        `permitted_domains`. Verifiers enforce them, even on what a stolen key signs.
+        A list left as None leaves that name form unconstrained.
+        """
+        key = KeyType.EC.generate()
+        name = _name(common_name)
+        public_key = key.public_key()
+        builder = (
+            _base(name, name, public_key, datetime.now(UTC) + timedelta(days=days))
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), critical=False
+            )
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(cert_sign=True), critical=True)
         )
-        .sign(ca_key, _hash_for(ca_key))
-    )
-    return cert, key
+        permitted: list[x509.GeneralName] = []
+        excluded: list[x509.GeneralName] = []
+        if server_names is not None:
+            permitted, excluded = names.server_subtrees(server_names)
+        if permitted_domains is not None:
+            permitted += _domain_subtrees(permitted_domains)
+        if permitted or excluded:
+            constraints = x509.NameConstraints(
+                permitted_subtrees=permitted or None, excluded_subtrees=excluded or None
+            )
+            builder = builder.add_extension(constraints, critical=True)
+        return cls(builder.sign(key, signing_hash(key)), key)
 
+    @classmethod
+    def load(
+        cls, cert_path: files.FilePath, key_path: files.FilePath, passphrase: bytes | None = None
+    ) -> CA:
+        """The CA from its PEM files; CAError saying in one line what is wrong with them.
 
-def certificate_email(cert: x509.Certificate) -> str | None:
-    """The mailbox a certificate is for (first rfc822Name SAN, lower-cased), if any."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    addresses = san.get_values_for_type(x509.RFC822Name)
-    return addresses[0].lower() if addresses else None
+        A passphrase for a key that is not encrypted is an error too: whoever gave it
+        believes the key is protected when it is not.
+        """
+        try:
+            cert = files.load_certificate(cert_path)
+            data = Path(key_path).read_bytes()
+        except OSError as exc:
+            raise CAError(f"cannot read the CA: {exc.filename}: {exc.strerror}") from exc
+        except ValueError as exc:
+            raise CAError(f"CA certificate {cert_path} is not PEM") from exc
+        encrypted = files.is_encrypted_pem(data)
+        if encrypted and passphrase is None:
+            raise CAPassphraseRequired(f"CA key {key_path} is encrypted")
+        if not encrypted and passphrase is not None:
+            raise CAError(f"a CA passphrase was given but CA key {key_path} is not encrypted")
+        try:
+            key = files.parse_private_key(data, passphrase, name=str(key_path))
+        except (ValueError, TypeError) as exc:
+            if encrypted:
+                raise CAError(f"wrong CA passphrase for {key_path}") from exc
+            reason = (str(exc).splitlines() or ["unreadable"])[0]
+            raise CAError(f"cannot use CA key {key_path}: {reason}") from exc
+        if key.public_key() != cert.public_key():
+            raise CAError(f"CA key {key_path} does not match {cert_path}")
+        return cls(cert, key)
 
+    def write(
+        self, cert_path: files.FilePath, key_path: files.FilePath, passphrase: bytes | None = None
+    ) -> None:
+        """The key (0600) first, so a CA certificate on disk always has its key beside it."""
+        files.write_private_key(key_path, self.key, passphrase)
+        files.write_certificate(cert_path, self.cert)
 
-def _write_new(path: FilePath, data: bytes, mode: int) -> None:
-    """Create `path` with `mode` from the first byte on; never replace an existing file.
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
 
-    O_EXCL also refuses to follow a symlink planted at `path`.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(file.fileno(), mode)  # the umask may have narrowed it
-            file.write(data)
-    except BaseException:
-        os.unlink(path)
-        raise
+    @property
+    def name_constraints(self) -> x509.NameConstraints | None:
+        return _name_constraints(self.cert)
 
+    def _issued(self, builder: x509.CertificateBuilder, key: IssuedKey) -> IssuedCertificate:
+        return IssuedCertificate(builder.sign(self.key, signing_hash(self.key)), key, self.cert)
 
-def write_private_key(path: FilePath, key: PrivateKey, passphrase: bytes | None = None) -> None:
-    """PKCS#8 PEM, mode 0600; encrypted when a passphrase is given (an empty one is refused)."""
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.NoEncryption()
-        if passphrase is None
-        else serialization.BestAvailableEncryption(passphrase)
-    )
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-    )
-    _write_new(path, pem, 0o600)
+    def issue_server_cert(self, hostnames: list[str], *, days: int = 825) -> IssuedCertificate:
+        """A TLS server certificate for `hostnames`: DNS names or IP addresses (`pki.names`).
 
+        CN repeats the first DNS name that fits in one for old clients. Without such a
+        name the subject is empty and the SAN critical (RFC 5280 4.2.1.6): a CN of digits
+        would be read as a DNS name by NameConstraints checks and fail them.
+        """
+        entries = names.server_names(hostnames)
+        if not entries:
+            raise ValueError("a server certificate needs at least one hostname")
+        constraints = self.name_constraints
+        if constraints is not None:
+            names.check_server_names(constraints, entries)
+        dns = [e.value for e in entries if isinstance(e, x509.DNSName)]
+        cn = next((name for name in dns if len(name) <= CN_MAX_LENGTH), None)
+        subject = _name(cn) if cn is not None else x509.Name([])
+        key = KeyType.EC.generate()
+        builder = (
+            _end_entity(self.cert, subject, key.public_key(), days)
+            .add_extension(x509.SubjectAlternativeName(entries), critical=cn is None)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        )
+        return self._issued(builder, key)
 
-def write_secret_file(path: FilePath, data: bytes) -> None:
-    """Key material in another encoding (PKCS#12): mode 0600, never replacing a file."""
-    _write_new(path, data, 0o600)
+    def issue_client_cert(
+        self, email: str, *, days: int = 365, key_type: KeyType | str = KeyType.EC
+    ) -> IssuedCertificate:
+        """A TLS client (and S/MIME-capable) certificate binding a new key to one mailbox.
 
+        The mailbox is the rfc822Name SAN, which is what verifiers check against
+        NameConstraints; CN repeats it for humans reading certificate lists.
+        """
+        try:
+            kind = KeyType(key_type)
+        except ValueError:
+            choices = ", ".join(KeyType)
+            raise ValueError(f"key type must be one of {choices}: {key_type!r}") from None
+        address = _mailbox(email)
+        _check_mailbox_constraints(self.cert, address)
+        key = kind.generate()
+        builder = (
+            _end_entity(self.cert, _name(address), key.public_key(), days)
+            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(address)]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.EMAIL_PROTECTION]
+                ),
+                critical=False,
+            )
+        )
+        return self._issued(builder, key)
 
-def write_certificate(path: FilePath, cert: x509.Certificate) -> None:
-    _write_new(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    def crl(
+        self,
+        revoked: list[tuple[int, datetime, str | None]],
+        *,
+        next_update_days: int = 7,
+    ) -> x509.CertificateRevocationList:
+        """A CRL listing `(serial, revoked_at, reason)` entries, valid for `next_update_days`.
 
-
-def load_certificate(path: FilePath) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(Path(path).read_bytes())
-
-
-def load_private_key(path: FilePath, passphrase: bytes | None = None) -> PrivateKey:
-    """Raises TypeError if the key cannot sign certificates, ValueError on a wrong passphrase."""
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=passphrase)
-    if not _can_issue(key):
-        raise TypeError(f"{path}: a {type(key).__name__} cannot sign certificates")
-    return key
+        Verifiers that require a fresh CRL reject it after nextUpdate, so it has to be
+        rebuilt (e.g. from cron) at least that often.
+        """
+        if not 1 <= next_update_days <= MAX_DAYS:
+            raise ValueError(f"next_update_days must be 1 to {MAX_DAYS}, not {next_update_days}")
+        now = datetime.now(UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(now - BACKDATE)
+            .next_update(now + timedelta(days=next_update_days))
+            .add_extension(x509.CRLNumber(crl_number()), critical=False)
+            .add_extension(_authority_key_id(self.cert), critical=False)
+        )
+        for serial, revoked_at, reason in revoked:
+            builder = builder.add_revoked_certificate(revoked_entry(serial, revoked_at, reason))
+        return builder.sign(self.key, signing_hash(self.key))

@@ -1,4 +1,4 @@
-"""Certificate revocation lists signed by the bundled CA.
+"""Revocation reasons and CRL entries; `CA.crl` signs the list.
 
 The inventory is the source of truth for revocation; a CRL is a signed export
 of it for verifiers other than the gateway (mail clients, other services).
@@ -7,11 +7,9 @@ of it for verifiers other than the gateway (mail clients, other services).
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from cryptography import x509
-
-from pki.ca import BACKDATE, MAX_DAYS, PrivateKey, _authority_key_id, _hash_for
 
 # RFC 5280 5.3.1 reason names. certificateHold/removeFromCRL (suspension) and the
 # CA/AA compromise codes do not apply to a mini-CA's end-entity certificates.
@@ -45,37 +43,9 @@ def crl_number() -> int:
     return time.time_ns() // 1000
 
 
-def _entry(serial: int, revoked_at: datetime, reason: str | None) -> x509.RevokedCertificate:
+def revoked_entry(serial: int, revoked_at: datetime, reason: str | None) -> x509.RevokedCertificate:
+    """One CRL entry; RFC 5280 5.3.1: the reason is left out rather than said "unspecified"."""
     builder = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(revoked_at)
-    # RFC 5280 5.3.1: leave the reason out rather than say "unspecified".
     if reason is not None and check_reason(reason) != "unspecified":
         builder = builder.add_extension(x509.CRLReason(x509.ReasonFlags(reason)), critical=False)
     return builder.build()
-
-
-def build_crl(
-    ca_cert: x509.Certificate,
-    ca_key: PrivateKey,
-    revoked: list[tuple[int, datetime, str | None]],
-    *,
-    next_update_days: int = 7,
-) -> x509.CertificateRevocationList:
-    """A CRL listing `(serial, revoked_at, reason)` entries, valid for `next_update_days`.
-
-    Verifiers that require a fresh CRL reject it after nextUpdate, so it has to be
-    rebuilt (e.g. from cron) at least that often.
-    """
-    if not 1 <= next_update_days <= MAX_DAYS:
-        raise ValueError(f"next_update_days must be 1 to {MAX_DAYS}, not {next_update_days}")
-    now = datetime.now(UTC)
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca_cert.subject)
-        .last_update(now - BACKDATE)
-        .next_update(now + timedelta(days=next_update_days))
-        .add_extension(x509.CRLNumber(crl_number()), critical=False)
-        .add_extension(_authority_key_id(ca_cert), critical=False)
-    )
-    for serial, revoked_at, reason in revoked:
-        builder = builder.add_revoked_certificate(_entry(serial, revoked_at, reason))
-    return builder.sign(ca_key, _hash_for(ca_key))

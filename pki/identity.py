@@ -48,3 +48,18 @@ def parse_serial(text: str) -> int:
     if number == 0 or number.bit_length() > MAX_SERIAL_HEX_DIGITS * 4:
         raise ValueError(f"{text!r} is not a certificate serial number (1 to 20 octets)")
     return number
+
+
+def canonical_serial(text: str) -> str:
+    """A serial as people paste it, spelled as `format_serial` does; ValueError if not one."""
+    return format_serial(parse_serial(text))
+
+
+def certificate_email(cert: x509.Certificate) -> str | None:
+    """The mailbox a certificate is for (first rfc822Name SAN, lower-cased), if any."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    addresses = san.get_values_for_type(x509.RFC822Name)
+    return addresses[0].lower() if addresses else None

@@ -1,8 +1,11 @@
-"""Values every layer passes around: who a session speaks for, and how they may log in."""
+"""Values every layer passes around: who a session speaks for, how they may log in, and
+the stored settings (access rules, own limits) that the store hands to the rules."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
 
 PASSWORD = "password"
 CERTIFICATE = "certificate"
@@ -32,3 +35,51 @@ class Identity:
     cert_fingerprint: str | None = None
     # "ID LABEL" of the app password used, so a message names the device that sent it.
     app_password: str | None = None
+
+
+class CertificateFacts(Protocol):
+    """What the inventory records about a certificate the CA issued, spelled as text.
+
+    `pki.IssuedCertificate` is one; the store takes these rather than X.509 objects
+    so that it needs no certificate parsing of its own.
+    """
+
+    @property
+    def serial(self) -> str: ...
+    @property
+    def fingerprint_sha256(self) -> str: ...
+    @property
+    def email(self) -> str | None: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def not_before(self) -> datetime: ...
+    @property
+    def not_after(self) -> datetime: ...
+    def cert_pem(self) -> bytes: ...
+
+
+ALLOW = "allow"
+DENY = "deny"
+ACTIONS = (ALLOW, DENY)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One stored access rule; `rule` is the normalised text `rules.access.parse_rule` produced."""
+
+    id: int
+    action: str
+    rule: str
+    comment: str = ""
+
+    def __str__(self) -> str:
+        return f"#{self.id} {self.action} {self.rule}"
+
+
+@dataclass(frozen=True)
+class Override:
+    """A user's own sending limits; None keeps the configured default."""
+
+    messages: int | None = None
+    recipients: int | None = None

@@ -22,11 +22,11 @@ AEAD_SUITES = ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"]
 @pytest.fixture(scope="module")
 def tls_config(tmp_path_factory: pytest.TempPathFactory) -> TlsConfig:
     folder = tmp_path_factory.mktemp("tls")
-    ca_cert, ca_key = pki.create_ca("tls test CA")
-    cert, key = pki.issue_server_cert(ca_cert, ca_key, ["gw.test"])
-    pki.write_certificate(folder / "ca.crt", ca_cert)
-    pki.write_certificate(folder / "server.crt", cert)
-    pki.write_private_key(folder / "server.key", key)
+    ca = pki.CA.create("tls test CA")
+    server = ca.issue_server_cert(["gw.test"])
+    pki.write_certificate(folder / "ca.crt", ca.cert)
+    server.write_cert(folder / "server.crt")
+    server.write_private_key(folder / "server.key")
     return TlsConfig(
         cert=folder / "server.crt", key=folder / "server.key", ca_cert=folder / "ca.crt"
     )

@@ -7,120 +7,13 @@ and turns the errors every command can meet into one clear line.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import click
-from cryptography import x509
 from sqlalchemy.exc import SQLAlchemyError
 
-# Names, not `import pki`: loading the submodule submitgw.cli.pki rebinds `pki` here.
-from pki import PrivateKey, load_certificate, load_private_key
 from submitgw import config as config_mod
-from submitgw.config import Config, ConfigError
-from submitgw.rules.address import normalise_login
-from submitgw.store import Database, MigrationRequired
-
-CA_PASSPHRASE_ENV = "SUBMITGW_CA_PASSPHRASE"
-# Row IDs are SQL INTEGER columns: 32-bit signed on PostgreSQL.
-ID_MAX = 2**31 - 1
-# Far above any real sending limit, far below every database's integer range.
-COUNT_MAX = 10**9
-row_id = click.IntRange(1, ID_MAX)
-
-
-def read_secret_line(path: Path, what: str) -> bytes:
-    """The first line of a secret file, without its line end; one-line errors."""
-    try:
-        lines = path.read_bytes().splitlines()
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {what} file {path}: {exc.strerror}") from exc
-    if not lines or not lines[0]:
-        raise click.ClickException(f"{what} file {path} is empty")
-    return lines[0]
-
-
-def _is_encrypted_pem(data: bytes) -> bool:
-    return b"ENCRYPTED" in data.split(b"\n", 2)[0] or b"Proc-Type: 4,ENCRYPTED" in data
-
-
-class Context:
-    """What every command gets: the config path, loaded on first use."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._config: Config | None = None
-        # Set by `submitgw pki` from --ca-passphrase-file or $SUBMITGW_CA_PASSPHRASE.
-        self.ca_passphrase: bytes | None = None
-
-    def set_ca_passphrase(self, file: Path | None, from_env: str | None) -> None:
-        """A file named on the command line beats the environment, like --config does."""
-        if file is not None:
-            self.ca_passphrase = read_secret_line(file, "CA passphrase")
-        elif from_env:
-            self.ca_passphrase = from_env.encode("utf-8")
-
-    def load_ca(self) -> tuple[x509.Certificate, PrivateKey]:
-        """The CA of `[tls]`, its key decrypted with the passphrase given to `pki`, if any."""
-        tls = self.config.tls
-        try:
-            cert = load_certificate(tls.ca_cert)
-            data = tls.ca_key.read_bytes()
-        except OSError as exc:
-            raise click.ClickException(
-                f"cannot read the CA: {exc.filename}: {exc.strerror}"
-            ) from exc
-        except ValueError as exc:
-            raise click.ClickException(f"CA certificate {tls.ca_cert} is not PEM") from exc
-        encrypted = _is_encrypted_pem(data)
-        if encrypted and self.ca_passphrase is None:
-            raise click.ClickException(
-                f"CA key {tls.ca_key} is encrypted: set {CA_PASSPHRASE_ENV} "
-                "or use 'submitgw pki --ca-passphrase-file PATH'"
-            )
-        if not encrypted and self.ca_passphrase is not None:
-            raise click.ClickException(
-                f"a CA passphrase was given but CA key {tls.ca_key} is not encrypted"
-            )
-        try:
-            key = load_private_key(tls.ca_key, self.ca_passphrase)
-        except (ValueError, TypeError) as exc:
-            if encrypted:
-                raise click.ClickException(f"wrong CA passphrase for {tls.ca_key}") from exc
-            reason = (str(exc).splitlines() or ["unreadable"])[0]
-            raise click.ClickException(f"cannot use CA key {tls.ca_key}: {reason}") from exc
-        if key.public_key() != cert.public_key():
-            raise click.ClickException(f"CA key {tls.ca_key} does not match {tls.ca_cert}")
-        return cert, key
-
-    @property
-    def config(self) -> Config:
-        if self._config is None:
-            try:
-                self._config = config_mod.load(self.path)
-            except ConfigError as exc:
-                raise click.ClickException(str(exc)) from exc
-        return self._config
-
-    def database(self, *, require_current: bool = True) -> Database:
-        db = Database(self.config.database.url)
-        if require_current:
-            try:
-                db.check_current()
-            except MigrationRequired as exc:
-                db.dispose()
-                raise click.ClickException(str(exc)) from exc
-        return db
-
-
-pass_context = click.make_pass_decorator(Context)
-
-
-def email_argument(text: str) -> str:
-    """A user's address as typed on the command line, validated and lower-cased."""
-    email = normalise_login(text)
-    if email is None:
-        raise click.ClickException(f"{text!r} is not a valid email address")
-    return email
+from submitgw.cli import access, db, init, pki, serve, user
+from submitgw.cli.context import Context
 
 
 def _first_line(exc: BaseException) -> str:
@@ -161,9 +54,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 def commands() -> click.Group:
-    """`cli` with every command group attached (imports each command module)."""
-    from submitgw.cli import access, db, init, pki, serve, user
-
+    """`cli` with every command group attached."""
     for module in (init, serve, user, access, pki, db):
         module.register(cli)
     return cli

@@ -12,27 +12,22 @@ from datetime import UTC, datetime
 
 import click
 
-from submitgw.cli import Context, pass_context, row_id
+from submitgw.cli.context import Context, pass_context, row_id
 from submitgw.cli.user import user_group
 from submitgw.rules.access import (
     CONFIRMED,
     DNS_ERROR,
     NO_PTR,
     ClientName,
-    RuleError,
     client_address,
+    parse_network,
+    parse_rule,
+    rule_kind,
 )
 from submitgw.rules.address import normalise_login
 from submitgw.services.dns import ReverseDns
 from submitgw.services.screening import ClientScreen, Verdict, deny_refusal
 from submitgw.smtp import replies
-from submitgw.store import (
-    AccessRuleStore,
-    RuleExists,
-    RuleNotFound,
-    UserNetworkStore,
-    UserNotFound,
-)
 
 # `access check` exit codes: 0 allowed, DENIED_EXIT denied; 1 stays "the command failed"
 # (as for every command), so a script cannot mistake a broken setup for a denial.
@@ -60,15 +55,10 @@ def access_group() -> None:
 
 
 def _add(ctx: Context, action: str, text: str, comment: str) -> None:
-    db = ctx.database()
-    try:
-        stored = AccessRuleStore(db).add(action, text, comment)
-    except (RuleError, RuleExists) as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        db.dispose()
+    with ctx.services() as s:
+        stored = s.access_rules.add(action, parse_rule(text), comment)
     rule = stored.rule
-    kind = _KIND_NAMES[rule.kind]
+    kind = _KIND_NAMES[rule_kind(rule.rule)]
     click.echo(f"added rule #{rule.id}: {rule.action} {rule.rule} ({kind}); effective now")
 
 
@@ -95,31 +85,28 @@ def allow(ctx: Context, rule: str, comment: str) -> None:
 @pass_context
 def list_rules(ctx: Context, as_json: bool) -> None:
     """List the rules, oldest first."""
-    db = ctx.database()
-    try:
-        stored = AccessRuleStore(db).list()
-    finally:
-        db.dispose()
+    with ctx.services() as s:
+        stored = s.access_rules.list()
     if as_json:
         rows = [
             {
-                "id": s.rule.id,
-                "action": s.rule.action,
-                "rule": s.rule.rule,
-                "kind": s.rule.kind,
-                "comment": s.rule.comment,
-                "created_at": s.created_at.isoformat(),
+                "id": entry.rule.id,
+                "action": entry.rule.action,
+                "rule": entry.rule.rule,
+                "kind": rule_kind(entry.rule.rule),
+                "comment": entry.rule.comment,
+                "created_at": entry.created_at.isoformat(),
             }
-            for s in stored
+            for entry in stored
         ]
         click.echo(json.dumps(rows, indent=2))
         return
     if not stored:
         click.echo("no access rules: every client is treated per [policy] default")
         return
-    for s in stored:
-        r = s.rule
-        created = s.created_at.isoformat(timespec="seconds")
+    for entry in stored:
+        r = entry.rule
+        created = entry.created_at.isoformat(timespec="seconds")
         comment = f"\t{r.comment}" if r.comment else ""
         click.echo(f"#{r.id}\t{r.action}\t{r.rule}\t{created}{comment}")
 
@@ -129,13 +116,8 @@ def list_rules(ctx: Context, as_json: bool) -> None:
 @pass_context
 def remove(ctx: Context, rule_id: int) -> None:
     """Delete rule ID (as shown by list)."""
-    db = ctx.database()
-    try:
-        rule = AccessRuleStore(db).remove(rule_id)
-    except RuleNotFound as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        db.dispose()
+    with ctx.services() as s:
+        rule = s.access_rules.remove(rule_id)
     click.echo(f"removed rule #{rule.id}: {rule.action} {rule.rule}")
 
 
@@ -165,7 +147,7 @@ def render_check(ctx: Context, ip: str, verdict: Verdict) -> list[str]:
         lines.append(f"matching rules: {len(decision.matched)}, most specific first")
         width = max(len(rule.rule) for rule in decision.matched)
         for rule in decision.matched:
-            kind = _KIND_NAMES[rule.kind]
+            kind = _KIND_NAMES[rule_kind(rule.rule)]
             comment = f'  "{rule.comment}"' if rule.comment else ""
             lines.append(
                 f"  #{rule.id:<4} {rule.action:<5} {rule.rule:<{width}}  ({kind}){comment}"
@@ -200,12 +182,9 @@ def check(ctx: Context, ip: str) -> None:
     except ValueError as exc:
         raise click.ClickException(f"{ip!r} is not an IP address") from exc
     cfg = ctx.config
-    db = ctx.database()
-    try:
-        screen = ClientScreen(AccessRuleStore(db), ReverseDns(cfg.dns), cfg.policy)
+    with ctx.services() as s:
+        screen = ClientScreen(s.access_rules, ReverseDns(cfg.dns), cfg.policy)
         verdict = asyncio.run(screen.verdict(address, always_resolve=True))
-    finally:
-        db.dispose()
     click.echo("\n".join(render_check(ctx, address, verdict)))
     if not verdict.decision.allowed:
         raise SystemExit(DENIED_EXIT)
@@ -227,13 +206,8 @@ def set_networks(ctx: Context, email: str, cidrs: tuple[str, ...], clear: bool) 
     address = normalise_login(email)
     if address is None:
         raise click.ClickException(f"{email!r} is not a valid email address")
-    db = ctx.database()
-    try:
-        stored = UserNetworkStore(db).set(address, cidrs)
-    except (RuleError, UserNotFound) as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        db.dispose()
+    with ctx.services() as s:
+        stored = s.networks.set(address, [str(parse_network(text)) for text in cidrs])
     if stored:
         click.echo(f"user {address} may now log in only from: {', '.join(stored)}")
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from submitgw.cli import Context, pass_context
+from submitgw.cli.context import Context, pass_context
 
 
 @click.group("db")
@@ -16,13 +16,10 @@ def db_group() -> None:
 @pass_context
 def upgrade(ctx: Context) -> None:
     """Apply all pending migrations."""
-    db = ctx.database(require_current=False)
-    try:
-        before = db.current_revision()
-        db.upgrade()
-        after = db.current_revision()
-    finally:
-        db.dispose()
+    with ctx.services(require_current=False) as s:
+        before = s.db.current_revision()
+        s.db.upgrade()
+        after = s.db.current_revision()
     if before == after:
         click.echo(f"database already at revision {after}")
     else:
@@ -33,11 +30,8 @@ def upgrade(ctx: Context) -> None:
 @pass_context
 def status(ctx: Context) -> None:
     """Show the database revision and whether it is current."""
-    db = ctx.database(require_current=False)
-    try:
-        current, head = db.current_revision(), db.head_revision()
-    finally:
-        db.dispose()
+    with ctx.services(require_current=False) as s:
+        current, head = s.db.current_revision(), s.db.head_revision()
     click.echo(f"current: {current or 'empty'}\nlatest:  {head}")
     if current != head:
         raise click.ClickException("database is behind: run 'submitgw db upgrade'")

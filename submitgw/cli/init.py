@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 import pki
+from submitgw import config as config_mod
+from submitgw.cli.services import open_services
 from submitgw.config import DEFAULT_CONFIG_NAME, render_default_config
-from submitgw.store import Database
 
 LAYOUT = {
     "config": Path(DEFAULT_CONFIG_NAME),
@@ -70,7 +71,7 @@ def init_command(
             f"{directory} already holds a submitgw setup ({existing[0]}); refusing to overwrite it"
         )
     try:
-        ca_cert, ca_key = pki.create_ca(
+        ca = pki.CA.create(
             f"submitgw CA for {hostname}",
             permitted_domains=list(ca_domains) or None,
             server_names=names,
@@ -81,11 +82,10 @@ def init_command(
         (directory / sub).mkdir(parents=True, exist_ok=True)
     (directory / "ca").chmod(0o700)
 
-    pki.write_private_key(targets["ca_key"], ca_key)
-    pki.write_certificate(targets["ca_cert"], ca_cert)
-    cert, key = pki.issue_server_cert(ca_cert, ca_key, names)
-    pki.write_private_key(targets["server_key"], key)
-    pki.write_certificate(targets["server_cert"], cert)
+    ca.write(targets["ca_cert"], targets["ca_key"])
+    server = ca.issue_server_cert(names)
+    server.write_private_key(targets["server_key"])
+    server.write_cert(targets["server_cert"])
 
     # The config may later hold a database password and the database holds the password
     # hashes: both are for the gateway's eyes only (SQLite gives its WAL files the same mode).
@@ -93,11 +93,9 @@ def init_command(
         targets["config"], render_default_config(hostname, smarthost).encode("utf-8")
     )
     pki.write_secret_file(targets["database"], b"")
-    db = Database(f"sqlite:///{targets['database'].resolve()}")
-    try:
-        db.upgrade()
-    finally:
-        db.dispose()
+    cfg = config_mod.load(targets["config"])
+    with open_services(cfg.database.url, cfg, require_current=False) as s:
+        s.db.upgrade()
 
     click.echo(f"Created a submitgw setup in {directory}:")
     for label, name in (

@@ -8,13 +8,10 @@ keys and PKCS#12 passwords are written or shown once and never stored.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,20 +20,12 @@ import click
 from click.core import ParameterSource
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 import pki
-from submitgw.cli import CA_PASSPHRASE_ENV, Context, email_argument, pass_context
+from pki.files import replace as replace_file
+from submitgw.cli.context import CA_PASSPHRASE_ENV, Context, email_argument, pass_context
 from submitgw.store import (
-    AlreadyRevoked,
-    CertificateExists,
-    CertificateNotFound,
     CertificateRecord,
-    CertificateStore,
-    Database,
-    UserNotFound,
-    UserStore,
-    canonical_serial,
 )
 
 # Characters kept as they are in file names; anything else (e.g. "/", legal in
@@ -47,18 +36,9 @@ P12_PASSWORD_BYTES = 18  # 24 characters of base64url, 144 bits
 
 def _serial(text: str) -> str:
     try:
-        return canonical_serial(text)
+        return pki.canonical_serial(text)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-
-
-@contextmanager
-def _database(ctx: Context) -> Iterator[Database]:
-    db = ctx.database()
-    try:
-        yield db
-    finally:
-        db.dispose()
 
 
 def _refuse_command_line(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -146,15 +126,11 @@ def _p12_password(from_stdin: bool) -> tuple[str, bool]:
     return line, False
 
 
-def _key_type(cert: x509.Certificate) -> str:
-    return "rsa" if isinstance(cert.public_key(), rsa.RSAPublicKey) else "ec"
-
-
 def _issue(
     ctx: Context,
     email: str,
     days: int,
-    key_type: str,
+    key_type: pki.KeyType,
     out: Path,
     password_stdin: bool,
 ) -> None:
@@ -163,30 +139,27 @@ def _issue(
     base = _UNSAFE_FILE_CHARS.sub("_", email)
     paths = [out / f"{base}{suffix}" for suffix in (".crt", ".key", ".p12", ".legacy.p12")]
     _refuse_existing(paths)
-    with _database(ctx) as db:
-        if UserStore(db).get(email) is None:
+    with ctx.services() as s:
+        if s.users.get(email) is None:
             raise click.ClickException(f"no user {email}")
         password, generated = _p12_password(password_stdin)
-        ca_cert, ca_key = ctx.load_ca()
+        ca = ctx.load_ca()
         try:
-            cert, key = pki.issue_client_cert(ca_cert, ca_key, email, days=days, key_type=key_type)
+            issued = ca.issue_client_cert(email, days=days, key_type=key_type)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
-        modern, legacy = pki.pkcs12_bundles(cert, key, ca_cert, password.encode("utf-8"))
+        modern, legacy = issued.pkcs12(password.encode("utf-8"))
         crt, key_path, p12, legacy_p12 = paths
         _write_all(
             [
-                (crt, lambda p: pki.write_certificate(p, cert)),
-                (key_path, lambda p: pki.write_private_key(p, key)),
+                (crt, issued.write_cert),
+                (key_path, issued.write_private_key),
                 (p12, lambda p: pki.write_secret_file(p, modern)),
                 (legacy_p12, lambda p: pki.write_secret_file(p, legacy)),
             ]
         )
         try:
-            record = CertificateStore(db).add(email, cert)
-        except (UserNotFound, CertificateExists) as exc:
-            _remove(paths)
-            raise click.ClickException(str(exc)) from exc
+            record = s.certificates.add(email, issued)
         except BaseException:
             _remove(paths)
             raise
@@ -235,14 +208,19 @@ def _output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     help=f"Validity (at most {pki.MAX_DAYS}, and never beyond the CA's).",
 )
-@click.option("--key-type", type=click.Choice(pki.KEY_TYPES), default="ec", show_default=True)
+@click.option(
+    "--key-type",
+    type=click.Choice([str(k) for k in pki.KeyType]),
+    default=str(pki.KeyType.EC),
+    show_default=True,
+)
 @_output_options
 @pass_context
 def issue(
     ctx: Context, email: str, days: int, key_type: str, out: Path, p12_password_stdin: bool
 ) -> None:
     """Issue a client certificate for an existing user."""
-    _issue(ctx, email_argument(email), days, key_type, out, p12_password_stdin)
+    _issue(ctx, email_argument(email), days, pki.KeyType(key_type), out, p12_password_stdin)
 
 
 @pki_group.command("renew")
@@ -252,15 +230,15 @@ def issue(
 def renew(ctx: Context, serial: str, out: Path, p12_password_stdin: bool) -> None:
     """Issue a new key and certificate like SERIAL's; SERIAL stays valid until revoked."""
     wanted = _serial(serial)
-    with _database(ctx) as db:
-        old = CertificateStore(db).get(wanted)
+    with ctx.services() as s:
+        old = s.certificates.get(wanted)
     if old is None:
         raise click.ClickException(f"no certificate with serial {wanted}")
     cert = x509.load_pem_x509_certificate(old.pem.encode("ascii"))
     # The old length, without the backdating every certificate gets.
     length = old.not_after - old.not_before - pki.ca.BACKDATE
     days = min(pki.MAX_DAYS, max(1, round(length / timedelta(days=1))))
-    _issue(ctx, old.email, days, _key_type(cert), out, p12_password_stdin)
+    _issue(ctx, old.email, days, pki.KeyType.of(cert.public_key()), out, p12_password_stdin)
     click.echo(f"the old certificate {old.serial} stays valid: revoke it when no longer needed")
 
 
@@ -298,11 +276,8 @@ def _row(record: CertificateRecord, now: datetime) -> dict[str, Any]:
 def list_certificates(ctx: Context, email: str | None, as_json: bool) -> None:
     """List issued client certificates (revoked and expired ones included)."""
     address = email_argument(email) if email is not None else None
-    with _database(ctx) as db:
-        try:
-            records = CertificateStore(db).list(address)
-        except UserNotFound as exc:
-            raise click.ClickException(str(exc)) from exc
+    with ctx.services() as s:
+        records = s.certificates.list(address)
     now = datetime.now(UTC)
     if as_json:
         click.echo(json.dumps([_row(r, now) for r in records], indent=2))
@@ -317,8 +292,8 @@ def list_certificates(ctx: Context, email: str | None, as_json: bool) -> None:
 def show(ctx: Context, serial: str) -> None:
     """Show one certificate's inventory entry, then its PEM."""
     wanted = _serial(serial)
-    with _database(ctx) as db:
-        record = CertificateStore(db).get(wanted)
+    with ctx.services() as s:
+        record = s.certificates.get(wanted)
     if record is None:
         raise click.ClickException(f"no certificate with serial {wanted}")
     for name, value in _row(record, datetime.now(UTC)).items():
@@ -343,15 +318,11 @@ def revoke(ctx: Context, serial: str | None, email: str | None, reason: str) -> 
         raise click.ClickException("give either SERIAL or --user EMAIL")
     wanted = _serial(serial) if serial is not None else None
     address = email_argument(email) if email is not None else None
-    with _database(ctx) as db:
-        store = CertificateStore(db)
-        try:
-            if wanted is not None:
-                revoked = [store.revoke(wanted, reason)]
-            else:
-                revoked = store.revoke_user(address or "", reason)
-        except (CertificateNotFound, AlreadyRevoked, UserNotFound) as exc:
-            raise click.ClickException(str(exc)) from exc
+    with ctx.services() as s:
+        if wanted is not None:
+            revoked = [s.certificates.revoke(wanted, reason)]
+        else:
+            revoked = s.certificates.revoke_user(address or "", reason)
     if not revoked:
         click.echo(f"{address} has no unrevoked certificates")
         return
@@ -377,37 +348,24 @@ def revoke(ctx: Context, serial: str | None, email: str | None, reason: str) -> 
 @pass_context
 def crl(ctx: Context, out: Path | None, next_update_days: int) -> None:
     """Build a CRL of every revoked certificate, signed by the CA."""
-    with _database(ctx) as db:
-        records = CertificateStore(db).revoked()
-    ca_cert, ca_key = ctx.load_ca()
+    with ctx.services() as s:
+        records = s.certificates.revoked()
+    ca = ctx.load_ca()
     entries = [
         (pki.parse_serial(r.serial), r.revoked_at or r.issued_at, r.revocation_reason)
         for r in records
     ]
-    pem = pki.build_crl(ca_cert, ca_key, entries, next_update_days=next_update_days).public_bytes(
+    pem = ca.crl(entries, next_update_days=next_update_days).public_bytes(
         serialization.Encoding.PEM
     )
     if out is None:
         click.echo(pem.decode("ascii"), nl=False)
         return
-    _replace(out, pem)
+    try:
+        replace_file(out, pem)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc.strerror}") from exc
     click.echo(f"wrote {out} ({len(entries)} revoked)")
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """CRLs are rebuilt on a schedule, so this one file may be replaced, atomically."""
-    try:
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except OSError as exc:
-        Path(temp).unlink(missing_ok=True)
-        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from exc
 
 
 # --- server certificates ---------------------------------------------------------------------
@@ -444,20 +402,15 @@ def server_cert(ctx: Context, hostnames: tuple[str, ...], out: Path, days: int) 
     out = _out_dir(out)
     paths = [out / "server.crt", out / "server.key"]
     _refuse_existing(paths)
-    ca_cert, ca_key = ctx.load_ca()
+    ca = ctx.load_ca()
     try:
-        cert, key = pki.issue_server_cert(ca_cert, ca_key, list(hostnames), days=days)
+        issued = ca.issue_server_cert(list(hostnames), days=days)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    _write_all(
-        [
-            (paths[0], lambda p: pki.write_certificate(p, cert)),
-            (paths[1], lambda p: pki.write_private_key(p, key)),
-        ]
-    )
-    click.echo(f"serial: {pki.format_serial(cert.serial_number)}")
-    click.echo(f"fingerprint_sha256: {pki.fingerprint_sha256(cert)}")
-    click.echo(f"not_after: {_stamp(cert.not_valid_after_utc)}")
+    _write_all([(paths[0], issued.write_cert), (paths[1], issued.write_private_key)])
+    click.echo(f"serial: {issued.serial}")
+    click.echo(f"fingerprint_sha256: {issued.fingerprint_sha256}")
+    click.echo(f"not_after: {_stamp(issued.cert.not_valid_after_utc)}")
     for path in paths:
         click.echo(f"wrote {path}")
     click.echo("point [tls] cert and key at them and restart the gateway")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from submitgw.cli import Context, pass_context
+from submitgw.cli.context import Context, pass_context
 from submitgw.config import Config, ConfigError, make_smarthost, parse_listen
 from submitgw.services import audit
 
@@ -79,12 +79,9 @@ def serve_command(
     # every other command (one process per admin action) starts faster without it.
     from submitgw import app
 
-    db = ctx.database()
-    audit.setup_logging(cfg.log)
-    try:
-        code = asyncio.run(app.serve(cfg, db))
-    finally:
-        db.dispose()
+    with ctx.services() as s:
+        audit.setup_logging(cfg.log)
+        code = asyncio.run(app.serve(cfg, s.db))
     raise SystemExit(code)
 
 

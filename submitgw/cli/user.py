@@ -7,32 +7,19 @@ with the admin's OS login name and this host.
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
-import socket
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import click
 
-from submitgw.cli import Context, email_argument, pass_context
+from submitgw.cli.context import Context, email_argument, pass_context
+from submitgw.cli.services import admin_actor
+from submitgw.cli.user_app_password import app_password_group
+from submitgw.cli.user_limits import set_limit, show_limits, unlock
+from submitgw.cli.user_sender import sender_group
 from submitgw.config import selfservice_url
-from submitgw.rules.passwords import PasswordRejected
-from submitgw.services.accounts import AccountService, Actor
-from submitgw.store import (
-    AUTH_POLICIES,
-    AppPasswordNotFound,
-    CertificateStore,
-    CredentialStore,
-    EventRecord,
-    UserExists,
-    UserNetworkStore,
-    UserNotFound,
-    UserStore,
-)
+from submitgw.store import AUTH_POLICIES, EventRecord
 
 HISTORY_LIMIT = 50
 HISTORY_MAX = 1_000_000
@@ -50,28 +37,6 @@ def _read_password(from_stdin: bool) -> str:
     if not password:
         raise click.ClickException("the password is empty")
     return password
-
-
-def admin_actor() -> Actor:
-    """Who the trail names for a CLI change: the OS login running it, on this host."""
-    try:
-        login = getpass.getuser()
-    except OSError:
-        # No login name in the environment nor the password database (bare containers).
-        login = f"uid {os.getuid()}"
-    return Actor(f"admin:{login}", f"cli on {socket.gethostname()}")
-
-
-@contextmanager
-def account_service(ctx: Context) -> Iterator[AccountService]:
-    """AccountService on its own database handle; its expected refusals become one-line errors."""
-    db = ctx.database()
-    try:
-        yield AccountService(db, ctx.config.auth, ctx.config.passwords)
-    except (PasswordRejected, UserExists, UserNotFound, AppPasswordNotFound) as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        db.dispose()
 
 
 @click.group("user")
@@ -102,8 +67,8 @@ def add(ctx: Context, email: str, password_stdin: bool, policy: str) -> None:
     password: str | None = None
     if policy != "certificate" or password_stdin:
         password = _read_password(password_stdin)
-    with account_service(ctx) as accounts:
-        accounts.create_user(address, password, policy, admin_actor())
+    with ctx.services() as s:
+        s.accounts.create_user(address, password, policy, admin_actor())
     click.echo(f"user {address} added")
     if policy != "password":
         click.echo(f"next: submitgw pki issue {address}")
@@ -143,16 +108,16 @@ def passwd(ctx: Context, email: str, password_stdin: bool, expire: bool) -> None
     address = email_argument(email)
     if expire and password_stdin:
         raise click.ClickException("--expire sets no password: leave out --password-stdin")
-    with account_service(ctx) as accounts:
-        if accounts.users.get(address) is None:
+    with ctx.services() as s:
+        if s.users.get(address) is None:
             raise click.ClickException(f"no such user: {address}")
         if expire:
-            accounts.expire_password(address, admin_actor())
-            count = len(accounts.credentials.app_passwords(address))
+            s.accounts.expire_password(address, admin_actor())
+            count = len(s.credentials.app_passwords(address))
             for line in _expired_lines(address, selfservice_url(ctx.config), count):
                 click.echo(line)
             return
-        accounts.change_password(address, _read_password(password_stdin), admin_actor())
+        s.accounts.change_password(address, _read_password(password_stdin), admin_actor())
     click.echo(f"password of {address} changed")
 
 
@@ -166,20 +131,14 @@ def set_auth(ctx: Context, email: str, policy: str) -> None:
     Effective from the user's next connection.
     """
     address = email_argument(email)
-    db = ctx.database()
-    try:
-        UserStore(db).set_auth_policy(address, policy)
-        accounts = AccountService(db, ctx.config.auth, ctx.config.passwords)
-        accounts.trail(address, "auth-changed", admin_actor(), f"auth {policy}")
+    with ctx.services() as s:
+        s.users.set_auth_policy(address, policy)
+        s.accounts.trail(address, "auth-changed", admin_actor(), f"auth {policy}")
         usable = [
             c
-            for c in CertificateStore(db).list(address)
+            for c in s.certificates.list(address)
             if not c.revoked and c.not_after > datetime.now(UTC)
         ]
-    except UserNotFound as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        db.dispose()
     click.echo(f"user {address} now logs in with: {policy}")
     if policy != "password" and not usable:
         click.echo(f"{address} has no valid certificate yet: submitgw pki issue {address}")
@@ -187,10 +146,10 @@ def set_auth(ctx: Context, email: str, policy: str) -> None:
 
 def _set_enabled(ctx: Context, email: str, enabled: bool) -> None:
     address = email_argument(email)
-    with account_service(ctx) as accounts:
-        accounts.users.set_enabled(address, enabled)
+    with ctx.services() as s:
+        s.users.set_enabled(address, enabled)
         action = "user-enabled" if enabled else "user-disabled"
-        accounts.trail(address, action, admin_actor())
+        s.accounts.trail(address, action, admin_actor())
     click.echo(f"user {address} {'enabled' if enabled else 'disabled'}")
 
 
@@ -216,9 +175,9 @@ def enable(ctx: Context, email: str) -> None:
 def delete(ctx: Context, email: str) -> None:
     """Remove a user, with their app passwords; `user history` keeps their trail."""
     address = email_argument(email)
-    with account_service(ctx) as accounts:
-        accounts.users.delete(address)
-        accounts.trail(address, "user-deleted", admin_actor())
+    with ctx.services() as s:
+        s.users.delete(address)
+        s.accounts.trail(address, "user-deleted", admin_actor())
     click.echo(f"user {address} deleted")
 
 
@@ -227,9 +186,9 @@ def delete(ctx: Context, email: str) -> None:
 @pass_context
 def list_users(ctx: Context, as_json: bool) -> None:
     """List users."""
-    db = ctx.database()
-    records = UserStore(db).list()
-    networks = UserNetworkStore(db).by_user()
+    with ctx.services() as s:
+        records = s.users.list()
+        networks = s.networks.by_user()
     if as_json:
         rows = [
             {
@@ -278,11 +237,8 @@ def history(ctx: Context, email: str, as_json: bool, limit: int) -> None:
     Kept after the user is deleted, so it still says who deleted them.
     """
     address = email_argument(email)
-    db = ctx.database()
-    try:
-        events = CredentialStore(db).events(address, limit)
-    finally:
-        db.dispose()
+    with ctx.services() as s:
+        events = s.credentials.events(address, limit)
     if as_json:
         click.echo(json.dumps([_event_json(e) for e in events], indent=2))
         return
@@ -295,14 +251,9 @@ def history(ctx: Context, email: str, as_json: bool, limit: int) -> None:
 
 
 def register(group: click.Group) -> None:
-    # Imported here: `user sender`, `user app-password` and the limit commands
-    # (`set-limit`, `limits`, `unlock`) live in their own modules, which import this one.
-    from submitgw.cli import user_limits
-    from submitgw.cli.user_app_password import app_password_group
-    from submitgw.cli.user_sender import sender_group
-
+    """`user` with its subgroups and the limit commands, which live in their own modules."""
     user_group.add_command(sender_group)
     user_group.add_command(app_password_group)
-    for command in (user_limits.set_limit, user_limits.show_limits, user_limits.unlock):
+    for command in (set_limit, show_limits, unlock):
         user_group.add_command(command)
     group.add_command(user_group)

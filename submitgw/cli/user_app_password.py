@@ -12,8 +12,8 @@ from datetime import datetime
 
 import click
 
-from submitgw.cli import Context, email_argument, pass_context, row_id
-from submitgw.cli.user import account_service, admin_actor
+from submitgw.cli.context import Context, email_argument, pass_context, row_id
+from submitgw.cli.services import admin_actor
 from submitgw.store import AppPasswordRecord
 
 
@@ -52,9 +52,9 @@ def add(ctx: Context, email: str, label: str) -> None:
     The password is the last line of the output, alone on it.
     """
     address = email_argument(email)
-    with account_service(ctx) as accounts:
+    with ctx.services() as s:
         try:
-            record, secret = accounts.add_app_password(address, label, admin_actor())
+            record, secret = s.accounts.add_app_password(address, label, admin_actor())
         except ValueError as exc:
             # The label broke a rule (empty, too long, control characters).
             raise click.ClickException(str(exc)) from exc
@@ -69,8 +69,8 @@ def add(ctx: Context, email: str, label: str) -> None:
 def list_app_passwords(ctx: Context, email: str, as_json: bool) -> None:
     """EMAIL's app passwords, oldest first: ID, label, creation and last use (never the secret)."""
     address = email_argument(email)
-    with account_service(ctx) as accounts:
-        records = accounts.credentials.app_passwords(address)
+    with ctx.services() as s:
+        records = s.credentials.app_passwords(address)
     if as_json:
         click.echo(json.dumps([_record_json(r) for r in records], indent=2))
         return
@@ -90,6 +90,6 @@ def list_app_passwords(ctx: Context, email: str, as_json: bool) -> None:
 def revoke(ctx: Context, email: str, app_id: int) -> None:
     """Delete app password ID of EMAIL (IDs as `list` shows them); refused from the next AUTH."""
     address = email_argument(email)
-    with account_service(ctx) as accounts:
-        label = accounts.revoke_app_password(address, app_id, admin_actor())
+    with ctx.services() as s:
+        label = s.accounts.revoke_app_password(address, app_id, admin_actor())
     click.echo(f"app password {app_id} ({label}) of {address} revoked")

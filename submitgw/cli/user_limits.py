@@ -11,10 +11,8 @@ from typing import Any
 
 import click
 
-from submitgw.cli import COUNT_MAX, Context, email_argument, pass_context
+from submitgw.cli.context import COUNT_MAX, Context, email_argument, pass_context
 from submitgw.rules.limits import Window, account_key, login_name, per_window, user_key
-from submitgw.store import UserNotFound
-from submitgw.store.counters import CounterStore
 
 DEFAULT = "default"
 
@@ -34,11 +32,6 @@ class LimitValue(click.ParamType[int | str]):
         if text.isascii() and text.isdigit() and int(text) <= COUNT_MAX:
             return int(text)
         self.fail(f"{value!r} is not a whole number from 0 to {COUNT_MAX} or 'default'", param, ctx)
-
-
-def _with_store(ctx: Context) -> tuple[CounterStore, Any]:
-    db = ctx.database()
-    return CounterStore(db), db
 
 
 def _limit_line(what: str, used: int, limit: int, own: int | None, window: int) -> str:
@@ -75,13 +68,8 @@ def set_limit(ctx: Context, email: str, messages: Any, recipients: Any) -> None:
         for name, value in (("messages", messages), ("recipients", recipients))
         if value is not None
     }
-    store, db = _with_store(ctx)
-    try:
-        own = store.set_override(address, **changes)
-    except UserNotFound as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        db.dispose()
+    with ctx.services() as s:
+        own = s.counters.set_override(address, **changes)
     cfg = ctx.config.limits
     window = per_window(cfg.rate_window)
     for what, value, default in (
@@ -102,15 +90,10 @@ def show_limits(ctx: Context, email: str, as_json: bool) -> None:
     cfg = ctx.config.limits
     now = time.time()
     rates, logins = Window(cfg.rate_window), Window(cfg.auth_window)
-    store, db = _with_store(ctx)
-    try:
-        own = store.override(address)
-        used, _ = store.usage([user_key(address)], rates.first_counted(now))
-        state = store.login_state([account_key(address)], logins.first_counted(now))
-    except UserNotFound as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        db.dispose()
+    with ctx.services() as s:
+        own = s.counters.override(address)
+        used, _ = s.counters.usage([user_key(address)], rates.first_counted(now))
+        state = s.counters.login_state([account_key(address)], logins.first_counted(now))
     messages, recipients = used.get(user_key(address), (0, 0))
     own_messages = own.messages if own else None
     own_recipients = own.recipients if own else None
@@ -158,11 +141,8 @@ def unlock(ctx: Context, email: str) -> None:
     name = login_name(email)
     if not name:
         raise click.ClickException("the login name is empty")
-    store, db = _with_store(ctx)
-    try:
-        lifted = store.unlock(account_key(name))
-    finally:
-        db.dispose()
+    with ctx.services() as s:
+        lifted = s.counters.unlock(account_key(name))
     if lifted is not None and lifted.locked_until.timestamp() > time.time():
         click.echo(f"{name} unlocked (was locked until {lifted.locked_until.isoformat()})")
     else:

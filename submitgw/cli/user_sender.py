@@ -5,28 +5,13 @@ A subgroup of `user`, kept in its own module; `user.register` attaches it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 import click
 
-from submitgw.cli import Context, email_argument, pass_context
-from submitgw.rules.binding import InvalidPattern
-from submitgw.store import SenderExists, SenderNotFound, SenderStore, UserNotFound
+from submitgw.cli.context import Context, email_argument, pass_context
+from submitgw.rules.binding import fold, normalise_pattern
+from submitgw.store import SenderExists
 
-T = TypeVar("T")
 PATTERN = "ADDRESS|@DOMAIN"
-
-
-def _with_store(ctx: Context, action: Callable[[SenderStore], T]) -> T:
-    """Run one store call; its expected failures become one-line errors."""
-    db = ctx.database()
-    try:
-        return action(SenderStore(db))
-    except (UserNotFound, SenderExists, SenderNotFound, InvalidPattern) as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        db.dispose()
 
 
 @click.group("sender")
@@ -45,7 +30,12 @@ def sender_group() -> None:
 def add(ctx: Context, email: str, pattern: str) -> None:
     """Allow EMAIL to send as ADDRESS, or as any address @DOMAIN."""
     address = email_argument(email)
-    stored = _with_store(ctx, lambda store: store.add(address, pattern))
+    with ctx.services() as s:
+        wanted = normalise_pattern(pattern)
+        # Always allowed, so never a binding; an unknown user is reported as such first.
+        if wanted == fold(address) and s.users.get(address) is not None:
+            raise SenderExists(address, wanted, own=True)
+        stored = s.senders.add(address, wanted)
     click.echo(f"{address} may now send as {stored}")
 
 
@@ -56,7 +46,8 @@ def add(ctx: Context, email: str, pattern: str) -> None:
 def remove(ctx: Context, email: str, pattern: str) -> None:
     """Take back a binding; effective from the user's next connection."""
     address = email_argument(email)
-    stored = _with_store(ctx, lambda store: store.remove(address, pattern))
+    with ctx.services() as s:
+        stored = s.senders.remove(address, normalise_pattern(pattern))
     click.echo(f"{address} may no longer send as {stored}")
 
 
@@ -66,7 +57,8 @@ def remove(ctx: Context, email: str, pattern: str) -> None:
 def list_senders(ctx: Context, email: str) -> None:
     """What EMAIL may send as: its own address, then its bindings."""
     address = email_argument(email)
-    own, *bound = _with_store(ctx, lambda store: store.allowed(address))
+    with ctx.services() as s:
+        own, *bound = s.senders.allowed(address)
     click.echo(f"{own}\town address")
     for pattern in bound:
         click.echo(f"{pattern}\t{'domain' if pattern.startswith('@') else 'address'}")

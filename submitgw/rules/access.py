@@ -30,9 +30,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-ALLOW = "allow"
-DENY = "deny"
-ACTIONS = (ALLOW, DENY)
+# Re-exported: the rules speak of these values, the store keeps them.
+from submitgw.types import ACTIONS as ACTIONS
+from submitgw.types import ALLOW as ALLOW
+from submitgw.types import DENY, Rule
+
 UNKNOWN = "unknown"
 
 IP, CIDR, NAME, SUFFIX = "ip", "cidr", "name", "suffix"
@@ -46,23 +48,6 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class RuleError(ValueError):
     """A rule or network that cannot be used; the text is shown to the admin."""
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One stored rule; `rule` is the normalised text `parse_rule` produced."""
-
-    id: int
-    action: str
-    rule: str
-    comment: str = ""
-
-    @property
-    def kind(self) -> str:
-        return rule_kind(self.rule)
-
-    def __str__(self) -> str:
-        return f"#{self.id} {self.action} {self.rule}"
 
 
 @dataclass(frozen=True)
@@ -188,7 +173,7 @@ def rule_kind(rule: str) -> str:
 
 def _specificity(rule: Rule) -> int:
     """Within one kind, larger is more specific."""
-    kind = rule.kind
+    kind = rule_kind(rule.rule)
     if kind == CIDR:
         return _network(rule.rule).prefixlen
     if kind == SUFFIX:
@@ -198,11 +183,16 @@ def _specificity(rule: Rule) -> int:
 
 def precedence(rule: Rule) -> tuple[int, int, int, int]:
     """Sort key: the most specific rule first, deny before allow, then by id."""
-    return (_KIND_RANK[rule.kind], -_specificity(rule), 0 if rule.action == DENY else 1, rule.id)
+    return (
+        _KIND_RANK[rule_kind(rule.rule)],
+        -_specificity(rule),
+        0 if rule.action == DENY else 1,
+        rule.id,
+    )
 
 
 def is_address_rule(rule: Rule) -> bool:
-    return rule.kind in (IP, CIDR)
+    return rule_kind(rule.rule) in (IP, CIDR)
 
 
 def needs_name(rules: Iterable[Rule]) -> bool:
@@ -212,7 +202,7 @@ def needs_name(rules: Iterable[Rule]) -> bool:
 
 def matches(rule: Rule, address: IpAddress, name: ClientName | None) -> bool:
     """Whether `rule` applies to a client; name rules never match when `name` is None."""
-    kind = rule.kind
+    kind = rule_kind(rule.rule)
     if kind in (IP, CIDR):
         network = _network(rule.rule)
         return network.version == address.version and address in network

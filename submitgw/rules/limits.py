@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 
 from submitgw.config import LimitsConfig
 from submitgw.errors import Kind, Refusal
+from submitgw.types import Override
 
 BUCKETS_PER_WINDOW = 60
 # Longer login names are hashed so that every key fits the 400-character column.
@@ -115,14 +116,6 @@ def success_key(key: str) -> str:
 
 
 # --- sending limits ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Override:
-    """A user's own limits; None keeps the configured default."""
-
-    messages: int | None = None
-    recipients: int | None = None
 
 
 @dataclass(frozen=True)

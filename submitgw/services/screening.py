@@ -18,11 +18,12 @@ from dataclasses import dataclass
 
 from submitgw.config import PolicyConfig
 from submitgw.errors import Kind, Need, Refusal, Unavailable
-from submitgw.rules.access import ClientName, Decision, Rule, client_address, decide, needs_name
+from submitgw.rules.access import ClientName, Decision, client_address, decide, needs_name
 from submitgw.services import audit
 from submitgw.services.dns import ReverseDns
 from submitgw.services.offload import offload
 from submitgw.store import AccessRuleStore
+from submitgw.types import Rule
 
 
 @dataclass(frozen=True)

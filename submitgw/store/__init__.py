@@ -14,7 +14,6 @@ from submitgw.store.certificates import (
     CertificateNotFound,
     CertificateRecord,
     CertificateStore,
-    canonical_serial,
 )
 from submitgw.store.credentials import (
     AppPasswordHash,
@@ -55,5 +54,4 @@ __all__ = [
     "UserNotFound",
     "UserRecord",
     "UserStore",
-    "canonical_serial",
 ]

@@ -17,43 +17,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, String, Text, UniqueConstraint, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
 
-from submitgw.rules.access import ACTIONS, Rule, parse_network, parse_rule
 from submitgw.store.db import Database
 from submitgw.store.errors import Exists, NotFound
-from submitgw.store.models import Base, User, UtcDateTime, utcnow
+from submitgw.store.models import AccessRuleRow, User, UserNetworkRow, utcnow
 from submitgw.store.users import UserNotFound, normalise_email
-
-
-class AccessRuleRow(Base):
-    """One allow/deny rule; `rule` is normalised (see `submitgw.rules.access.parse_rule`).
-
-    `rule` is unique: the same client text with two actions would leave the
-    outcome to a tie-break the admin never chose.
-    """
-
-    __tablename__ = "access_rules"
-    __table_args__ = (CheckConstraint("action IN ('allow', 'deny')", name="action"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    action: Mapped[str] = mapped_column(String(8))
-    rule: Mapped[str] = mapped_column(String(300), unique=True)
-    comment: Mapped[str] = mapped_column(Text, default="", server_default="")
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-
-
-class UserNetworkRow(Base):
-    """A network a user may log in from; a user without any may log in from anywhere."""
-
-    __tablename__ = "user_networks"
-    __table_args__ = (UniqueConstraint("user_id", "cidr", name="uq_user_networks_user_id_cidr"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    cidr: Mapped[str] = mapped_column(String(50))
+from submitgw.types import ACTIONS, Rule
 
 
 class RuleExists(Exists):
@@ -89,11 +60,10 @@ class AccessRuleStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def add(self, action: str, text: str, comment: str = "") -> StoredRule:
-        """Store a rule; RuleError if the text is not a rule, RuleExists if it is stored."""
+    def add(self, action: str, rule: str, comment: str = "") -> StoredRule:
+        """Store a rule already normalised by `rules.access.parse_rule`; RuleExists if stored."""
         if action not in ACTIONS:
             raise ValueError(f"action must be one of {', '.join(ACTIONS)}")
-        rule = parse_rule(text)
         row = AccessRuleRow(action=action, rule=rule, comment=comment, created_at=utcnow())
         try:
             with self._db.session() as session:
@@ -150,11 +120,11 @@ class UserNetworkStore:
     def set(self, email: str, networks: Iterable[str]) -> builtins.list[str]:
         """Replace the user's networks in one transaction (none: anywhere again).
 
-        RuleError for a malformed network, UserNotFound for an unknown user.
-        Returns the stored, normalised networks.
+        `networks` are CIDR texts as `rules.access.parse_network` normalised them;
+        UserNotFound for an unknown user. Returns them as stored.
         """
         email = normalise_email(email)
-        cidrs = sorted({str(parse_network(text)) for text in networks}, key=_network_order)
+        cidrs = sorted(set(networks), key=_network_order)
         with self._db.session() as session:
             user_id = session.scalar(select(User.id).where(User.email == email))
             if user_id is None:

@@ -11,17 +11,15 @@ import builtins
 from dataclasses import dataclass
 from datetime import datetime
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-import pki
 from submitgw.store.db import Database
 from submitgw.store.errors import Exists, NotFound, StoreError
 from submitgw.store.models import Certificate, User, utcnow
 from submitgw.store.users import UserNotFound, _rowcount, normalise_email
+from submitgw.types import CertificateFacts
 
 
 class CertificateNotFound(NotFound):
@@ -77,11 +75,6 @@ class CertificateIdentity:
     not_after: datetime
 
 
-def canonical_serial(serial: str) -> str:
-    """The stored spelling of a serial typed in any case, with or without colons."""
-    return pki.format_serial(pki.parse_serial(serial))
-
-
 def _records() -> Select[Certificate, str]:
     return select(Certificate, User.email).join(User, Certificate.user_id == User.id)
 
@@ -112,21 +105,20 @@ class CertificateStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def add(self, email: str, cert: x509.Certificate) -> CertificateRecord:
+    def add(self, email: str, issued: CertificateFacts) -> CertificateRecord:
         """Record a certificate the CA just issued for `email`'s own mailbox."""
         email = normalise_email(email)
-        named = pki.certificate_email(cert)
-        if named != email:
-            raise ValueError(f"the certificate is for {named or 'no mailbox'}, not {email}")
-        serial = pki.format_serial(cert.serial_number)
+        if issued.email != email:
+            raise ValueError(f"the certificate is for {issued.email or 'no mailbox'}, not {email}")
+        serial = issued.serial
         row = Certificate(
             serial=serial,
-            fingerprint_sha256=pki.fingerprint_sha256(cert),
-            subject=cert.subject.rfc4514_string(),
-            not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc,
+            fingerprint_sha256=issued.fingerprint_sha256,
+            subject=issued.subject,
+            not_before=issued.not_before,
+            not_after=issued.not_after,
             issued_at=utcnow(),
-            pem=cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+            pem=issued.cert_pem().decode("ascii"),
         )
         try:
             with self._db.session() as session:
@@ -141,8 +133,7 @@ class CertificateStore:
             raise CertificateExists(serial) from exc
 
     def get(self, serial: str) -> CertificateRecord | None:
-        """ValueError if `serial` is not hex; None if no such certificate."""
-        serial = canonical_serial(serial)
+        """The certificate with `serial` as `pki.canonical_serial` spells it, if any."""
         with self._db.session() as session:
             row = session.execute(_records().where(Certificate.serial == serial)).first()
             return _record(*row) if row is not None else None
@@ -165,9 +156,10 @@ class CertificateStore:
         return sorted(records, key=lambda r: (r.revoked_at, r.serial))
 
     def revoke(self, serial: str, reason: str = "unspecified") -> CertificateRecord:
-        """Mark one certificate revoked; the gateway refuses it from its next TLS session."""
-        serial = canonical_serial(serial)
-        pki.check_reason(reason)
+        """Mark one certificate revoked; the gateway refuses it from its next TLS session.
+
+        `serial` as `pki.canonical_serial` spells it, `reason` one of `pki.REVOCATION_REASONS`.
+        """
         with self._db.session() as session:
             # Conditional UPDATE: of two concurrent revocations exactly one succeeds.
             statement = (
@@ -189,7 +181,6 @@ class CertificateStore:
     ) -> builtins.list[CertificateRecord]:
         """Revoke every unrevoked certificate of a user; returns the ones revoked now."""
         email = normalise_email(email)
-        pki.check_reason(reason)
         with self._db.session() as session:
             user_id = self._user_id(session, email)
             live = (Certificate.user_id == user_id, Certificate.revoked_at.is_(None))

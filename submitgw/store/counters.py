@@ -22,65 +22,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, bindparam, delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
-from submitgw.rules.limits import Override
 from submitgw.store.db import Database
-from submitgw.store.models import Base, User, UtcDateTime, utcnow
+from submitgw.store.models import (
+    AuthFailure,
+    AuthLockout,
+    Base,
+    RateCounter,
+    User,
+    UserLimit,
+    utcnow,
+)
 from submitgw.store.users import UserNotFound, normalise_email
-
-KEY_LENGTH = 400
-
-
-class RateCounter(Base):
-    """Messages and recipients a key sent during one bucket of time."""
-
-    __tablename__ = "rate_counters"
-
-    key: Mapped[str] = mapped_column(String(KEY_LENGTH), primary_key=True)
-    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True, index=True)
-    messages: Mapped[int] = mapped_column(Integer)
-    recipients: Mapped[int] = mapped_column(Integer)
-
-
-class AuthFailure(Base):
-    """Logins of an account name or a client during one bucket of time.
-
-    Failed ones under `acct:`/`ip:` keys, successful ones under `ok:` keys.
-    """
-
-    __tablename__ = "auth_failures"
-
-    key: Mapped[str] = mapped_column(String(KEY_LENGTH), primary_key=True)
-    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True, index=True)
-    failures: Mapped[int] = mapped_column(Integer)
-
-
-class AuthLockout(Base):
-    """An account name or client refused every login until `locked_until`."""
-
-    __tablename__ = "auth_lockouts"
-
-    key: Mapped[str] = mapped_column(String(KEY_LENGTH), primary_key=True)
-    locked_at: Mapped[datetime] = mapped_column(UtcDateTime)
-    locked_until: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
-    # The failures counted in the window when the lock was set, for the admin.
-    failures: Mapped[int] = mapped_column(Integer)
-
-
-class UserLimit(Base):
-    """A user's own sending limits; NULL keeps the configured default."""
-
-    __tablename__ = "user_limits"
-
-    user_id: Mapped[int] = mapped_column(
-        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
-    )
-    messages_per_hour: Mapped[int | None] = mapped_column(Integer)
-    recipients_per_hour: Mapped[int | None] = mapped_column(Integer)
-    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+from submitgw.types import Override
 
 
 @dataclass(frozen=True)

@@ -12,54 +12,14 @@ import builtins
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint, delete, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from submitgw.store.db import Database
 from submitgw.store.errors import NotFound
-from submitgw.store.models import Base, User, UtcDateTime, utcnow
+from submitgw.store.models import AccountEvent, AppPassword, PasswordHistory, User, utcnow
 from submitgw.store.users import UserNotFound, _rowcount, normalise_email
-
-
-class PasswordHistory(Base):
-    """A password hash the user had before, kept to refuse its reuse."""
-
-    __tablename__ = "password_history"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    password_hash: Mapped[str] = mapped_column(String(255))
-    replaced_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-
-
-class AppPassword(Base):
-    """A generated per-device password; `selector` (its first group) finds the one hash to check."""
-
-    __tablename__ = "app_passwords"
-    __table_args__ = (UniqueConstraint("user_id", "selector"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    label: Mapped[str] = mapped_column(String(100))
-    selector: Mapped[str] = mapped_column(String(16))
-    password_hash: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
-
-
-class AccountEvent(Base):
-    """One change to an account: what, to whom, by whom, from where, when."""
-
-    __tablename__ = "account_events"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    email: Mapped[str] = mapped_column(String(320), index=True)
-    action: Mapped[str] = mapped_column(String(40))
-    actor: Mapped[str] = mapped_column(String(320))
-    source: Mapped[str] = mapped_column(String(200))
-    detail: Mapped[str] = mapped_column(String(400), default="")
-    at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,26 @@
-"""ORM tables. Every schema change here needs a hand-written migration in `migrations/versions`."""
+"""Every ORM table. Each schema change here needs a hand-written migration in `migrations/versions`.
+
+The repositories (users, certificates, access, counters, credentials, senders)
+import their tables from here; nothing here imports them.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
     ForeignKey,
+    Integer,
     MetaData,
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     false,
     true,
 )
@@ -28,6 +35,9 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+
+# Rate and login counter keys: "ok:acct:" plus the longest login name, with room to spare.
+KEY_LENGTH = 400
 
 # How a user may log in: AUTH with a password, a client certificate alone, or both
 # in the same session. The gateway enforces them; the CHECK keeps typos out.
@@ -116,9 +126,130 @@ class Certificate(Base):
     pem: Mapped[str] = mapped_column(Text)
 
 
-# Tables defined in their store modules register on `Base.metadata` when imported;
-# importing them here means whoever loads the models (Alembic, the schema tests)
-# sees every table. At the end, because those modules import `Base` from here.
-from submitgw.store import counters as _counters  # noqa: E402, F401
-from submitgw.store import credentials as _credentials  # noqa: E402, F401
-from submitgw.store import senders as _senders  # noqa: E402, F401
+class AccessRuleRow(Base):
+    """One allow/deny rule; `rule` is normalised (see `submitgw.rules.access.parse_rule`).
+
+    `rule` is unique: the same client text with two actions would leave the
+    outcome to a tie-break the admin never chose.
+    """
+
+    __tablename__ = "access_rules"
+    __table_args__ = (CheckConstraint("action IN ('allow', 'deny')", name="action"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    action: Mapped[str] = mapped_column(String(8))
+    rule: Mapped[str] = mapped_column(String(300), unique=True)
+    comment: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class UserNetworkRow(Base):
+    """A network a user may log in from; a user without any may log in from anywhere."""
+
+    __tablename__ = "user_networks"
+    __table_args__ = (UniqueConstraint("user_id", "cidr", name="uq_user_networks_user_id_cidr"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    cidr: Mapped[str] = mapped_column(String(50))
+
+
+class RateCounter(Base):
+    """Messages and recipients a key sent during one bucket of time."""
+
+    __tablename__ = "rate_counters"
+
+    key: Mapped[str] = mapped_column(String(KEY_LENGTH), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True, index=True)
+    messages: Mapped[int] = mapped_column(Integer)
+    recipients: Mapped[int] = mapped_column(Integer)
+
+
+class AuthFailure(Base):
+    """Logins of an account name or a client during one bucket of time.
+
+    Failed ones under `acct:`/`ip:` keys, successful ones under `ok:` keys.
+    """
+
+    __tablename__ = "auth_failures"
+
+    key: Mapped[str] = mapped_column(String(KEY_LENGTH), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True, index=True)
+    failures: Mapped[int] = mapped_column(Integer)
+
+
+class AuthLockout(Base):
+    """An account name or client refused every login until `locked_until`."""
+
+    __tablename__ = "auth_lockouts"
+
+    key: Mapped[str] = mapped_column(String(KEY_LENGTH), primary_key=True)
+    locked_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    locked_until: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    # The failures counted in the window when the lock was set, for the admin.
+    failures: Mapped[int] = mapped_column(Integer)
+
+
+class UserLimit(Base):
+    """A user's own sending limits; NULL keeps the configured default."""
+
+    __tablename__ = "user_limits"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    messages_per_hour: Mapped[int | None] = mapped_column(Integer)
+    recipients_per_hour: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class PasswordHistory(Base):
+    """A password hash the user had before, kept to refuse its reuse."""
+
+    __tablename__ = "password_history"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    replaced_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class AppPassword(Base):
+    """A generated per-device password; `selector` (its first group) finds the one hash to check."""
+
+    __tablename__ = "app_passwords"
+    __table_args__ = (UniqueConstraint("user_id", "selector"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(String(100))
+    selector: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class AccountEvent(Base):
+    """One change to an account: what, to whom, by whom, from where, when."""
+
+    __tablename__ = "account_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    action: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(320))
+    source: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[str] = mapped_column(String(400), default="")
+    at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class SenderBinding(Base):
+    """One address or `@domain` a user may send as, in its comparison form."""
+
+    __tablename__ = "sender_bindings"
+    __table_args__ = (UniqueConstraint("user_id", "pattern"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    pattern: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

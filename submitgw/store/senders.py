@@ -8,29 +8,15 @@ envelope sender and in the From: header. Rows go with their user (ON DELETE CASC
 from __future__ import annotations
 
 import builtins
-from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
-from submitgw.rules.binding import fold, normalise_pattern
 from submitgw.store.db import Database
 from submitgw.store.errors import Exists, NotFound
-from submitgw.store.models import Base, User, UtcDateTime, utcnow
+from submitgw.store.models import SenderBinding, User, utcnow
 from submitgw.store.users import UserNotFound, _rowcount, normalise_email
-
-
-class SenderBinding(Base):
-    """One address or `@domain` a user may send as, in its comparison form."""
-
-    __tablename__ = "sender_bindings"
-    __table_args__ = (UniqueConstraint("user_id", "pattern"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    pattern: Mapped[str] = mapped_column(String(320))
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class SenderExists(Exists):
@@ -62,32 +48,32 @@ class SenderStore:
         self._db = db
 
     def add(self, email: str, pattern: str) -> str:
-        """Bind `pattern` to the user; returns it as stored. InvalidPattern if malformed."""
+        """Bind `pattern`, as `rules.binding.normalise_pattern` made it, to the user.
+
+        Whether it is the user's own address (always allowed, never a binding) is the
+        caller's decision: it needs the same Unicode folding as the pattern.
+        """
         email = normalise_email(email)
-        stored = normalise_pattern(pattern)
         try:
             with self._db.session() as session:
                 user_id = _user_id(session, email)
-                if stored == fold(email):
-                    raise SenderExists(email, stored, own=True)
-                session.add(SenderBinding(user_id=user_id, pattern=stored, created_at=utcnow()))
+                session.add(SenderBinding(user_id=user_id, pattern=pattern, created_at=utcnow()))
                 session.flush()
         except IntegrityError as exc:
-            raise SenderExists(email, stored) from exc
-        return stored
+            raise SenderExists(email, pattern) from exc
+        return pattern
 
     def remove(self, email: str, pattern: str) -> str:
-        """Unbind `pattern` (in any case); returns it as it was stored."""
+        """Unbind `pattern` (normalised like `add`'s); returns it as it was stored."""
         email = normalise_email(email)
-        stored = normalise_pattern(pattern)
         with self._db.session() as session:
             user_id = _user_id(session, email)
             statement = delete(SenderBinding).where(
-                SenderBinding.user_id == user_id, SenderBinding.pattern == stored
+                SenderBinding.user_id == user_id, SenderBinding.pattern == pattern
             )
             if _rowcount(session, statement) == 0:
-                raise SenderNotFound(email, stored)
-        return stored
+                raise SenderNotFound(email, pattern)
+        return pattern
 
     def list(self, email: str) -> builtins.list[str]:
         """The user's bindings (not their own address), sorted the same on every backend."""

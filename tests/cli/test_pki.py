@@ -370,6 +370,18 @@ def test_revoke_by_serial_in_lower_case_with_colons(config: Path, out: Path) -> 
     assert f"certificate {printed['serial']} was already revoked at" in again
 
 
+def test_revoke_records_only_rfc_5280_reasons(config: Path, out: Path) -> None:
+    """The inventory takes the reason as given: the command is what refuses others."""
+    printed = issue(config, "alice@example.org", out)
+
+    refused = run_pki(config, "revoke", printed["serial"], "--reason", "lost")
+
+    assert refused.returncode == 2
+    assert "Invalid value for '--reason'" in refused.stderr
+    (row,) = list_json(config)
+    assert row["revoked"] is False
+
+
 def test_revoke_every_certificate_of_a_user(config: Path, out: Path, tmp_path: Path) -> None:
     first = issue(config, "alice@example.org", out)
     ok(run_pki(config, "renew", first["serial"], "--out", str(tmp_path)))

@@ -18,7 +18,8 @@ from click.testing import CliRunner, Result
 
 import pki
 from submitgw import config as config_mod
-from submitgw.cli import COUNT_MAX, ID_MAX, commands
+from submitgw.cli import commands
+from submitgw.cli.context import COUNT_MAX, ID_MAX
 from submitgw.store import AccessRuleStore, CredentialStore, Database
 from submitgw.store.counters import CounterStore
 from tests.cli.test_cli import CHEAP_AUTH, GOOD_PASSWORD, edit
@@ -168,11 +169,11 @@ def test_unforeseen_database_failure_is_one_line(setup: Path, config: Path) -> N
 
 
 def test_pki_refuses_validities_beyond_the_ca_lifetime() -> None:
-    ca_cert, ca_key = pki.create_ca("range test CA")
+    ca = pki.CA.create("range test CA")
 
     with pytest.raises(ValueError, match="1 to 3650 days"):
-        pki.issue_server_cert(ca_cert, ca_key, ["gw.test"], days=pki.MAX_DAYS + 1)
+        ca.issue_server_cert(["gw.test"], days=pki.MAX_DAYS + 1)
     with pytest.raises(ValueError, match="1 to 3650 days"):
-        pki.issue_client_cert(ca_cert, ca_key, ALICE, days=10**9)
+        ca.issue_client_cert(ALICE, days=10**9)
     with pytest.raises(ValueError, match="1 to 3650"):
-        pki.build_crl(ca_cert, ca_key, [], next_update_days=10**9)
+        ca.crl([], next_update_days=10**9)

@@ -82,9 +82,8 @@ def own_ca_cert(*, days: int = 30, start_days: int = 0, eku: Any = None) -> Any:
 
 
 def signed_by_gateway_ca(gw: GatewayProcess, builder: Any, key: Any) -> ClientCert:
-    ca_cert = pki.load_certificate(gw.dir / "ca" / "ca.crt")
-    ca_key = pki.load_private_key(gw.dir / "ca" / "ca.key")
-    cert = builder.issuer_name(ca_cert.subject).sign(ca_key, hashes.SHA256())
+    ca = pki.CA.load(gw.dir / "ca" / "ca.crt", gw.dir / "ca" / "ca.key")
+    cert = builder.issuer_name(ca.cert.subject).sign(ca.key, hashes.SHA256())
     return ClientCert.write(gw.dir / "client-certs", "odd", cert, key)
 
 

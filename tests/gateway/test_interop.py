@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pki.ca import create_ca, write_certificate
+from pki import CA, write_certificate
 from tests.support.clients import LineClient, run_client
 from tests.support.gateway import PASSWORD, USER, GatewayProcess
 from tests.support.postfix import PostfixSmarthost
@@ -94,7 +94,7 @@ def auth_results(gw: GatewayProcess) -> list[tuple[str, str]]:
 def stranger_ca(tmp_path: Path) -> Path:
     """A CA that did not sign the gateway's certificate."""
     path = tmp_path / "stranger-ca.crt"
-    write_certificate(path, create_ca("stranger CA")[0])
+    write_certificate(path, CA.create("stranger CA").cert)
     return path
 
 

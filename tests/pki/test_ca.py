@@ -9,7 +9,7 @@ import stat
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from cryptography import x509
@@ -20,39 +20,37 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store
 
 from pki import (
+    CA,
     REVOCATION_REASONS,
-    PrivateKey,
-    build_crl,
+    CAError,
+    CAPassphraseRequired,
+    IssuedCertificate,
+    KeyType,
     certificate_email,
-    create_ca,
     fingerprint_sha256,
     format_serial,
-    issue_client_cert,
-    issue_server_cert,
     load_certificate,
     load_private_key,
     parse_serial,
-    pkcs12_bundles,
     write_certificate,
     write_private_key,
 )
 
 E = TypeVar("E", bound=x509.ExtensionType)
-Issued: TypeAlias = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
 
 HOSTNAMES = ["mail.example.org", "smtp.example.org", "192.0.2.25", "2001:db8::25"]
 
 
 @pytest.fixture(scope="module")
-def ca() -> Issued:
-    return create_ca("submitgw test CA")
+def ca() -> CA:
+    return CA.create("submitgw test CA")
 
 
 @pytest.fixture(scope="module")
 def server(
-    ca: Issued,
-) -> Issued:
-    return issue_server_cert(ca[0], ca[1], HOSTNAMES)
+    ca: CA,
+) -> IssuedCertificate:
+    return ca.issue_server_cert(HOSTNAMES)
 
 
 def extension(cert: x509.Certificate, kind: type[E]) -> x509.Extension[E]:
@@ -66,8 +64,8 @@ def assert_recent_validity(cert: x509.Certificate, days: int) -> None:
     assert abs(cert.not_valid_after_utc - expected_end) < timedelta(minutes=1)
 
 
-def test_ca_certificate_fields(ca: Issued) -> None:
-    cert, key = ca
+def test_ca_certificate_fields(ca: CA) -> None:
+    cert, key = ca.cert, ca.key
 
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     assert key.curve.name == "secp256r1"
@@ -99,26 +97,26 @@ def test_ca_certificate_fields(ca: Issued) -> None:
 
 
 def test_ca_days_sets_validity() -> None:
-    cert, _key = create_ca("short-lived CA", days=30)
+    cert = CA.create("short-lived CA", days=30).cert
 
     assert_recent_validity(cert, 30)
 
 
 def test_two_cas_get_different_keys_and_serials() -> None:
-    first, first_key = create_ca("CA")
-    second, second_key = create_ca("CA")
+    first, second = CA.create("CA"), CA.create("CA")
 
-    assert first.serial_number != second.serial_number
-    assert first_key.public_key() != second_key.public_key()
+    assert first.cert.serial_number != second.cert.serial_number
+    assert first.key.public_key() != second.key.public_key()
 
 
 def test_server_certificate_fields(
-    ca: Issued,
-    server: Issued,
+    ca: CA,
+    server: IssuedCertificate,
 ) -> None:
-    ca_cert, _ca_key = ca
-    cert, key = server
+    ca_cert = ca.cert
+    cert, key = server.cert, server.key
 
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
     assert key.curve.name == "secp256r1"
     assert cert.public_key() == key.public_key()
     assert cert.issuer == ca_cert.subject
@@ -155,10 +153,10 @@ def test_server_certificate_fields(
 
 
 def test_server_certificate_chain_verifies_for_each_name(
-    ca: Issued,
-    server: Issued,
+    ca: CA,
+    server: IssuedCertificate,
 ) -> None:
-    policy = PolicyBuilder().store(Store([ca[0]]))
+    policy = PolicyBuilder().store(Store([ca.cert]))
     subjects = [
         DNSName("mail.example.org"),
         DNSName("smtp.example.org"),
@@ -167,34 +165,34 @@ def test_server_certificate_chain_verifies_for_each_name(
     ]
 
     for subject in subjects:
-        chain = policy.build_server_verifier(subject).verify(server[0], [])
-        assert chain == [server[0], ca[0]]
+        chain = policy.build_server_verifier(subject).verify(server.cert, [])
+        assert chain == [server.cert, ca.cert]
 
     with pytest.raises(x509.verification.VerificationError):
-        policy.build_server_verifier(DNSName("other.example.org")).verify(server[0], [])
+        policy.build_server_verifier(DNSName("other.example.org")).verify(server.cert, [])
 
 
 def test_server_certificate_is_not_signed_by_another_ca(
-    server: Issued,
+    server: IssuedCertificate,
 ) -> None:
-    stranger, _key = create_ca("another CA")
+    stranger = CA.create("another CA").cert
 
     with pytest.raises(ValueError):
-        server[0].verify_directly_issued_by(stranger)
+        server.cert.verify_directly_issued_by(stranger)
 
 
 def test_server_certificate_never_outlives_its_ca() -> None:
-    ca_cert, ca_key = create_ca("short-lived CA", days=30)
+    ca = CA.create("short-lived CA", days=30)
 
-    cert, _key = issue_server_cert(ca_cert, ca_key, ["mail.example.org"], days=825)
+    cert = ca.issue_server_cert(["mail.example.org"], days=825).cert
 
-    assert cert.not_valid_after_utc == ca_cert.not_valid_after_utc
+    assert cert.not_valid_after_utc == ca.cert.not_valid_after_utc
 
 
 @pytest.mark.parametrize("hostnames", [[], ["h" * 65 + ".example.org"]], ids=["none", "long-cn"])
-def test_server_certificate_rejects_unusable_hostnames(ca: Issued, hostnames: list[str]) -> None:
+def test_server_certificate_rejects_unusable_hostnames(ca: CA, hostnames: list[str]) -> None:
     with pytest.raises(ValueError):
-        issue_server_cert(ca[0], ca[1], hostnames)
+        ca.issue_server_cert(hostnames)
 
 
 def openssl_verify(
@@ -209,12 +207,12 @@ def openssl_verify(
 
 def test_openssl_verifies_server_certificate(
     tmp_path: Path,
-    ca: Issued,
-    server: Issued,
+    ca: CA,
+    server: IssuedCertificate,
 ) -> None:
     ca_path, cert_path = tmp_path / "ca.crt", tmp_path / "server.crt"
-    write_certificate(ca_path, ca[0])
-    write_certificate(cert_path, server[0])
+    write_certificate(ca_path, ca.cert)
+    write_certificate(cert_path, server.cert)
 
     for checks in (
         ["-purpose", "sslserver", "-verify_hostname", "smtp.example.org"],
@@ -229,82 +227,154 @@ def test_openssl_verifies_server_certificate(
     assert "hostname mismatch" in wrong_name.stderr + wrong_name.stdout
 
 
-def test_private_key_file_is_0600_and_round_trips(tmp_path: Path, ca: Issued) -> None:
+def test_private_key_file_is_0600_and_round_trips(tmp_path: Path, ca: CA) -> None:
     path = tmp_path / "ca.key"
 
-    write_private_key(path, ca[1])
+    write_private_key(path, ca.key)
 
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     loaded = load_private_key(path)
-    assert loaded.public_key() == ca[1].public_key()
+    assert loaded.public_key() == ca.key.public_key()
 
 
-def test_certificate_file_is_0644_and_round_trips(tmp_path: Path, ca: Issued) -> None:
+def test_certificate_file_is_0644_and_round_trips(tmp_path: Path, ca: CA) -> None:
     path = tmp_path / "ca.crt"
 
-    write_certificate(path, ca[0])
+    write_certificate(path, ca.cert)
 
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    assert load_certificate(path) == ca[0]
+    assert load_certificate(path) == ca.cert
 
 
-def test_writers_refuse_to_overwrite(tmp_path: Path, ca: Issued) -> None:
+def test_writers_refuse_to_overwrite(tmp_path: Path, ca: CA) -> None:
     key_path, cert_path = tmp_path / "ca.key", tmp_path / "ca.crt"
     key_path.write_bytes(b"keep me")
     cert_path.write_bytes(b"keep me too")
 
     with pytest.raises(FileExistsError):
-        write_private_key(key_path, ca[1])
+        write_private_key(key_path, ca.key)
     with pytest.raises(FileExistsError):
-        write_certificate(cert_path, ca[0])
+        write_certificate(cert_path, ca.cert)
 
     assert key_path.read_bytes() == b"keep me"
     assert cert_path.read_bytes() == b"keep me too"
 
 
-def test_writer_refuses_a_planted_symlink(tmp_path: Path, ca: Issued) -> None:
+def test_writer_refuses_a_planted_symlink(tmp_path: Path, ca: CA) -> None:
     target = tmp_path / "elsewhere"
     link = tmp_path / "ca.key"
     link.symlink_to(target)
 
     with pytest.raises(FileExistsError):
-        write_private_key(link, ca[1])
+        write_private_key(link, ca.key)
 
     assert not target.exists()
 
 
-def test_encrypted_private_key_round_trip(tmp_path: Path, ca: Issued) -> None:
+def test_encrypted_private_key_round_trip(tmp_path: Path, ca: CA) -> None:
     path = tmp_path / "ca.key"
 
-    write_private_key(path, ca[1], passphrase=b"correct horse")
+    write_private_key(path, ca.key, passphrase=b"correct horse")
 
     assert path.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     loaded = load_private_key(path, passphrase=b"correct horse")
-    assert loaded.public_key() == ca[1].public_key()
+    assert loaded.public_key() == ca.key.public_key()
     with pytest.raises(ValueError):
         load_private_key(path, passphrase=b"wrong horse")
     with pytest.raises(TypeError):
         load_private_key(path)
 
 
-def test_loaded_ca_key_issues_verifiable_certificates(tmp_path: Path, ca: Issued) -> None:
-    write_certificate(tmp_path / "ca.crt", ca[0])
-    write_private_key(tmp_path / "ca.key", ca[1], passphrase=b"pw")
-    ca_cert = load_certificate(tmp_path / "ca.crt")
-    ca_key = load_private_key(tmp_path / "ca.key", passphrase=b"pw")
+def test_loaded_ca_key_issues_verifiable_certificates(tmp_path: Path, ca: CA) -> None:
+    ca.write(tmp_path / "ca.crt", tmp_path / "ca.key", passphrase=b"pw")
 
-    cert, _key = issue_server_cert(ca_cert, ca_key, ["mail.example.org"])
+    loaded = CA.load(tmp_path / "ca.crt", tmp_path / "ca.key", passphrase=b"pw")
 
-    cert.verify_directly_issued_by(ca[0])
+    assert stat.S_IMODE((tmp_path / "ca.key").stat().st_mode) == 0o600
+    assert loaded.cert == ca.cert
+    cert = loaded.issue_server_cert(["mail.example.org"]).cert
+    cert.verify_directly_issued_by(ca.cert)
+
+
+@pytest.fixture
+def ca_files(tmp_path: Path, ca: CA) -> tuple[Path, Path]:
+    ca.write(tmp_path / "ca.crt", tmp_path / "ca.key")
+    return tmp_path / "ca.crt", tmp_path / "ca.key"
+
+
+def test_ca_load_says_in_one_line_what_is_wrong(
+    tmp_path: Path, ca_files: tuple[Path, Path]
+) -> None:
+    cert_path, key_path = ca_files
+    encrypted = tmp_path / "encrypted.key"
+    write_private_key(encrypted, CA.create("x").key, passphrase=b"pw")
+    other_key = tmp_path / "other.key"
+    write_private_key(other_key, CA.create("other").key)
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_bytes(b"hello")
+    cases: list[tuple[tuple[Path, Path, bytes | None], type[CAError], str]] = [
+        ((tmp_path / "gone.crt", key_path, None), CAError, "cannot read the CA: "),
+        ((not_pem, key_path, None), CAError, "is not PEM"),
+        ((cert_path, encrypted, None), CAPassphraseRequired, "is encrypted"),
+        ((cert_path, encrypted, b"wrong"), CAError, "wrong CA passphrase for"),
+        ((cert_path, key_path, b"pw"), CAError, "a CA passphrase was given but"),
+        ((cert_path, not_pem, None), CAError, "cannot use CA key"),
+        ((cert_path, other_key, None), CAError, "does not match"),
+    ]
+    for (cert_file, key_file, passphrase), kind, message in cases:
+        with pytest.raises(kind, match=message) as raised:
+            CA.load(cert_file, key_file, passphrase)
+        assert "\n" not in str(raised.value)
+
+
+def test_ca_refuses_a_key_that_is_not_its_own(ca: CA) -> None:
+    with pytest.raises(ValueError, match="does not belong"):
+        CA(ca.cert, CA.create("other").key)
+
+
+def test_issued_certificate_spells_itself_like_the_inventory(ca: CA) -> None:
+    issued = ca.issue_client_cert("Carol@Example.org", key_type="rsa")
+
+    assert issued.serial == format_serial(issued.cert.serial_number)
+    assert issued.fingerprint_sha256 == fingerprint_sha256(issued.cert)
+    assert issued.email == "carol@example.org"
+    assert issued.key_type is KeyType.RSA
+    assert issued.ca_cert == ca.cert
+    assert x509.load_pem_x509_certificate(issued.cert_pem()) == issued.cert
+    key = serialization.load_pem_private_key(issued.private_key_pem(), None)
+    assert key.public_key() == issued.key.public_key()
+    assert issued.private_key_pem(b"pw").startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+
+
+def test_issued_certificate_writes_its_key_0600_and_certificate_0644(
+    tmp_path: Path, ca: CA
+) -> None:
+    issued = ca.issue_server_cert(["mail.example.org"])
+
+    issued.write_private_key(tmp_path / "server.key")
+    issued.write_cert(tmp_path / "server.crt")
+
+    assert stat.S_IMODE((tmp_path / "server.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "server.crt").stat().st_mode) == 0o644
+    assert load_certificate(tmp_path / "server.crt") == issued.cert
+    assert load_private_key(tmp_path / "server.key").public_key() == issued.key.public_key()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["server.crt", "server.key"]
+
+
+def test_key_type_of_an_existing_key_for_renewals(ca: CA) -> None:
+    assert KeyType.of(ca.issue_client_cert("a@example.org").cert.public_key()) is KeyType.EC
+    rsa_cert = ca.issue_client_cert("a@example.org", key_type=KeyType.RSA).cert
+    assert KeyType.of(rsa_cert.public_key()) is KeyType.RSA
+    assert [str(k) for k in KeyType] == ["ec", "rsa"]
 
 
 # --- CA with name constraints ----------------------------------------------------------------
 
 
 def test_ca_name_constraints_permit_each_domain_and_its_subdomains() -> None:
-    cert, _key = create_ca("constrained CA", permitted_domains=["Example.ORG", ".example.net"])
+    cert = CA.create("constrained CA", permitted_domains=["Example.ORG", ".example.net"]).cert
 
     constraints = extension(cert, x509.NameConstraints)
     assert constraints.critical is True
@@ -321,29 +391,29 @@ def test_ca_name_constraints_permit_each_domain_and_its_subdomains() -> None:
     cert.verify_directly_issued_by(cert)
 
 
-def test_ca_without_domains_has_no_name_constraints(ca: Issued) -> None:
+def test_ca_without_domains_has_no_name_constraints(ca: CA) -> None:
     with pytest.raises(x509.ExtensionNotFound):
-        extension(ca[0], x509.NameConstraints)
+        extension(ca.cert, x509.NameConstraints)
 
 
 @pytest.mark.parametrize("domains", [[], [""], ["."], ["alice@example.org"], ["exa mple.org"]])
 def test_ca_refuses_unusable_domains(domains: list[str]) -> None:
     with pytest.raises(ValueError):
-        create_ca("constrained CA", permitted_domains=domains)
+        CA.create("constrained CA", permitted_domains=domains)
 
 
 @pytest.fixture(scope="module")
-def constrained_ca() -> Issued:
-    return create_ca("constrained CA", permitted_domains=["example.org"])
+def constrained_ca() -> CA:
+    return CA.create("constrained CA", permitted_domains=["example.org"])
 
 
 @pytest.mark.parametrize("email", ["a@example.org", "b@mail.example.org"])
 def test_constrained_ca_issues_inside_its_domains(
-    tmp_path: Path, constrained_ca: Issued, email: str
+    tmp_path: Path, constrained_ca: CA, email: str
 ) -> None:
-    cert, _key = issue_client_cert(constrained_ca[0], constrained_ca[1], email)
+    cert = constrained_ca.issue_client_cert(email).cert
     ca_path, cert_path = tmp_path / "ca.crt", tmp_path / "client.crt"
-    write_certificate(ca_path, constrained_ca[0])
+    write_certificate(ca_path, constrained_ca.cert)
     write_certificate(cert_path, cert)
 
     result = openssl_verify(ca_path, cert_path, "-purpose", "sslclient")
@@ -352,16 +422,16 @@ def test_constrained_ca_issues_inside_its_domains(
 
 
 @pytest.mark.parametrize("email", ["a@example.net", "a@notexample.org", "a@example.org.evil"])
-def test_constrained_ca_refuses_other_domains(constrained_ca: Issued, email: str) -> None:
+def test_constrained_ca_refuses_other_domains(constrained_ca: CA, email: str) -> None:
     with pytest.raises(ValueError, match=r"may not certify .*permitted domains: example\.org"):
-        issue_client_cert(constrained_ca[0], constrained_ca[1], email)
+        constrained_ca.issue_client_cert(email)
 
 
 def test_verifiers_reject_what_a_constrained_ca_key_signs_outside_its_domains(
-    tmp_path: Path, constrained_ca: Issued
+    tmp_path: Path, constrained_ca: CA
 ) -> None:
     """The constraint protects even against our own refusal being bypassed (a stolen key)."""
-    ca_cert, ca_key = constrained_ca
+    ca_cert, ca_key = constrained_ca.cert, constrained_ca.key
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
     forged = (
@@ -390,13 +460,13 @@ def test_verifiers_reject_what_a_constrained_ca_key_signs_outside_its_domains(
 
 
 @pytest.fixture(scope="module")
-def client(ca: Issued) -> tuple[x509.Certificate, PrivateKey]:
-    return issue_client_cert(ca[0], ca[1], "Alice@Example.ORG")
+def client(ca: CA) -> IssuedCertificate:
+    return ca.issue_client_cert("Alice@Example.ORG")
 
 
-def test_client_certificate_fields(ca: Issued, client: tuple[x509.Certificate, PrivateKey]) -> None:
-    ca_cert, _ca_key = ca
-    cert, key = client
+def test_client_certificate_fields(ca: CA, client: IssuedCertificate) -> None:
+    ca_cert = ca.cert
+    cert, key = client.cert, client.key
 
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     assert key.curve.name == "secp256r1"
@@ -441,19 +511,20 @@ def test_client_certificate_fields(ca: Issued, client: tuple[x509.Certificate, P
     cert.verify_directly_issued_by(ca_cert)
 
 
-def test_client_certificate_with_rsa_key(ca: Issued) -> None:
-    cert, key = issue_client_cert(ca[0], ca[1], "bob@example.org", key_type="rsa", days=30)
+def test_client_certificate_with_rsa_key(ca: CA) -> None:
+    issued = ca.issue_client_cert("bob@example.org", key_type=KeyType.RSA, days=30)
+    cert, key = issued.cert, issued.key
 
     assert isinstance(key, rsa.RSAPrivateKey)
     assert key.key_size == 2048
     assert key.public_key().public_numbers().e == 65537
     assert cert.public_key() == key.public_key()
     assert_recent_validity(cert, 30)
-    cert.verify_directly_issued_by(ca[0])
+    cert.verify_directly_issued_by(ca.cert)
 
 
-def test_client_serials_are_random_and_at_least_64_bits(ca: Issued) -> None:
-    serials = [issue_client_cert(ca[0], ca[1], "s@example.org")[0].serial_number for _ in range(8)]
+def test_client_serials_are_random_and_at_least_64_bits(ca: CA) -> None:
+    serials = [ca.issue_client_cert("s@example.org").cert.serial_number for _ in range(8)]
 
     assert len(set(serials)) == len(serials)
     # 159 random bits: below 2**57 with probability 2**-102 per sample.
@@ -461,11 +532,11 @@ def test_client_serials_are_random_and_at_least_64_bits(ca: Issued) -> None:
 
 
 def test_client_certificate_never_outlives_its_ca() -> None:
-    ca_cert, ca_key = create_ca("short-lived CA", days=30)
+    ca = CA.create("short-lived CA", days=30)
 
-    cert, _key = issue_client_cert(ca_cert, ca_key, "a@example.org", days=365)
+    cert = ca.issue_client_cert("a@example.org", days=365).cert
 
-    assert cert.not_valid_after_utc == ca_cert.not_valid_after_utc
+    assert cert.not_valid_after_utc == ca.cert.not_valid_after_utc
 
 
 @pytest.mark.parametrize(
@@ -482,19 +553,19 @@ def test_client_certificate_never_outlives_its_ca() -> None:
     ],
 )
 def test_client_certificate_refuses_unusable_requests(
-    ca: Issued, email: str, options: dict[str, Any]
+    ca: CA, email: str, options: dict[str, Any]
 ) -> None:
     with pytest.raises(ValueError):
-        issue_client_cert(ca[0], ca[1], email, **options)
+        ca.issue_client_cert(email, **options)
 
 
 def test_openssl_accepts_client_certificate_for_clients_and_mail_only(
-    tmp_path: Path, ca: Issued, client: tuple[x509.Certificate, PrivateKey], server: Issued
+    tmp_path: Path, ca: CA, client: IssuedCertificate, server: IssuedCertificate
 ) -> None:
     ca_path, client_path, server_path = tmp_path / "ca.crt", tmp_path / "c.crt", tmp_path / "s.crt"
-    write_certificate(ca_path, ca[0])
-    write_certificate(client_path, client[0])
-    write_certificate(server_path, server[0])
+    write_certificate(ca_path, ca.cert)
+    write_certificate(client_path, client.cert)
+    write_certificate(server_path, server.cert)
 
     for purpose in ("sslclient", "smimesign"):
         result = openssl_verify(ca_path, client_path, "-purpose", purpose)
@@ -505,9 +576,9 @@ def test_openssl_accepts_client_certificate_for_clients_and_mail_only(
     assert openssl_verify(ca_path, server_path, "-purpose", "sslclient").returncode != 0
 
 
-def test_certificate_email(client: tuple[x509.Certificate, PrivateKey], server: Issued) -> None:
-    assert certificate_email(client[0]) == "alice@example.org"
-    assert certificate_email(server[0]) is None
+def test_certificate_email(client: IssuedCertificate, server: IssuedCertificate) -> None:
+    assert certificate_email(client.cert) == "alice@example.org"
+    assert certificate_email(server.cert) is None
 
 
 # --- fingerprints and serials ----------------------------------------------------------------
@@ -524,9 +595,9 @@ def openssl_x509(cert_path: Path, *flags: str) -> str:
 
 
 def test_fingerprint_is_sha256_of_der_as_openssl_shows_it(
-    tmp_path: Path, client: tuple[x509.Certificate, PrivateKey]
+    tmp_path: Path, client: IssuedCertificate
 ) -> None:
-    cert = client[0]
+    cert = client.cert
     der = cert.public_bytes(serialization.Encoding.DER)
     path = tmp_path / "c.crt"
     write_certificate(path, cert)
@@ -541,11 +612,11 @@ def test_fingerprint_is_sha256_of_der_as_openssl_shows_it(
 
 
 def test_serial_text_round_trips_and_accepts_openssl_spellings(
-    tmp_path: Path, client: tuple[x509.Certificate, PrivateKey]
+    tmp_path: Path, client: IssuedCertificate
 ) -> None:
-    serial = client[0].serial_number
+    serial = client.cert.serial_number
     path = tmp_path / "c.crt"
-    write_certificate(path, client[0])
+    write_certificate(path, client.cert)
     text = format_serial(serial)
 
     assert text == f"{serial:X}"
@@ -573,22 +644,22 @@ def test_format_serial_refuses_non_positive_numbers() -> None:
 
 
 @pytest.fixture(scope="module")
-def bundles(ca: Issued, client: tuple[x509.Certificate, PrivateKey]) -> tuple[bytes, bytes]:
-    return pkcs12_bundles(client[0], client[1], ca[0], b"correct horse")
+def bundles(ca: CA, client: IssuedCertificate) -> tuple[bytes, bytes]:
+    return client.pkcs12(b"correct horse")
 
 
 def test_both_pkcs12_files_open_with_cryptography(
-    ca: Issued, client: tuple[x509.Certificate, PrivateKey], bundles: tuple[bytes, bytes]
+    ca: CA, client: IssuedCertificate, bundles: tuple[bytes, bytes]
 ) -> None:
     for data in bundles:
         loaded = pkcs12.load_pkcs12(data, b"correct horse")
 
         assert loaded.key is not None
-        assert loaded.key.public_key() == client[1].public_key()
+        assert loaded.key.public_key() == client.key.public_key()
         assert loaded.cert is not None
-        assert loaded.cert.certificate == client[0]
+        assert loaded.cert.certificate == client.cert
         assert loaded.cert.friendly_name == b"alice@example.org"
-        assert [c.certificate for c in loaded.additional_certs] == [ca[0]]
+        assert [c.certificate for c in loaded.additional_certs] == [ca.cert]
         with pytest.raises(ValueError):
             pkcs12.load_key_and_certificates(data, b"wrong horse")
 
@@ -626,41 +697,41 @@ def test_both_pkcs12_files_open_with_openssl_and_use_their_schemes(
 
 
 def test_pkcs12_refuses_an_empty_password_or_a_foreign_key(
-    ca: Issued, client: tuple[x509.Certificate, PrivateKey]
+    ca: CA, client: IssuedCertificate
 ) -> None:
     with pytest.raises(ValueError, match="must not be empty"):
-        pkcs12_bundles(client[0], client[1], ca[0], b"")
+        client.pkcs12(b"")
     with pytest.raises(ValueError, match="does not belong"):
-        pkcs12_bundles(client[0], ca[1], ca[0], b"pw")
+        IssuedCertificate(client.cert, ca.key, ca.cert).pkcs12(b"pw")
 
 
 # --- CRL -------------------------------------------------------------------------------------
 
 
-def crl_entries(ca: Issued, count: int) -> list[tuple[int, datetime, str | None]]:
+def crl_entries(ca: CA, count: int) -> list[tuple[int, datetime, str | None]]:
     """Serials of freshly issued certificates, with each kind of reason."""
     reasons: list[str | None] = ["keyCompromise", "superseded", None, "unspecified"]
     at = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
     return [
-        (issue_client_cert(ca[0], ca[1], f"u{n}@example.org")[0].serial_number, at, reasons[n])
+        (ca.issue_client_cert(f"u{n}@example.org").cert.serial_number, at, reasons[n])
         for n in range(count)
     ]
 
 
-def test_crl_fields_and_signature(ca: Issued) -> None:
+def test_crl_fields_and_signature(ca: CA) -> None:
     entries = crl_entries(ca, 4)
 
-    crl = build_crl(ca[0], ca[1], entries)
+    crl = ca.crl(entries)
 
-    assert crl.issuer == ca[0].subject
-    assert crl.is_signature_valid(ca[0].public_key())
-    assert not crl.is_signature_valid(create_ca("another CA")[0].public_key())
+    assert crl.issuer == ca.cert.subject
+    assert crl.is_signature_valid(ca.cert.public_key())
+    assert not crl.is_signature_valid(CA.create("another CA").cert.public_key())
     now = datetime.now(UTC)
     assert crl.last_update_utc <= now
     assert crl.next_update_utc is not None
     assert abs(crl.next_update_utc - (now + timedelta(days=7))) < timedelta(minutes=1)
     aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    assert aki.key_identifier == extension(ca[0], x509.SubjectKeyIdentifier).value.digest
+    assert aki.key_identifier == extension(ca.cert, x509.SubjectKeyIdentifier).value.digest
     assert len(crl) == 4
     for serial, at, reason in entries:
         entry = crl.get_revoked_certificate_by_serial_number(serial)
@@ -675,11 +746,9 @@ def test_crl_fields_and_signature(ca: Issued) -> None:
             assert reason_ext.value.reason.value == reason
 
 
-def test_crl_numbers_increase_between_builds(ca: Issued) -> None:
+def test_crl_numbers_increase_between_builds(ca: CA) -> None:
     numbers = [
-        build_crl(ca[0], ca[1], [])
-        .extensions.get_extension_for_class(x509.CRLNumber)
-        .value.crl_number
+        ca.crl([]).extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
         for _ in range(3)
     ]
 
@@ -687,18 +756,18 @@ def test_crl_numbers_increase_between_builds(ca: Issued) -> None:
     assert len(set(numbers)) == 3
 
 
-def test_crl_next_update_days(ca: Issued) -> None:
-    crl = build_crl(ca[0], ca[1], [], next_update_days=1)
+def test_crl_next_update_days(ca: CA) -> None:
+    crl = ca.crl([], next_update_days=1)
 
     assert crl.next_update_utc is not None
     assert abs(crl.next_update_utc - (datetime.now(UTC) + timedelta(days=1))) < timedelta(minutes=1)
     with pytest.raises(ValueError):
-        build_crl(ca[0], ca[1], [], next_update_days=0)
+        ca.crl([], next_update_days=0)
 
 
-def test_crl_refuses_unknown_reasons(ca: Issued) -> None:
+def test_crl_refuses_unknown_reasons(ca: CA) -> None:
     with pytest.raises(ValueError, match="unknown revocation reason 'stolen'"):
-        build_crl(ca[0], ca[1], [(1234, datetime.now(UTC), "stolen")])
+        ca.crl([(1234, datetime.now(UTC), "stolen")])
     assert set(REVOCATION_REASONS) >= {
         "unspecified",
         "keyCompromise",
@@ -708,12 +777,12 @@ def test_crl_refuses_unknown_reasons(ca: Issued) -> None:
     }
 
 
-def test_openssl_verifies_the_crl_and_honours_it(tmp_path: Path, ca: Issued) -> None:
-    revoked, _ = issue_client_cert(ca[0], ca[1], "gone@example.org")
-    kept, _ = issue_client_cert(ca[0], ca[1], "kept@example.org")
-    crl = build_crl(ca[0], ca[1], [(revoked.serial_number, datetime.now(UTC), "keyCompromise")])
+def test_openssl_verifies_the_crl_and_honours_it(tmp_path: Path, ca: CA) -> None:
+    revoked = ca.issue_client_cert("gone@example.org").cert
+    kept = ca.issue_client_cert("kept@example.org").cert
+    crl = ca.crl([(revoked.serial_number, datetime.now(UTC), "keyCompromise")])
     ca_path, crl_path = tmp_path / "ca.crt", tmp_path / "ca.crl"
-    write_certificate(ca_path, ca[0])
+    write_certificate(ca_path, ca.cert)
     crl_path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
     paths = {}
     for name, cert in (("revoked", revoked), ("kept", kept)):

@@ -96,9 +96,10 @@ def test_server_certificate_without_a_cn_sized_name_has_a_critical_san(
     tmp_path: Path, names: list[str]
 ) -> None:
     """A CN of digits would be read as a DNS name under name constraints; CNs hold 64."""
-    ca_cert, ca_key = pki.create_ca("names CA", server_names=["gw.test", "127.0.0.1"])
+    ca = pki.CA.create("names CA", server_names=["gw.test", "127.0.0.1"])
+    ca_cert = ca.cert
 
-    cert, _key = pki.issue_server_cert(ca_cert, ca_key, names)
+    cert = ca.issue_server_cert(names).cert
 
     assert cert.subject == x509.Name([])
     assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical
@@ -122,7 +123,7 @@ def test_server_certificate_without_a_cn_sized_name_has_a_critical_san(
         check=False,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    with_cn, _key = pki.issue_server_cert(ca_cert, ca_key, [*names, "gw.test"])
+    with_cn = ca.issue_server_cert([*names, "gw.test"]).cert
     assert with_cn.subject.rfc4514_string() == "CN=gw.test"
 
 
@@ -171,14 +172,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ca(setup: Path) -> tuple[x509.Certificate, pki.PrivateKey]:
-    return pki.load_certificate(setup / "ca/ca.crt"), pki.load_private_key(setup / "ca/ca.key")
+def ca(setup: Path) -> pki.CA:
+    return pki.CA.load(setup / "ca/ca.crt", setup / "ca/ca.key")
 
 
-def test_init_constrains_the_ca_to_its_own_names_and_mail_domains(
-    ca: tuple[x509.Certificate, pki.PrivateKey], setup: Path
-) -> None:
-    ext = ca[0].extensions.get_extension_for_class(x509.NameConstraints)
+def test_init_constrains_the_ca_to_its_own_names_and_mail_domains(ca: pki.CA, setup: Path) -> None:
+    ext = ca.cert.extensions.get_extension_for_class(x509.NameConstraints)
 
     assert ext.critical is True
     assert ext.value.permitted_subtrees == [
@@ -197,7 +196,7 @@ def test_init_constrains_the_ca_to_its_own_names_and_mail_domains(
 
 
 def forge(
-    ca: tuple[x509.Certificate, pki.PrivateKey],
+    ca: pki.CA,
     names: list[x509.GeneralName],
     cn: str,
     usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.SERVER_AUTH,
@@ -208,7 +207,7 @@ def forge(
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .issuer_name(ca[0].subject)
+        .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=1))
@@ -217,7 +216,7 @@ def forge(
     )
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    return builder.sign(ca[1], hashes.SHA256()), key
+    return builder.sign(ca.key, hashes.SHA256()), key
 
 
 def write_pair(folder: Path, name: str, cert: x509.Certificate, key: object) -> TlsConfig:
@@ -272,7 +271,7 @@ OUTSIDE = [
 )
 def test_python_ssl_rejects_a_forged_certificate_for_another_site(
     setup: Path,
-    ca: tuple[x509.Certificate, pki.PrivateKey],
+    ca: pki.CA,
     tmp_path: Path,
     hostname: str,
     names: list[x509.GeneralName],
@@ -376,7 +375,7 @@ def test_init_refuses_a_bad_server_name_before_creating_anything(tmp_path: Path)
 
 
 def test_client_certificates_verify_for_the_permitted_mail_domains_only(
-    setup: Path, ca: tuple[x509.Certificate, pki.PrivateKey], tmp_path: Path
+    setup: Path, ca: pki.CA, tmp_path: Path
 ) -> None:
     gateway = server_context(
         TlsConfig(
@@ -385,8 +384,8 @@ def test_client_certificates_verify_for_the_permitted_mail_domains_only(
         "required",
     )
     for email in ("alice@example.org", "bob@lists.example.org"):
-        cert, key = pki.issue_client_cert(ca[0], ca[1], email)
-        pair = write_pair(tmp_path, email, cert, key)
+        issued = ca.issue_client_cert(email)
+        pair = write_pair(tmp_path, email, issued.cert, issued.key)
         client = client_context(setup)
         client.load_cert_chain(pair.cert, pair.key)
         assert tls_handshake(gateway, client, "gw.test") == b"ok", email

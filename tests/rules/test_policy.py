@@ -278,11 +278,33 @@ def test_patterns_are_stored_in_their_comparison_form() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "@", "alice", "@@x.example", "@x.example.", "@[10.0.0.1]", "a%b@x.example"]
+    "text",
+    [
+        "",
+        "@",
+        "alice",
+        "example.org",
+        "alice@",
+        "@@x.example",
+        "alice@@example.org",
+        "@x.example.",
+        "alice@example.org.",
+        "@.example.org",
+        "@*.example.org",
+        "@[10.0.0.1]",
+        "alice@[127.0.0.1]",
+        "a%b@x.example",
+        "evil.test!alice@example.org",
+        "@relay.example:alice@example.org",
+        '"alice"@example.org',
+        "a b@example.org",
+    ],
 )
 def test_invalid_patterns(text: str) -> None:
-    with pytest.raises(InvalidPattern):
+    with pytest.raises(InvalidPattern) as raised:
         normalise_pattern(text)
+
+    assert "\n" not in str(raised.value)
 
 
 def test_fold_keeps_the_letters_idna_keeps() -> None:

@@ -77,9 +77,8 @@ def old_tls_context() -> ssl.SSLContext:
 
 
 def foreign_cert_context(folder: Path) -> ssl.SSLContext:
-    ca_cert, ca_key = pki.create_ca("Some Other CA")
-    cert, key = pki.issue_client_cert(ca_cert, ca_key, "alice@example.org")
-    client = ClientCert.write(folder, "foreign", cert, key)
+    issued = pki.CA.create("Some Other CA").issue_client_cert("alice@example.org")
+    client = ClientCert.write(folder, "foreign", issued.cert, issued.key)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE

@@ -11,7 +11,6 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 import migrations
-from submitgw.rules.access import RuleError
 from submitgw.store import (
     AccessRuleStore,
     Database,
@@ -25,12 +24,13 @@ from submitgw.store import (
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
 
-def test_rules_are_stored_normalised_and_listed_oldest_first(db: Database) -> None:
+def test_rules_are_stored_as_given_and_listed_oldest_first(db: Database) -> None:
+    """Normalising is `rules.access.parse_rule`'s (tests/rules); the store keeps its result."""
     store = AccessRuleStore(db)
 
     first = store.add("deny", "10.1.0.0/16", "abuse ticket 42")
-    second = store.add("allow", " Mail.Example.NET. ")
-    third = store.add("deny", "::FFFF:192.0.2.1/128")
+    second = store.add("allow", "mail.example.net")
+    third = store.add("deny", "192.0.2.1")
 
     listed = store.list()
     assert [s.rule for s in listed] == [first.rule, second.rule, third.rule]
@@ -47,16 +47,14 @@ def test_same_rule_twice_is_refused_naming_the_existing_one(db: Database) -> Non
     existing = store.add("allow", "example.net").rule
 
     with pytest.raises(RuleExists, match=f"#{existing.id} \\(allow\\): remove it first"):
-        store.add("deny", "EXAMPLE.net.")
+        store.add("deny", "example.net")
 
     assert len(store.list()) == 1
 
 
-def test_invalid_rules_and_actions_are_refused(db: Database) -> None:
+def test_invalid_actions_are_refused(db: Database) -> None:
     store = AccessRuleStore(db)
 
-    with pytest.raises(RuleError, match=r"did you mean 10\.0\.0\.0/8"):
-        store.add("deny", "10.1.2.3/8")
     with pytest.raises(ValueError, match="action"):
         store.add("block", "10.0.0.0/8")
 
@@ -86,7 +84,7 @@ def test_user_networks_replace_clear_and_cascade(db: Database) -> None:
     users.add("alice@example.org", "hash")
     users.add("bob@example.org", "hash")
 
-    stored = networks.set("Alice@Example.org", ["2001:db8::/32", "192.0.2.7", "10.0.0.0/8"])
+    stored = networks.set("Alice@Example.org", ["2001:db8::/32", "192.0.2.7/32", "10.0.0.0/8"])
     assert stored == ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]
     assert networks.get("alice@example.org") == stored
     networks.set("bob@example.org", ["198.51.100.0/24"])
@@ -113,8 +111,6 @@ def test_user_networks_errors(db: Database) -> None:
 
     with pytest.raises(UserNotFound):
         networks.set("nobody@example.org", ["192.0.2.0/24"])
-    with pytest.raises(RuleError, match=r"did you mean 192\.0\.2\.0/24"):
-        networks.set("alice@example.org", ["192.0.2.1/24"])
 
     assert networks.get("alice@example.org") == ["192.0.2.0/24"]
     assert networks.get("nobody@example.org") == []

@@ -18,7 +18,7 @@ from sqlalchemy import inspect, text
 
 import migrations
 import pki
-from submitgw.rules.binding import InvalidPattern
+from submitgw.rules.binding import normalise_pattern
 from submitgw.store import (
     CertificateStore,
     Database,
@@ -52,9 +52,9 @@ def test_a_new_user_may_send_as_their_own_address_only(senders: SenderStore) -> 
 
 
 def test_bindings_are_stored_lower_case_and_listed_domains_first(senders: SenderStore) -> None:
-    assert senders.add(ALICE, "Sales@Example.NET") == "sales@example.net"
-    assert senders.add(ALICE, "@Example.COM") == "@example.com"
-    assert senders.add(ALICE, "  @BÜCHER.example ") == "@bücher.example"
+    assert senders.add(ALICE, normalise_pattern("Sales@Example.NET")) == "sales@example.net"
+    assert senders.add(ALICE, normalise_pattern("@Example.COM")) == "@example.com"
+    assert senders.add(ALICE, normalise_pattern("  @BÜCHER.example ")) == "@bücher.example"
 
     assert senders.list(ALICE) == ["@bücher.example", "@example.com", "sales@example.net"]
     assert senders.allowed(ALICE) == [ALICE, "@bücher.example", "@example.com", "sales@example.net"]
@@ -68,10 +68,10 @@ def test_bindings_are_stored_lower_case_and_listed_domains_first(senders: Sender
 def test_one_binding_cannot_be_added_twice_in_another_case(
     senders: SenderStore, spelling: str
 ) -> None:
-    senders.add(ALICE, "Sales@Example.net")
+    senders.add(ALICE, normalise_pattern("Sales@Example.net"))
 
     with pytest.raises(SenderExists, match=r"^sales@example\.net is already bound to alice@"):
-        senders.add(ALICE, spelling)
+        senders.add(ALICE, normalise_pattern(spelling))
     assert senders.list(ALICE) == ["sales@example.net"]
 
 
@@ -82,40 +82,10 @@ def test_the_same_binding_may_belong_to_two_users(senders: SenderStore) -> None:
     assert senders.list(BOB) == ["@example.net"]
 
 
-def test_own_address_is_not_a_binding(senders: SenderStore) -> None:
-    with pytest.raises(SenderExists, match="own address, always allowed"):
-        senders.add(ALICE, "Alice@Example.org")
+def test_own_address_is_never_stored_as_a_binding(senders: SenderStore) -> None:
+    """`user sender add` refuses it (tests/gateway/test_senders.py); so nothing can remove it."""
     with pytest.raises(SenderNotFound):
         senders.remove(ALICE, ALICE)
-
-
-@pytest.mark.parametrize(
-    "pattern",
-    [
-        "",
-        "@",
-        "example.org",
-        "alice@",
-        '"alice"@example.org',
-        "@relay.example:alice@example.org",
-        "alice%evil.test@example.org",
-        "evil.test!alice@example.org",
-        "alice@[127.0.0.1]",
-        "@[127.0.0.1]",
-        "alice@example.org.",
-        "@example.org.",
-        "@.example.org",
-        "alice@@example.org",
-        "a b@example.org",
-        "@*.example.org",
-    ],
-)
-def test_only_plain_addresses_and_domains_can_be_bound(senders: SenderStore, pattern: str) -> None:
-    with pytest.raises(InvalidPattern) as raised:
-        senders.add(ALICE, pattern)
-
-    assert "\n" not in str(raised.value)
-    assert senders.list(ALICE) == []
 
 
 def test_unknown_user(senders: SenderStore) -> None:
@@ -133,7 +103,7 @@ def test_remove_in_any_spelling(senders: SenderStore) -> None:
     senders.add(ALICE, "sales@example.net")
     senders.add(ALICE, "@example.com")
 
-    assert senders.remove(ALICE, "SALES@Example.NET") == "sales@example.net"
+    assert senders.remove(ALICE, normalise_pattern("SALES@Example.NET")) == "sales@example.net"
     assert senders.list(ALICE) == ["@example.com"]
     with pytest.raises(SenderNotFound, match=r"^sales@example\.net is not bound to alice@"):
         senders.remove(ALICE, "sales@example.net")
@@ -184,8 +154,7 @@ def test_upgrade_from_0002_keeps_users_and_certificates(bare_db: Database) -> No
     """Later migrations only add tables and columns: rebuilding `users` on SQLite would
     cascade-delete certificates. Rows are written as the 0002 schema knew them."""
     alembic_command(bare_db, "upgrade", "0002")
-    ca_cert, ca_key = pki.create_ca("migration test CA")
-    cert = pki.issue_client_cert(ca_cert, ca_key, ALICE)[0]
+    cert = pki.CA.create("migration test CA").issue_client_cert(ALICE).cert
     serial = pki.format_serial(cert.serial_number)
     with bare_db.engine.begin() as connection:
         connection.execute(

@@ -139,15 +139,14 @@ class _Gateway:
 
     def issue_cert(self, email: str = USER, *, days: int = 365) -> ClientCert:
         """A client certificate from this setup's CA, recorded in its inventory."""
-        ca_cert = pki.load_certificate(self.dir / "ca" / "ca.crt")
-        ca_key = pki.load_private_key(self.dir / "ca" / "ca.key")
-        cert, key = pki.issue_client_cert(ca_cert, ca_key, email, days=days)
+        ca = pki.CA.load(self.dir / "ca" / "ca.crt", self.dir / "ca" / "ca.key")
+        issued = ca.issue_client_cert(email, days=days)
         db = Database(config_mod.load(self.config).database.url)
         try:
-            CertificateStore(db).add(email, cert)
+            CertificateStore(db).add(email, issued)
         finally:
             db.dispose()
-        return ClientCert.write(self.dir / "client-certs", email, cert, key)
+        return ClientCert.write(self.dir / "client-certs", email, issued.cert, issued.key)
 
     def serve_args(self, *extra: str) -> list[str]:
         """`submitgw serve` flags: ports the kernel picks, this test's smarthost."""

@@ -232,8 +232,8 @@ def test_chromium_refuses_the_site_without_the_gateway_ca(
 ) -> None:
     """The browser trusts exactly the CA it was given (no blanket certificate bypass): with
     another CA, the site's certificate gets Chromium's certificate error page."""
-    other_ca, _key = pki.create_ca("Some other CA")
-    pki.write_certificate(tmp_path / "other-ca.crt", other_ca)
+    other_ca = pki.CA.create("Some other CA")
+    pki.write_certificate(tmp_path / "other-ca.crt", other_ca.cert)
     gw = gateway_factory({"limits": QUIET_AUTH}, selfservice=True)
     driver = browser_factory(tmp_path / "other-ca.crt")
     driver.get(gw.web_url)
