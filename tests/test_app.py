@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from submitgw import config as config_mod
-from submitgw.app import App
+from submitgw.app.gateway import App
 from submitgw.config import Config, Endpoint
 from submitgw.store import Database
 

@@ -13,7 +13,8 @@ import click
 
 from pki import CA, CAError, CAPassphraseRequired
 from submitgw import config as config_mod
-from submitgw.cli.services import Services, open_services
+from submitgw.app import Stores
+from submitgw.cli.services import open_services
 from submitgw.config import Config, ConfigError
 from submitgw.rules.address import normalise_login
 
@@ -73,7 +74,7 @@ class Context:
                 raise click.ClickException(str(exc)) from exc
         return self._config
 
-    def services(self, *, require_current: bool = True) -> AbstractContextManager[Services]:
+    def services(self, *, require_current: bool = True) -> AbstractContextManager[Stores]:
         """`with ctx.services() as s:` the configured database's stores and services.
 
         Refuses a schema this version was not written for unless `require_current` is

@@ -77,11 +77,11 @@ def serve_command(
             raise click.ClickException(f"TLS file {path} not found (see [tls] in {ctx.path})")
     # Here, not at the top: the web and SMTP server stack is only needed to serve, and
     # every other command (one process per admin action) starts faster without it.
-    from submitgw import app
+    from submitgw.app import gateway
 
     with ctx.services() as s:
         audit.setup_logging(cfg.log)
-        code = asyncio.run(app.serve(cfg, s.db))
+        code = asyncio.run(gateway.serve(cfg, s.db))
     raise SystemExit(code)
 
 

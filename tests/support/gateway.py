@@ -1,7 +1,7 @@
 """Real gateways for tests: `submitgw init` once per run, a gateway per test.
 
 Tests talk to it over loopback sockets with real TLS, exactly as a mail client would. By
-default the gateway runs in this process (`submitgw.app.App` on its own event loop in a
+default the gateway runs in this process (`submitgw.app.gateway.App` on its own event loop in a
 thread), which saves a Python start-up per test; `gateway_factory(process=True)` runs
 `submitgw serve` as a process where signals, exit codes, memory or CPU figures matter.
 """
@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 
 import pki
 from submitgw import config as config_mod
-from submitgw.app import App
+from submitgw.app.gateway import App
 from submitgw.cli.serve import apply_flags
 from submitgw.config import Config
 from submitgw.services.audit import JsonFormatter, TextFormatter
@@ -276,7 +276,7 @@ class GatewayProcess(_Gateway):
 
 
 class InProcessGateway(_Gateway):
-    """The same gateway (`submitgw.app.App`) on an event loop in a thread of the test process.
+    """The same gateway (`submitgw.app.gateway.App`) on an event loop in a test thread.
 
     Real sockets, TLS and smarthost as with the process, without a Python start-up per
     test. Log lines emitted on behalf of this gateway go to its own log file.

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from submitgw import config as config_mod
-from submitgw.app import raise_fd_limit
+from submitgw.app.gateway import raise_fd_limit
 from tests.support.gateway import PASSWORD, USER, GatewayProcess, run_cli
 from tests.support.web import WebClient
 

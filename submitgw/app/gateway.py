@@ -1,7 +1,7 @@
-"""The one wiring place: configuration and a database in, a running gateway out.
+"""The serving side of the wiring: configuration and a database in, a running gateway out.
 
-`submitgw serve`, the CLI and the tests all build the gateway here, so what a test
-runs is what production runs. `App` owns the listeners and knows nothing of
+`submitgw serve` and the tests build the gateway here, so what a test runs is what
+production runs. `App` owns the listeners and knows nothing of
 processes; `serve` adds what a process needs (signals, the exit code).
 """
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 import pki
+from submitgw.app import Stores
 from submitgw.config import Config, Endpoint, ListenerConfig, selfservice_url
-from submitgw.services.accounts import AccountService
 from submitgw.services.authn import CertificateAuthenticator, PasswordAuthenticator
 from submitgw.services.dns import ReverseDns
 from submitgw.services.limiter import Limiter
@@ -29,15 +29,8 @@ from submitgw.services.senders import Senders
 from submitgw.smtp import replies
 from submitgw.smtp.session import Gateway, Listener
 from submitgw.store import (
-    AccessRuleStore,
-    CertificateStore,
-    CredentialStore,
     Database,
-    SenderStore,
-    UserNetworkStore,
-    UserStore,
 )
-from submitgw.store.counters import CounterStore
 from submitgw.tls import server_context
 from submitgw.web.site import SelfService
 
@@ -49,19 +42,12 @@ class Services:
     """Everything the protocols call, built once over one database."""
 
     cfg: Config
-    db: Database
-    users: UserStore
-    networks: UserNetworkStore
-    credentials: CredentialStore
-    cert_store: CertificateStore
-    senders: SenderStore
-    access_rules: AccessRuleStore
-    counters: CounterStore
+    stores: Stores
     authenticator: PasswordAuthenticator
     certificates: CertificateAuthenticator | None
     screen: ClientScreen
     limiter: Limiter
-    accounts: AccountService
+    senders: Senders
 
     def close(self) -> None:
         self.authenticator.close()
@@ -75,32 +61,28 @@ def _certificates_needed(cfg: Config) -> bool:
 
 
 def build_services(cfg: Config, db: Database) -> Services:
-    users, networks, credentials = UserStore(db), UserNetworkStore(db), CredentialStore(db)
-    cert_store = CertificateStore(db)
+    stores = Stores(db, cfg)
     authenticator = PasswordAuthenticator(
-        users, cfg.auth, networks, credentials, cfg.passwords, selfservice_url(cfg)
+        stores.users,
+        cfg.auth,
+        stores.networks,
+        stores.credentials,
+        cfg.passwords,
+        selfservice_url(cfg),
     )
     certificates = None
     if _certificates_needed(cfg):
         certificates = CertificateAuthenticator(
-            cert_store, pki.load_certificate(cfg.tls.ca_cert), networks
+            stores.certificates, pki.load_certificate(cfg.tls.ca_cert), stores.networks
         )
-    access_rules, counters = AccessRuleStore(db), CounterStore(db)
     return Services(
         cfg=cfg,
-        db=db,
-        users=users,
-        networks=networks,
-        credentials=credentials,
-        cert_store=cert_store,
-        senders=SenderStore(db),
-        access_rules=access_rules,
-        counters=counters,
+        stores=stores,
         authenticator=authenticator,
         certificates=certificates,
-        screen=ClientScreen(access_rules, ReverseDns(cfg.dns), cfg.policy),
-        limiter=Limiter(cfg.limits, counters, describe=replies.line),
-        accounts=AccountService(db, cfg.auth, cfg.passwords, authenticator.hasher),
+        screen=ClientScreen(stores.access_rules, ReverseDns(cfg.dns), cfg.policy),
+        limiter=Limiter(cfg.limits, stores.counters, describe=replies.line),
+        senders=Senders(stores.senders),
     )
 
 
@@ -152,7 +134,7 @@ class App:
             s.authenticator,
             s.certificates,
             s.screen,
-            senders=Senders(s.senders),
+            senders=s.senders,
             limiter=s.limiter,
         )
         # name -> the address actually bound (a port 0 in the config becomes the real one).
@@ -201,9 +183,9 @@ class App:
             s.authenticator,
             s.certificates,
             s.limiter,
-            users=s.users,
-            cert_store=s.cert_store,
-            accounts=s.accounts,
+            users=s.stores.users,
+            cert_store=s.stores.certificates,
+            accounts=s.stores.accounts,
             screen=s.screen.refusal,
         )
         context = server_context(cfg.tls, cfg.selfservice.client_certificates)
