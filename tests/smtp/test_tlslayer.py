@@ -599,6 +599,41 @@ def test_client_close_notify_is_eof_then_lost_once(certs: Certs) -> None:
     run(main())
 
 
+def test_application_may_answer_after_the_client_close_notify(certs: Certs) -> None:
+    """An application whose eof_received returns True keeps writing until it closes."""
+
+    class Lingering(App):
+        def eof_received(self) -> bool:
+            self.events.append("eof")
+            self.transport.write(b"late")
+            asyncio.get_running_loop().call_soon(self.transport.close)
+            return True
+
+    async def main() -> None:
+        server = Server(server_context(certs.tls), lambda: Lingering(echo=False))
+        async with server.running():
+
+            def client() -> bytes:
+                ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+                with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                    sock.setblocking(True)
+                    conn = SSL.Connection(ctx, sock)
+                    conn.set_connect_state()
+                    conn.do_handshake()
+                    conn.shutdown()  # our close_notify; we keep reading
+                    data = b""
+                    with contextlib.suppress(SSL.ZeroReturnError):
+                        while True:
+                            data += conn.recv(100)
+                    return data
+
+            assert await asyncio.to_thread(client) == b"late"
+            await server.settled()
+            assert server.apps[0].events == ["made", "eof", "lost"]
+
+    run(main())
+
+
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
 def test_server_close_sends_close_notify(certs: Certs, version: ssl.TLSVersion) -> None:
     def closing() -> App:
