@@ -86,11 +86,11 @@ class Front(asyncio.Protocol):
 
 
 def make_tls(folder: Path) -> TlsConfig:
-    ca_cert, ca_key = pki.create_ca("bench CA")
-    cert, key = pki.issue_server_cert(ca_cert, ca_key, [SERVER_NAME])
-    pki.write_certificate(folder / "ca.crt", ca_cert)
-    pki.write_certificate(folder / "server.crt", cert)
-    pki.write_private_key(folder / "server.key", key)
+    ca = pki.CA.create("bench CA")
+    server = ca.issue_server_cert([SERVER_NAME])
+    pki.write_certificate(folder / "ca.crt", ca.cert)
+    server.write_cert(folder / "server.crt")
+    server.write_private_key(folder / "server.key")
     return TlsConfig(
         cert=folder / "server.crt", key=folder / "server.key", ca_cert=folder / "ca.crt"
     )

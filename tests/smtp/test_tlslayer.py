@@ -62,25 +62,17 @@ class Certs:
 
 
 def make_certs(folder: Path) -> Certs:
-    ca_cert, ca_key = pki.create_ca("tls layer test CA")
-    server_cert, server_key = pki.issue_server_cert(ca_cert, ca_key, [SERVER_NAME])
-    client_cert, client_key = pki.issue_client_cert(ca_cert, ca_key, "alice@example.org")
-    other_ca, other_key = pki.create_ca("someone else's CA")
-    foreign_cert, foreign_key = pki.issue_client_cert(other_ca, other_key, "mallory@example.org")
-    files = {
-        "ca.crt": ca_cert,
-        "server.crt": server_cert,
-        "client.crt": client_cert,
-        "foreign.crt": foreign_cert,
+    ca = pki.CA.create("tls layer test CA")
+    other_ca = pki.CA.create("someone else's CA")
+    issued = {
+        "server": ca.issue_server_cert([SERVER_NAME]),
+        "client": ca.issue_client_cert("alice@example.org"),
+        "foreign": other_ca.issue_client_cert("mallory@example.org"),
     }
-    for name, cert in files.items():
-        pki.write_certificate(folder / name, cert)
-    for name, key in {
-        "server.key": server_key,
-        "client.key": client_key,
-        "foreign.key": foreign_key,
-    }.items():
-        pki.write_private_key(folder / name, key)
+    pki.write_certificate(folder / "ca.crt", ca.cert)
+    for name, certificate in issued.items():
+        certificate.write_cert(folder / f"{name}.crt")
+        certificate.write_private_key(folder / f"{name}.key")
     return Certs(
         tls=TlsConfig(
             cert=folder / "server.crt", key=folder / "server.key", ca_cert=folder / "ca.crt"
