@@ -83,7 +83,7 @@ CLIENT_CERT_MODES = ("off", "optional", "required")
 @dataclass(frozen=True)
 class ListenerConfig:
     listen: Endpoint | None = None
-    client_certificates: str = "off"
+    client_certificates: str = "optional"
     certificate_without_auth: bool = True
 
 
@@ -532,16 +532,17 @@ memory_trim_interval = 30.0
 # Message submission with STARTTLS (RFC 6409), "HOST:PORT" or "off".
 listen = "0.0.0.0:587"
 # Ask clients for a certificate from the bundled CA: "off", "optional" or "required".
-# With "optional", a client that offers a certificate from another CA fails the TLS
-# handshake, so enable it only where clients are set up for it.
-client_certificates = "off"
+# The request names the bundled CA, so mail clients offer the right certificate (and
+# do not prompt users who have none); whatever certificate a client offers, the
+# handshake goes on and the session judges it, so a foreign one costs no login.
+client_certificates = "optional"
 # true: a valid certificate of a "certificate" user lets MAIL FROM proceed without AUTH.
 certificate_without_auth = true
 
 [submissions]
 # Submission over implicit TLS (RFC 8314), "HOST:PORT" or "off".
 listen = "0.0.0.0:465"
-client_certificates = "off"
+client_certificates = "optional"
 certificate_without_auth = true
 
 [tls]

@@ -36,10 +36,8 @@ def server_context(cfg: TlsConfig, client_certificates: str = "off") -> ssl.SSLC
     return ctx
 
 
-def describe(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
+def describe(version: str | None, cipher: str | None) -> str | None:
     """`TLSv1.3 with cipher TLS_AES_256_GCM_SHA384`, for logs and the Received header."""
-    if ssl_object is None:
+    if version is None:
         return None
-    cipher = ssl_object.cipher()
-    name = cipher[0] if cipher else "unknown"
-    return f"{ssl_object.version()} with cipher {name}"
+    return f"{version} with cipher {cipher or 'unknown'}"

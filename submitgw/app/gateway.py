@@ -26,7 +26,7 @@ from submitgw.services.limiter import Limiter
 from submitgw.services.memory import trim_after_churn
 from submitgw.services.screening import ClientScreen
 from submitgw.services.senders import Senders
-from submitgw.smtp import replies
+from submitgw.smtp import replies, tlslayer
 from submitgw.smtp.session import Gateway, Listener
 from submitgw.store import (
     Database,
@@ -150,7 +150,12 @@ class App:
             ("submissions", cfg.submissions, True),
         ]
         return [
-            (Listener(name, implicit, server_context(cfg.tls, s.client_certificates), s), s.listen)
+            (
+                Listener(
+                    name, implicit, tlslayer.server_context(cfg.tls, s.client_certificates), s
+                ),
+                s.listen,
+            )
             for name, s, implicit in chosen
             if s.listen is not None
         ]

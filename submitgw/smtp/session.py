@@ -1,10 +1,11 @@
-"""The SMTP session: aiosmtpd's transport and STARTTLS plumbing, our command loop.
+"""The SMTP session: our own protocol and command loop over the socket or the TLS layer.
 
-aiosmtpd's own command loop answers without enhanced status codes, leaks
-exception text, times out only between commands and reads AUTH synchronously,
-so the session replaces the loop and every command handler while keeping the
-library's connection and TLS-upgrade machinery. This module is the only place
-where a `Refusal` becomes bytes on the wire, worded by `replies`.
+aiosmtpd's command loop answers without enhanced status codes, leaks exception
+text, times out only between commands and reads AUTH synchronously, and its
+STARTTLS needs private asyncio names; so the session is a plain asyncio protocol
+that reads through a `StreamReader` and puts `tlslayer.TlsLayer` under itself.
+This module is the only place where a `Refusal` becomes bytes on the wire,
+worded by `replies`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ import contextlib
 import functools
 import logging
 import secrets
-import ssl
 import time
-from asyncio import sslproto
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from aiosmtpd.smtp import SMTP
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
 
 import pki
 from submitgw.config import Config, ListenerConfig
@@ -43,9 +43,10 @@ from submitgw.services.limiter import Limiter
 from submitgw.services.screening import ClientScreen
 from submitgw.services.senders import Senders
 from submitgw.smtp import replies
-from submitgw.smtp.connections import Connection, ConnectionTable
+from submitgw.smtp.connections import CLOSE_GRACE, Connection, ConnectionTable
 from submitgw.smtp.dataread import DataDecoder
 from submitgw.smtp.relay import Smarthost, as_client_reply
+from submitgw.smtp.tlslayer import TlsLayer
 from submitgw.tls import describe
 from submitgw.types import CertificateUser, Identity
 
@@ -72,7 +73,7 @@ class Listener:
 
     name: str
     implicit_tls: bool
-    tls_context: ssl.SSLContext
+    tls_context: SSL.Context
     settings: ListenerConfig
 
 
@@ -143,19 +144,28 @@ class Gateway:
             await asyncio.wait(self._background, timeout=5)
 
 
-class Session(SMTP):
+class Session(asyncio.Protocol):
+    """One client, from its socket's accept to its close: reads commands, answers them.
+
+    The session is the protocol above the socket (plain text), or above the TLS layer
+    it puts in between (implicit TLS at once, or after STARTTLS); it reads through a
+    `StreamReader` so that command lines and DATA blocks can be awaited.
+    """
+
     def __init__(self, gateway: Gateway, listener: Listener, connection: Connection) -> None:
         cfg = gateway.cfg
         self.line_length_limit = max(cfg.limits.max_auth_length, DATA_LINE_LIMIT) + 2
-        super().__init__(
-            handler=object(),
-            hostname=cfg.server.hostname,
-            ident="",
-            tls_context=listener.tls_context,
-            data_size_limit=cfg.limits.max_message_size,
-            # A backstop only: the command loop enforces idle and lifetime limits itself.
-            timeout=cfg.limits.max_session_seconds + cfg.limits.idle_timeout,
-        )
+        self.hostname = cfg.server.hostname
+        self.loop = asyncio.get_running_loop()
+        # The socket's own transport; `transport` is what replies go to (it or TLS).
+        self.raw: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None
+        self.reader = asyncio.StreamReader(limit=self.line_length_limit)
+        self.tls: TlsLayer | None = None
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self._task: asyncio.Task[None] | None = None
+        self._backstop: asyncio.TimerHandle | None = None
         self.gw = gateway
         self.cfg = cfg
         self.listener = listener
@@ -163,7 +173,6 @@ class Session(SMTP):
         self.lost = False
         self.id = secrets.token_hex(6)
         self.tls_info: str | None = None
-        self.tls_waiter: asyncio.Future[None] | None = None
         self.cert: CertificateUser | None = None
         self.helo: str | None = None
         self.esmtp = False
@@ -187,15 +196,42 @@ class Session(SMTP):
     # --- connection lifecycle -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        upgrading = self._original_transport is not None
-        super().connection_made(transport)
-        if upgrading:
-            self.tls_info = describe(transport.get_extra_info("ssl_object"))
+        """The socket's transport first; after a TLS handshake, the TLS layer's."""
+        assert isinstance(transport, asyncio.Transport)
+        if self.raw is not None:
+            self._use(transport)
             return
+        self.raw = transport
         self.gw.sessions.add(self)
         if self.listener.implicit_tls:
             # Before any byte arrives, so the ClientHello reaches the TLS layer.
-            self.tls_waiter = self._begin_tls()
+            self._begin_tls(discard_pending=False)
+        else:
+            self._use(transport)
+        # A backstop only: the command loop enforces idle and lifetime limits itself.
+        limits = self.cfg.limits
+        self._backstop = self.loop.call_later(
+            limits.max_session_seconds + limits.idle_timeout, transport.abort
+        )
+        self._task = self.loop.create_task(self._handle_client())
+
+    def _use(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.reader.set_transport(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed_data(data)
+
+    def eof_received(self) -> bool:
+        """The client sends no more: the command loop ends when it has read the rest."""
+        self.reader.feed_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
 
     def connection_lost(self, error: Exception | None) -> None:
         """Called by the TLS layer, or by the connection when the layer did not."""
@@ -203,7 +239,21 @@ class Session(SMTP):
             return
         self.lost = True
         self.gw.sessions.discard(self)
-        super().connection_lost(error)
+        self.transport = None
+        self._can_write.set()
+        if self._backstop is not None:
+            self._backstop.cancel()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def push(self, line: str) -> None:
+        """One reply line; waits while the client is not reading what we sent."""
+        transport = self.transport
+        if transport is None or self.lost:
+            raise ConnectionResetError("connection lost")
+        transport.write(line.encode("ascii") + b"\r\n")
+        if not self._can_write.is_set():
+            await self._can_write.wait()
 
     @property
     def identified(self) -> bool:
@@ -266,7 +316,7 @@ class Session(SMTP):
         if timeout <= 0:
             await self._timeout(why)
         try:
-            line = await asyncio.wait_for(self._reader.readuntil(b"\n"), timeout)
+            line = await asyncio.wait_for(self.reader.readuntil(b"\n"), timeout)
         except TimeoutError:
             await self._timeout(Kind.IDLE_TIMEOUT if remaining > timeout else why)
         except asyncio.IncompleteReadError as exc:
@@ -287,13 +337,13 @@ class Session(SMTP):
         )
 
     async def _discard_line(self, consumed: int) -> None:
-        await self._reader.readexactly(consumed)
+        await self.reader.readexactly(consumed)
         while True:
             try:
-                await asyncio.wait_for(self._reader.readuntil(b"\n"), self.cfg.limits.idle_timeout)
+                await asyncio.wait_for(self.reader.readuntil(b"\n"), self.cfg.limits.idle_timeout)
                 return
             except asyncio.LimitOverrunError as exc:
-                await self._reader.readexactly(exc.consumed)
+                await self.reader.readexactly(exc.consumed)
             except TimeoutError:
                 await self._timeout(Kind.IDLE_TIMEOUT)
             except asyncio.IncompleteReadError as exc:
@@ -307,8 +357,8 @@ class Session(SMTP):
 
     async def _handle_client(self) -> None:
         try:
-            if self.tls_waiter is not None:
-                await self._finish_tls(self.tls_waiter)
+            if self.tls is not None:
+                await self._finish_tls()
             if self.gw.screen is not None:
                 refusal = await self.gw.screen.refusal(self.client_ip, self.id)
                 if refusal is not None:
@@ -324,7 +374,7 @@ class Session(SMTP):
                     return
         except _Closed:
             pass
-        except (ConnectionError, ssl.SSLError):
+        except ConnectionError:
             self.end_reason = "connection-error"
         except asyncio.CancelledError:
             raise
@@ -417,45 +467,60 @@ class Session(SMTP):
 
     async def smtp_STARTTLS(self, arg: str | None) -> None:
         rules.check_starttls(arg, tls=bool(self.tls_info))
-        await self.push(replies.TLS_READY)
-        await self._finish_tls(self._begin_tls())
+        raw = self.raw
+        if raw is None or self.transport is None or raw.is_closing():
+            raise ConnectionResetError("connection lost")
+        # Written to the socket and the TLS layer put under it in one step: whatever
+        # arrives after this is TLS, whatever came before stays unread (RFC 3207 5).
+        raw.write(replies.TLS_READY.encode("ascii") + b"\r\n")
+        self._begin_tls(discard_pending=True)
+        await self._finish_tls()
         # RFC 3207 4.2: forget everything learnt before TLS.
         self.helo = None
         self.esmtp = False
         await self._reset_transaction()
 
-    def _begin_tls(self) -> asyncio.Future[None]:
-        """Put a TLS layer under the session; the handshake completes the returned future."""
-        waiter: asyncio.Future[None] = self.loop.create_future()
-        self._tls_protocol = sslproto.SSLProtocol(
-            self.loop, self, self.listener.tls_context, waiter, server_side=True
-        )
-        self._original_transport = self.transport
-        assert self._original_transport is not None
-        self.connection.layer(self._tls_protocol)
-        self.transport = self._tls_protocol._app_transport
-        self._tls_protocol.connection_made(self._original_transport)
-        return waiter
+    def _begin_tls(self, *, discard_pending: bool) -> None:
+        """Put a TLS layer between the socket and the session and start its handshake.
 
-    async def _finish_tls(self, waiter: asyncio.Future[None]) -> None:
-        """A client that closes cleanly mid-handshake completes the waiter without an
-        error, so success is judged by the TLS object being there, not by the waiter."""
-        ssl_object = None
-        reason = "closed during the handshake"
-        try:
-            await asyncio.wait_for(waiter, self.cfg.limits.tls_handshake_timeout)
-            if self.transport is not None:
-                ssl_object = self.transport.get_extra_info("ssl_object")
-        except (TimeoutError, ConnectionError, ssl.SSLError, OSError) as exc:
-            why = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
-            reason = str(why or type(exc).__name__)
-        if ssl_object is None:
+        Commands the client pipelined behind STARTTLS stay in the plain-text reader,
+        which is dropped: the session reads only what comes through TLS from now on.
+        """
+        raw = self.raw
+        assert raw is not None
+        layer = TlsLayer(
+            self.listener.tls_context,
+            self,
+            handshake_timeout=self.cfg.limits.tls_handshake_timeout,
+            close_timeout=CLOSE_GRACE,
+        )
+        self.tls = layer
+        # Logged by the layer's own outcome: the session's task may be cancelled (the
+        # socket gone) before it would see a failed handshake.
+        layer.handshake.add_done_callback(self._log_failed_handshake)
+        self.transport = None
+        self.reader = asyncio.StreamReader(limit=self.line_length_limit)
+        self.connection.layer(layer)
+        if not raw.is_reading():
+            raw.resume_reading()  # the plain-text reader may have paused it
+        layer.start(raw, discard_pending=discard_pending)
+
+    def _log_failed_handshake(self, handshake: asyncio.Future[str | None]) -> None:
+        reason = handshake.result()
+        if reason is not None:
             self.end_reason = "tls-failed"
             self.trail.tls_failed(reason)
+
+    async def _finish_tls(self) -> None:
+        assert self.tls is not None
+        reason = await self.tls.handshake
+        if reason is not None or self.transport is None:
+            self.end_reason = "tls-failed"
             raise _Closed("TLS handshake failed")
-        self.tls_info = describe(ssl_object)
-        der = ssl_object.getpeercert(binary_form=True)
-        if der and self.gw.certificates is not None:
+        self.tls_info = describe(self.tls.version, self.tls.cipher)
+        cert = self.tls.peer_certificate
+        if cert is not None and self.gw.certificates is not None:
+            der = cert.public_bytes(serialization.Encoding.DER)
             self.cert, why = await self.gw.certificates.identify(der, self.client_ip)
             user = self.cert.user if self.cert else None
             self.trail.certificate(pki.fingerprint_sha256(der), user, why)
@@ -636,11 +701,11 @@ class Session(SMTP):
                     want = decoder.next_read()
                     try:
                         if isinstance(want, int):
-                            block = await self._reader.readexactly(want)
+                            block = await self.reader.readexactly(want)
                         else:
-                            block = await self._reader.readuntil(want)
+                            block = await self.reader.readuntil(want)
                     except asyncio.LimitOverrunError as exc:
-                        block = await self._reader.readexactly(exc.consumed)
+                        block = await self.reader.readexactly(exc.consumed)
                     if decoder.feed(block) != len(block):
                         raise RuntimeError("read past the end of DATA")
                     now = loop.time()

@@ -141,6 +141,8 @@ def test_failed_handshakes_give_back_their_slots(
     kinds: dict[str, Callable[[], None]] = {
         "TLS 1.1 on 465": lambda: handshake_fails(gw.tls_port, old),
         "TLS 1.1 after STARTTLS": lambda: handshake_fails(gw.port, old, starttls=True),
+        # The handshake takes any certificate (the session judges it): these complete
+        # it, say EHLO and go, which must give the slot back just the same.
         "foreign certificate on 465": lambda: handshake_fails(gw.tls_port, foreign),
         "foreign certificate after STARTTLS": lambda: handshake_fails(
             gw.port, foreign, starttls=True
@@ -174,7 +176,12 @@ def test_failed_handshakes_give_back_their_slots(
     assert smarthost.wait_for_messages(1)[0].rcpt_tos == ["bob@example.net"]
     assert settled_count(gw) == 0
     failures = [e for e in gw.log_events("tls") if e["result"] == "failed"]
-    assert len(failures) >= ROUNDS * 4
+    refused = [e for e in gw.log_events("connection") if e["result"] == "refused"]
+    print(f"{len(failures)} failed handshakes logged, {len(refused)} connections refused")
+    # TLS 1.1 on both ports, STARTTLS then close, connect and close: each one logged,
+    # as a failed handshake or (over the per-address cap while slots are being
+    # given back) as a refused connection.
+    assert len(failures) + len(refused) >= ROUNDS * 4
 
     started = time.monotonic()
     assert gw.stop(timeout=10) == 0
