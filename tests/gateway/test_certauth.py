@@ -139,7 +139,8 @@ def test_no_certificate_no_external(certgw: GatewayProcess) -> None:
 def test_listener_with_certificates_off_ignores_them(
     gateway_factory: Any, smarthost: CaptureSmarthost
 ) -> None:
-    gw = gateway_factory(start=False)
+    off = {"client_certificates": "off"}
+    gw = gateway_factory({"submission": off, "submissions": off}, start=False)
     assert run_cli(gw.config, "user", "set-auth", USER, "certificate").returncode == 0
     gw.start()
     d = dialog(gw, gw.issue_cert())
