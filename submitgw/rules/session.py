@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 
 from submitgw.errors import AuthFailed, Kind, Refusal
-from submitgw.rules.policy import certificate_identity, require_identity
-from submitgw.types import CERTIFICATE, CertificateUser, Identity
+from submitgw.rules.certificates import auth_required, check_required
+from submitgw.rules.policy import certificate_identity
+from submitgw.types import CERTIFICATE, CertificateUser, CertificateVerdict, Identity
 
 # RFC 3207 4: before TLS a client may only greet, start TLS and do harmless things.
 PRE_TLS_COMMANDS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
@@ -143,13 +144,23 @@ def mail_identity(
     greeted: bool,
     cert: CertificateUser | None,
     certificate_without_auth: bool,
+    verdict: CertificateVerdict | None = None,
+    certificate_required: bool = False,
 ) -> Identity:
-    """Who a MAIL command sends as; the open-relay rule: nobody unidentified sends."""
+    """Who a MAIL command sends as; the open-relay rule: nobody unidentified sends.
+
+    A client refused for want of an identity hears what was wrong with the
+    certificate it offered, if any: that may be why it was not identified.
+    """
     if not greeted:
         raise Refusal(Kind.NEED_EHLO)
+    if identity is not None:
+        return identity
+    check_required(verdict, required=certificate_required)
+    identity = certificate_login(cert, listener_allows=certificate_without_auth)
     if identity is None:
-        identity = certificate_login(cert, listener_allows=certificate_without_auth)
-    return require_identity(identity)
+        raise auth_required(verdict)
+    return identity
 
 
 def check_new_transaction(*, in_transaction: bool, messages: int, max_messages: int) -> None:
