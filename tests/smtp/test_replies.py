@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -254,3 +255,13 @@ def test_limit_reply_names_the_limit_and_when_it_frees_up() -> None:
         "450 4.7.1 Message limit reached for alice@example.org: 200 messages per hour; "
         "resets at 2027-01-15 08:12:34 UTC (in 754 s)"
     )
+
+
+def test_the_readme_lists_every_certificate_reply() -> None:
+    """Operators read the replies (and the log's reason codes) there, as clients get them."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    day = datetime(2026, 1, 2, 10, 0, tzinfo=UTC)
+    for flaw in set(CertificateFlaw) - {CertificateFlaw.UNCHECKED}:
+        reply = render(Refusal(Kind.CERTIFICATE_REFUSED, flaw=flaw, date=day)).line
+        assert f"| `{reply}` | `{flaw.value}` |" in readme, reply
+    assert "`unchecked`" in readme
