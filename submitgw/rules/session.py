@@ -81,7 +81,8 @@ def helo_name(arg: str | None, *, extended: bool) -> str:
 
 
 def extensions(*, tls: bool, certificate: bool, max_size: int) -> list[str]:
-    """The EHLO keywords: AUTH is offered only inside TLS, EXTERNAL only with a certificate."""
+    """The EHLO keywords: AUTH is offered only inside TLS, EXTERNAL only when the client
+    sent a certificate (even a flawed one, so that EXTERNAL can say what is wrong with it)."""
     offered = ["PIPELINING", f"SIZE {max_size}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
     if not tls:
         return [*offered, "STARTTLS"]
@@ -101,7 +102,8 @@ def parse_auth(
     """The mechanism (upper case) and initial response of an AUTH command allowed now.
 
     RFC 4954 4: AUTH follows EHLO, happens once, and never inside a transaction.
-    EXTERNAL needs a certificate of a known user in this session.
+    EXTERNAL needs a certificate in this session; a flawed one is refused with its
+    reason (`rules.certificates.check_external`).
     """
     if not esmtp:
         raise Refusal(Kind.NEED_EHLO)
