@@ -43,6 +43,9 @@ class Kind(StrEnum):
     AUTH_BUSY = "auth-busy"
     LOGIN_LOCKED = "login-locked"  # params: until (Unix seconds)
     TOO_MANY_LOGINS = "too-many-logins"
+    # params (all three): flaw (types.CertificateFlaw; optional for the last two), date
+    CERTIFICATE_REFUSED = "certificate-refused"
+    CERTIFICATE_REQUIRED = "certificate-required"
     AUTH_REQUIRED = "auth-required"
     # MAIL and RCPT
     BAD_SENDER = "bad-sender"  # params: flaw (AddressFlaw)

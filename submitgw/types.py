@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Protocol
 
 PASSWORD = "password"
@@ -23,6 +24,46 @@ class CertificateUser:
     # False when the user has source networks and this client is outside them:
     # the certificate then identifies nobody (535 5.7.8, like any failed login).
     source_allowed: bool = True
+
+
+class CertificateFlaw(StrEnum):
+    """Why a client certificate identifies nobody; also the audit log's `reason`."""
+
+    # Judged from the certificate alone (`rules.certificates.judge`)
+    NOT_OURS = "not-ours"  # another issuer, a bad signature, or not readable
+    NOT_YET_VALID = "not-yet-valid"  # date: not_before
+    EXPIRED = "expired"  # date: not_after
+    CA_CERTIFICATE = "ca-certificate"
+    NOT_CLIENT_AUTH = "not-client-auth"
+    NO_MAILBOX = "no-mailbox"
+    # Judged against the inventory (`services.authn.CertificateAuthenticator`)
+    NOT_IN_INVENTORY = "not-in-inventory"
+    REVOKED = "revoked"  # date: revoked_at
+    USER_DISABLED = "user-disabled"
+    OUTSIDE_NETWORKS = "outside-networks"
+    # Not judged: the inventory could not be read, or the check itself failed
+    UNCHECKED = "unchecked"
+
+
+@dataclass(frozen=True)
+class CertificateVerdict:
+    """What the gateway made of the certificate a client offered: usable, or why not.
+
+    `fingerprint` is always known; `serial` whenever the certificate could be read,
+    `user` once the inventory names one (for the log; a refusal never shows it).
+    `holder` is set exactly when there is no `flaw`.
+    """
+
+    fingerprint: str
+    serial: str | None = None
+    user: str | None = None
+    flaw: CertificateFlaw | None = None
+    date: datetime | None = None
+    holder: CertificateUser | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.flaw is None
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 
 from submitgw.errors import AuthFailed, Kind, Refusal
-from submitgw.rules.policy import certificate_identity, require_identity
-from submitgw.types import CERTIFICATE, CertificateUser, Identity
+from submitgw.rules.certificates import auth_required, check_required
+from submitgw.rules.policy import certificate_identity
+from submitgw.types import CERTIFICATE, CertificateUser, CertificateVerdict, Identity
 
 # RFC 3207 4: before TLS a client may only greet, start TLS and do harmless things.
 PRE_TLS_COMMANDS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
@@ -80,7 +81,8 @@ def helo_name(arg: str | None, *, extended: bool) -> str:
 
 
 def extensions(*, tls: bool, certificate: bool, max_size: int) -> list[str]:
-    """The EHLO keywords: AUTH is offered only inside TLS, EXTERNAL only with a certificate."""
+    """The EHLO keywords: AUTH is offered only inside TLS, EXTERNAL only when the client
+    sent a certificate (even a flawed one, so that EXTERNAL can say what is wrong with it)."""
     offered = ["PIPELINING", f"SIZE {max_size}", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
     if not tls:
         return [*offered, "STARTTLS"]
@@ -100,7 +102,8 @@ def parse_auth(
     """The mechanism (upper case) and initial response of an AUTH command allowed now.
 
     RFC 4954 4: AUTH follows EHLO, happens once, and never inside a transaction.
-    EXTERNAL needs a certificate of a known user in this session.
+    EXTERNAL needs a certificate in this session; a flawed one is refused with its
+    reason (`rules.certificates.check_external`).
     """
     if not esmtp:
         raise Refusal(Kind.NEED_EHLO)
@@ -143,13 +146,23 @@ def mail_identity(
     greeted: bool,
     cert: CertificateUser | None,
     certificate_without_auth: bool,
+    verdict: CertificateVerdict | None = None,
+    certificate_required: bool = False,
 ) -> Identity:
-    """Who a MAIL command sends as; the open-relay rule: nobody unidentified sends."""
+    """Who a MAIL command sends as; the open-relay rule: nobody unidentified sends.
+
+    A client refused for want of an identity hears what was wrong with the
+    certificate it offered, if any: that may be why it was not identified.
+    """
     if not greeted:
         raise Refusal(Kind.NEED_EHLO)
+    if identity is not None:
+        return identity
+    check_required(verdict, required=certificate_required)
+    identity = certificate_login(cert, listener_allows=certificate_without_auth)
     if identity is None:
-        identity = certificate_login(cert, listener_allows=certificate_without_auth)
-    return require_identity(identity)
+        raise auth_required(verdict)
+    return identity
 
 
 def check_new_transaction(*, in_transaction: bool, messages: int, max_messages: int) -> None:

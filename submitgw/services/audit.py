@@ -21,7 +21,7 @@ from typing import Any
 
 from submitgw.config import LogConfig
 from submitgw.errors import LoginLocked, PasswordExpired, Refusal, TooManyLogins
-from submitgw.types import Identity
+from submitgw.types import CertificateVerdict, Identity
 
 log = logging.getLogger("submitgw.audit")
 
@@ -224,21 +224,25 @@ def tls_failure(*, session: str, client: str, reason: str) -> None:
     )
 
 
-def certificate_event(
-    *, session: str, client: str, fingerprint: str, user: str | None, result: str
-) -> None:
-    """A client certificate seen in a handshake: whose it is, or why it counts for nothing."""
+def certificate_event(*, session: str, client: str, verdict: CertificateVerdict) -> None:
+    """A client certificate seen in a handshake: whose it is, or why it counts for nothing.
+
+    The fingerprint is always there, so a refusal can be matched to the certificate;
+    `user` is the inventory's (None before the inventory was asked).
+    """
     emit(
         {
             "event": "certificate",
             "session": session,
             "client": client,
-            "fingerprint_sha256": fingerprint,
-            "user": user,
-            "result": "accepted" if result == "ok" else "rejected",
-            "reason": None if result == "ok" else result,
+            "fingerprint_sha256": verdict.fingerprint,
+            "serial": verdict.serial,
+            "user": verdict.user,
+            "result": "accepted" if verdict.ok else "rejected",
+            "reason": None if verdict.flaw is None else verdict.flaw.value,
+            "date": verdict.date.isoformat(timespec="seconds") if verdict.date else None,
         },
-        logging.INFO if result == "ok" else logging.WARNING,
+        logging.INFO if verdict.ok else logging.WARNING,
     )
 
 
@@ -271,14 +275,8 @@ class SessionTrail:
     def tls_failed(self, reason: str) -> None:
         tls_failure(session=self.session, client=self.client, reason=reason)
 
-    def certificate(self, fingerprint: str, user: str | None, result: str) -> None:
-        certificate_event(
-            session=self.session,
-            client=self.client,
-            fingerprint=fingerprint,
-            user=user,
-            result=result,
-        )
+    def certificate(self, verdict: CertificateVerdict) -> None:
+        certificate_event(session=self.session, client=self.client, verdict=verdict)
 
     def login(self, mechanism: str, identity: Identity) -> None:
         auth_event(

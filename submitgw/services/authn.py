@@ -26,14 +26,13 @@ from typing import ParamSpec, TypeVar
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 import pki
 from submitgw.config import AuthConfig, PasswordsConfig
 from submitgw.errors import AuthBusy, AuthFailed, Kind, Need, PasswordExpired, Refusal, Unavailable
 from submitgw.rules.access import source_allowed
 from submitgw.rules.address import normalise_login
+from submitgw.rules.certificates import judge
 from submitgw.rules.limits import account_key, client_key
 from submitgw.rules.passwords import app_password_form, is_expired
 from submitgw.rules.policy import password_allowed
@@ -47,7 +46,7 @@ from submitgw.store import (
     UserRecord,
     UserStore,
 )
-from submitgw.types import CertificateUser, Identity
+from submitgw.types import CertificateFlaw, CertificateUser, CertificateVerdict, Identity
 
 log = logging.getLogger(__name__)
 
@@ -245,12 +244,13 @@ class PasswordAuthenticator:
 
 
 class CertificateAuthenticator:
-    """Turns a TLS client certificate into a `CertificateUser`, checked against the inventory.
+    """Judges a TLS client certificate: a `CertificateVerdict`, usable or with its flaw.
 
-    The handshake already checked the chain and validity; this repeats the checks
-    that matter (issuer, validity, not a CA, clientAuth) so a change of TLS settings
-    cannot widen them, then asks the database on every session, so a revocation or
-    a disabled user takes effect at the next connection on every gateway.
+    The handshake takes whatever a client offers, so `rules.certificates.judge`
+    checks the certificate itself (issuer, validity, not a CA, clientAuth, a
+    mailbox); this adds what only the database knows, asked on every session, so
+    a revocation or a disabled user takes effect at the next connection on every
+    gateway.
     """
 
     def __init__(
@@ -258,54 +258,61 @@ class CertificateAuthenticator:
         certificates: CertificateStore,
         ca_cert: x509.Certificate,
         networks: UserNetworkStore | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._certificates = certificates
         self._ca = ca_cert
         self._networks = networks
+        self._clock = clock
+
+    async def judge(
+        self, cert: x509.Certificate | bytes, client_ip: str | None = None
+    ) -> CertificateVerdict:
+        """The verdict on `cert` (an x509 object or its DER); never raises."""
+        fingerprint = pki.fingerprint_sha256(cert)
+        try:
+            return await offload(
+                lambda: self._judge(cert, fingerprint, client_ip), Need.CERTIFICATES
+            )
+        except Unavailable:
+            return CertificateVerdict(fingerprint, flaw=CertificateFlaw.UNCHECKED)
+        except Exception as exc:
+            log.error("certificate check failed: %s", type(exc).__name__)
+            return CertificateVerdict(fingerprint, flaw=CertificateFlaw.UNCHECKED)
 
     async def identify(
         self, der: bytes, client_ip: str | None = None
     ) -> tuple[CertificateUser | None, str]:
-        """(the user, "ok") or (None, why the certificate was rejected)."""
-        try:
-            return await offload(lambda: self._check(der, client_ip), Need.CERTIFICATES)
-        except Unavailable:
-            return None, "inventory unavailable"
-        except Exception as exc:
-            # A certificate the TLS layer took but x509 cannot read is no identity either.
-            log.error("certificate check failed: %s", type(exc).__name__)
-            return None, "could not be checked"
+        """(the user, "ok") or (None, the flaw): `judge` for callers that need no facts."""
+        verdict = await self.judge(der, client_ip)
+        return verdict.holder, verdict.flaw or "ok"
 
-    def _check(self, der: bytes, client_ip: str | None) -> tuple[CertificateUser | None, str]:
+    def _judge(
+        self, cert_or_der: x509.Certificate | bytes, fingerprint: str, client_ip: str | None
+    ) -> CertificateVerdict:
+        """Runs in a worker thread: the database is asked only about a certificate we issued."""
         try:
-            cert = x509.load_der_x509_certificate(der)
-            cert.verify_directly_issued_by(self._ca)
-        except (ValueError, TypeError, InvalidSignature):
-            return None, "not issued by the gateway's CA"
-        now = datetime.now(UTC)
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            return None, "outside its validity period"
-        try:
-            if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-                return None, "a CA certificate"
-        except x509.ExtensionNotFound:
-            pass
-        try:
-            usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        except x509.ExtensionNotFound:
-            return None, "no extended key usage"
-        if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
-            return None, "not for client authentication"
-        found = self._certificates.lookup(pki.fingerprint_sha256(der))
+            cert = (
+                cert_or_der
+                if isinstance(cert_or_der, x509.Certificate)
+                else x509.load_der_x509_certificate(cert_or_der)
+            )
+            serial = pki.format_serial(cert.serial_number)
+        except ValueError:
+            return CertificateVerdict(fingerprint, flaw=CertificateFlaw.NOT_OURS)
+        finding = judge(cert, self._ca, self._clock())
+        if finding is not None:
+            return CertificateVerdict(fingerprint, serial, flaw=finding.flaw, date=finding.date)
+        found = self._certificates.lookup(fingerprint)
         if found is None:
-            return None, "not in the inventory"
+            return CertificateVerdict(fingerprint, serial, flaw=CertificateFlaw.NOT_IN_INVENTORY)
+        known = functools.partial(CertificateVerdict, fingerprint, found.serial, found.email)
         if found.revoked:
-            return None, "revoked"
+            return known(flaw=CertificateFlaw.REVOKED, date=found.revoked_at)
         if not found.user_enabled:
-            return None, "user disabled"
-        allowed = True
-        if self._networks is not None and client_ip is not None:
-            allowed = source_allowed(self._networks.get(found.email), client_ip)
-        return CertificateUser(
-            found.email, found.serial, found.fingerprint_sha256, found.auth_policy, allowed
-        ), "ok"
+            return known(flaw=CertificateFlaw.USER_DISABLED)
+        networks = self._networks.get(found.email) if self._networks is not None else []
+        if client_ip is not None and not source_allowed(networks, client_ip):
+            return known(flaw=CertificateFlaw.OUTSIDE_NETWORKS)
+        holder = CertificateUser(found.email, found.serial, fingerprint, found.auth_policy)
+        return known(holder=holder)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from submitgw.errors import AddressFlaw, FromFlaw, Kind, Need, Refusal
 from submitgw.rules.limits import MESSAGES, RECIPIENTS, format_time, per_window
+from submitgw.types import CertificateFlaw
 
 Params = Mapping[str, object]
 
@@ -88,6 +90,29 @@ FROM_FLAWS: dict[str, str] = {
     FromFlaw.NO_ADDRESS: "has no address",
 }
 
+# The client holds the certificate, so it may learn what is wrong with it; what the
+# inventory knows of the user's account (disabled, its networks) it may not.
+NOT_VALID_HERE = "not valid for this gateway"
+CERTIFICATE_FLAWS: dict[str, str] = {
+    CertificateFlaw.NOT_OURS: "not issued by this gateway",
+    CertificateFlaw.NOT_YET_VALID: "not yet valid",
+    CertificateFlaw.EXPIRED: "expired",
+    CertificateFlaw.CA_CERTIFICATE: "is a CA certificate",
+    CertificateFlaw.NOT_CLIENT_AUTH: "not for client authentication",
+    CertificateFlaw.NO_MAILBOX: "names no mailbox",
+    CertificateFlaw.NOT_IN_INVENTORY: "not known to this gateway",
+    CertificateFlaw.REVOKED: "revoked",
+    CertificateFlaw.USER_DISABLED: NOT_VALID_HERE,
+    CertificateFlaw.OUTSIDE_NETWORKS: NOT_VALID_HERE,
+    CertificateFlaw.UNCHECKED: "could not be checked",
+}
+# The same, when the date that goes with the flaw is known (UTC).
+CERTIFICATE_DATED: dict[str, str] = {
+    CertificateFlaw.NOT_YET_VALID: "not valid before {date:%Y-%m-%d %H:%M} UTC",
+    CertificateFlaw.EXPIRED: "expired on {date:%Y-%m-%d}",
+    CertificateFlaw.REVOKED: "revoked on {date:%Y-%m-%d}",
+}
+
 # Storage failures: what the client was doing decides who it hears it from.
 UNAVAILABLE: dict[str, Wording] = {
     Need.LOGIN: Wording(454, "4.7.0", "Temporary authentication failure, try again later"),
@@ -131,6 +156,18 @@ def _password_expired(p: Params) -> str:
     return f"Password expired, {where}"
 
 
+def _certificate_flaw(p: Params) -> str:
+    flaw = str(p["flaw"])
+    if flaw in CERTIFICATE_DATED and isinstance(p.get("date"), datetime):
+        return CERTIFICATE_DATED[flaw].format_map(p)
+    return CERTIFICATE_FLAWS[flaw]
+
+
+def _with_certificate_flaw(text: str) -> Callable[[Params], str]:
+    """`text`, naming what is wrong with the session's certificate when it has one."""
+    return lambda p: f"{text}; certificate {_certificate_flaw(p)}" if p.get("flaw") else text
+
+
 def _access_denied(p: Params) -> str:
     """The admin's text (made one printable ASCII line by `screening.deny_refusal`)."""
     return str(p.get("text") or "Access denied")
@@ -170,7 +207,13 @@ WORDING: dict[Kind, Wording] = {
         lambda p: f"Too many failed logins, try again after {format_time(_number(p, 'until'))}",
     ),
     Kind.TOO_MANY_LOGINS: Wording(454, "4.7.0", "Too many logins, try again later"),
-    Kind.AUTH_REQUIRED: Wording(530, "5.7.0", "Authentication required"),
+    Kind.CERTIFICATE_REFUSED: Wording(
+        535, "5.7.8", lambda p: f"Certificate {_certificate_flaw(p)}"
+    ),
+    Kind.CERTIFICATE_REQUIRED: Wording(
+        530, "5.7.0", _with_certificate_flaw("Client certificate required")
+    ),
+    Kind.AUTH_REQUIRED: Wording(530, "5.7.0", _with_certificate_flaw("Authentication required")),
     Kind.BAD_SENDER: Wording(
         553,
         "5.1.7",

@@ -21,13 +21,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
-import pki
 from submitgw.config import Config, ListenerConfig
-from submitgw.errors import AuthFailed, Kind, Refusal, RelayError
-from submitgw.rules import message, policy
+from submitgw.errors import Kind, Refusal, RelayError
+from submitgw.rules import certificates, message, policy
 from submitgw.rules import session as rules
 from submitgw.rules.address import MailParams, normalise_login, parse_mail_from, parse_rcpt_to
 from submitgw.rules.binding import HeaderLimits, from_addresses
@@ -48,7 +46,7 @@ from submitgw.smtp.dataread import DataDecoder
 from submitgw.smtp.relay import Smarthost, as_client_reply
 from submitgw.smtp.tlslayer import TlsLayer
 from submitgw.tls import describe
-from submitgw.types import CertificateUser, Identity
+from submitgw.types import CertificateUser, CertificateVerdict, Identity
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +172,8 @@ class Session(asyncio.Protocol):
         self.id = secrets.token_hex(6)
         self.tls_info: str | None = None
         self.cert: CertificateUser | None = None
+        # What the certificate the client offered came to (None: it offered none).
+        self.verdict: CertificateVerdict | None = None
         self.helo: str | None = None
         self.esmtp = False
         self.identity: Identity | None = None
@@ -451,7 +451,7 @@ class Session(asyncio.Protocol):
             self.hostname,
             *rules.extensions(
                 tls=bool(self.tls_info),
-                certificate=self.cert is not None,
+                certificate=self.verdict is not None,
                 max_size=self.cfg.limits.max_message_size,
             ),
         ]
@@ -520,10 +520,9 @@ class Session(asyncio.Protocol):
         self.tls_info = describe(self.tls.version, self.tls.cipher)
         cert = self.tls.peer_certificate
         if cert is not None and self.gw.certificates is not None:
-            der = cert.public_bytes(serialization.Encoding.DER)
-            self.cert, why = await self.gw.certificates.identify(der, self.client_ip)
-            user = self.cert.user if self.cert else None
-            self.trail.certificate(pki.fingerprint_sha256(der), user, why)
+            self.verdict = await self.gw.certificates.judge(cert, self.client_ip)
+            self.cert = self.verdict.holder
+            self.trail.certificate(self.verdict)
 
     async def smtp_AUTH(self, arg: str | None) -> None:
         mechanism, initial = rules.parse_auth(
@@ -531,11 +530,12 @@ class Session(asyncio.Protocol):
             esmtp=self.esmtp,
             authenticated=self.identity is not None,
             in_transaction=self.txn is not None,
-            certificate=self.cert is not None,
+            certificate=self.verdict is not None,
         )
         if mechanism == "EXTERNAL":
             await self._auth_external(initial)
             return
+        certificates.check_required(self.verdict, required=self._certificate_required)
         if mechanism == "PLAIN":
             payload = decode_sasl(initial if initial is not None else await self._challenge(""))
             authzid, authcid, password = split_plain(payload)
@@ -568,17 +568,24 @@ class Session(asyncio.Protocol):
         await self.push(replies.AUTHENTICATED)
 
     async def _auth_external(self, initial: str | None) -> None:
-        """RFC 4422 appendix A: the TLS certificate is the credential."""
-        cert = self.cert
-        assert cert is not None
+        """RFC 4422 appendix A: the TLS certificate is the credential; a flawed one is
+        refused with what is wrong with it."""
+        verdict = self.verdict
+        assert verdict is not None
         wanted = decode_sasl(initial if initial is not None else await self._challenge(""))
         try:
-            self.identity = rules.external_identity(cert, wanted)
-        except AuthFailed as err:
-            self.trail.login_refused("EXTERNAL", cert.user, err)
+            certificates.check_external(verdict)
+            assert verdict.holder is not None
+            self.identity = rules.external_identity(verdict.holder, wanted)
+        except Refusal as err:
+            self.trail.login_refused("EXTERNAL", verdict.user, err)
             raise
         self.trail.login("EXTERNAL", self.identity)
         await self.push(replies.AUTHENTICATED)
+
+    @property
+    def _certificate_required(self) -> bool:
+        return self.listener.settings.client_certificates == "required"
 
     async def _challenge(self, prompt: str) -> str:
         await self.push("334 " + base64.b64encode(prompt.encode()).decode())
@@ -591,6 +598,8 @@ class Session(asyncio.Protocol):
             greeted=self.helo is not None,
             cert=self.cert,
             certificate_without_auth=self.listener.settings.certificate_without_auth,
+            verdict=self.verdict,
+            certificate_required=self._certificate_required,
         )
         rules.check_new_transaction(
             in_transaction=self.txn is not None,

@@ -71,8 +71,12 @@ class CertificateIdentity:
     email: str
     user_enabled: bool
     auth_policy: str
-    revoked: bool
+    revoked_at: datetime | None
     not_after: datetime
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
 
 
 def _records() -> Select[Certificate, str]:
@@ -226,7 +230,7 @@ class CertificateStore:
             email=row.email,
             user_enabled=row.enabled,
             auth_policy=row.auth_policy,
-            revoked=row.revoked_at is not None,
+            revoked_at=row.revoked_at,
             not_after=row.not_after,
         )
 

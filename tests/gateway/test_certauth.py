@@ -230,14 +230,26 @@ def test_certificate_of_one_user_with_password_of_another(gateway_factory: Any) 
 
 
 # --- rejections -----------------------------------------------------------------------------
+# A flawed certificate identifies nobody and ends nothing: EXTERNAL is still offered, so
+# that the client can hear what is wrong with it, and MAIL says it too. Certificates that
+# OpenSSL itself refuses (expired, another CA) still fail today's stdlib handshake.
 
 
-def _rejected(gw: GatewayProcess, cert: ClientCert) -> None:
-    """The certificate gives no identity: either the handshake fails or MAIL needs AUTH."""
+def today() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+
+
+def _rejected(gw: GatewayProcess, cert: ClientCert, why: str) -> None:
+    """The certificate gives no identity, and the client is told `why` (after
+    "Certificate "); unless the handshake itself failed."""
     try:
         d = dialog(gw, cert)
-        assert "EXTERNAL" not in mechanisms(d)
-        assert d.cmd("MAIL FROM:<alice@example.org>").code == 530
+        assert "EXTERNAL" in mechanisms(d)
+        assert d.cmd("AUTH EXTERNAL =").lines[-1] == f"535 5.7.8 Certificate {why}"
+        assert d.cmd("MAIL FROM:<alice@example.org>").lines[-1] == (
+            f"530 5.7.0 Authentication required; certificate {why}"
+        )
+        assert d.cmd("NOOP").code == 250, "the session goes on"
     except (ssl.SSLError, ConnectionError):
         pass
     ok = dialog(gw, gw.issue_cert())
@@ -255,15 +267,18 @@ def _log_reasons(gw: GatewayProcess) -> list[str]:
 
 def test_expired_certificate(certgw: GatewayProcess, smarthost: CaptureSmarthost) -> None:
     builder, key = own_ca_cert(days=1, start_days=-30)
-    _rejected(certgw, signed_by_gateway_ca(certgw, builder, key))
-    assert any("expired" in r or "validity" in r for r in _log_reasons(certgw))
+    cert = signed_by_gateway_ca(certgw, builder, key)
+    ended = (dt.datetime.now(dt.UTC) - dt.timedelta(days=29)).strftime("%Y-%m-%d")
+    _rejected(certgw, cert, f"expired on {ended}")
+    assert any("expired" in r for r in _log_reasons(certgw))
 
 
 def test_certificate_from_another_ca(certgw: GatewayProcess, smarthost: CaptureSmarthost) -> None:
     builder, key = own_ca_cert()
     other_ca = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Some other CA")])
     cert = builder.issuer_name(other_ca).sign(key, hashes.SHA256())
-    _rejected(certgw, ClientCert.write(certgw.dir / "client-certs", "foreign", cert, key))
+    foreign = ClientCert.write(certgw.dir / "client-certs", "foreign", cert, key)
+    _rejected(certgw, foreign, "not issued by this gateway")
     assert _log_reasons(certgw)
 
 
@@ -271,7 +286,8 @@ def test_certificate_without_client_auth_usage(
     certgw: GatewayProcess, smarthost: CaptureSmarthost
 ) -> None:
     builder, key = own_ca_cert(eku=[ExtendedKeyUsageOID.SERVER_AUTH])
-    _rejected(certgw, signed_by_gateway_ca(certgw, builder, key))
+    cert = signed_by_gateway_ca(certgw, builder, key)
+    _rejected(certgw, cert, "not for client authentication")
     assert _log_reasons(certgw)
 
 
@@ -279,8 +295,8 @@ def test_unrecorded_certificate_from_our_ca(
     certgw: GatewayProcess, smarthost: CaptureSmarthost
 ) -> None:
     builder, key = own_ca_cert()
-    _rejected(certgw, signed_by_gateway_ca(certgw, builder, key))
-    assert "not in the inventory" in _log_reasons(certgw)
+    _rejected(certgw, signed_by_gateway_ca(certgw, builder, key), "not known to this gateway")
+    assert "not-in-inventory" in _log_reasons(certgw)
 
 
 def test_the_ca_certificate_itself(certgw: GatewayProcess, smarthost: CaptureSmarthost) -> None:
@@ -290,7 +306,7 @@ def test_the_ca_certificate_itself(certgw: GatewayProcess, smarthost: CaptureSma
         "",
         "",
     )
-    _rejected(certgw, ca)
+    _rejected(certgw, ca, "is a CA certificate")
     assert _log_reasons(certgw)
 
 
@@ -303,21 +319,70 @@ def test_revocation_takes_effect_on_the_next_connection(
     assert before.cmd("MAIL FROM:<alice@example.org>").code == 250
     result = run_cli(certgw.config, "pki", "revoke", cert.serial.lower())
     assert result.returncode == 0, result.stderr
-    after = dialog(certgw, cert)
-    assert "EXTERNAL" not in mechanisms(after)
-    assert after.cmd("MAIL FROM:<alice@example.org>").code == 530
+    _rejected(certgw, cert, f"revoked on {today()}")
     assert "revoked" in _log_reasons(certgw)
 
 
 def test_user_disable_takes_effect_on_the_next_connection(
     certgw: GatewayProcess, smarthost: CaptureSmarthost
 ) -> None:
+    """The client holds the certificate, not the right to know the account's state."""
     cert = certgw.issue_cert()
     assert run_cli(certgw.config, "user", "disable", USER).returncode == 0
     d = dialog(certgw, cert)
-    assert "EXTERNAL" not in mechanisms(d)
+    assert "EXTERNAL" in mechanisms(d)
+    assert d.cmd("AUTH EXTERNAL =").lines[-1] == "535 5.7.8 Certificate not valid for this gateway"
     assert d.cmd("MAIL FROM:<alice@example.org>").code == 530
-    assert "user disabled" in _log_reasons(certgw)
+    assert "user-disabled" in _log_reasons(certgw)
+
+
+@pytest.mark.parametrize("flaw", ["revoked", "not-in-inventory"])
+def test_a_refused_certificate_leaves_the_password(
+    gateway_factory: Any, smarthost: CaptureSmarthost, flaw: str
+) -> None:
+    """AUTH EXTERNAL says why the certificate is refused; the same session then logs in
+    with the password, and the log has the verdict and the fingerprint."""
+    gw = gateway_factory(CERTS_ON)
+    if flaw == "revoked":
+        cert = gw.issue_cert()
+        assert run_cli(gw.config, "pki", "revoke", cert.serial).returncode == 0
+        why = f"revoked on {today()}"
+    else:
+        builder, key = own_ca_cert()
+        cert = signed_by_gateway_ca(gw, builder, key)
+        why = "not known to this gateway"
+    d = dialog(gw, cert)
+    assert "EXTERNAL" in mechanisms(d)
+    assert d.cmd("AUTH EXTERNAL =").lines[-1] == f"535 5.7.8 Certificate {why}"
+    assert d.login(USER, PASSWORD).code == 235
+    assert send(d) == 250
+    time.sleep(0.3)
+    (event,) = gw.log_events("certificate")
+    assert event["result"] == "rejected" and event["reason"] == flaw
+    assert event["fingerprint_sha256"] == cert.fingerprint
+    assert event["serial"] == cert.serial
+    assert event["user"] == (USER if flaw == "revoked" else None)
+    auths = [(e["mechanism"], e["result"]) for e in gw.log_events("auth")]
+    assert auths == [("EXTERNAL", "failed"), ("PLAIN", "ok")]
+    (message,) = gw.log_events("message")
+    assert message["cert_serial"] is None, "the refused certificate is nobody's identity"
+
+
+def test_required_certificate_refused_but_the_session_goes_on(
+    gateway_factory: Any, smarthost: CaptureSmarthost
+) -> None:
+    """On a listener that requires certificates, a refused one stops every login and
+    MAIL with 530 and its reason; the connection stays."""
+    gw = gateway_factory({"submissions": {"client_certificates": "required"}})
+    cert = gw.issue_cert()
+    assert run_cli(gw.config, "pki", "revoke", cert.serial).returncode == 0
+    d = dialog(gw, cert, implicit=True)
+    assert "EXTERNAL" in mechanisms(d)
+    required = f"530 5.7.0 Client certificate required; certificate revoked on {today()}"
+    assert d.login(USER, PASSWORD).lines[-1] == required
+    assert d.cmd("MAIL FROM:<alice@example.org>").lines[-1] == required
+    assert d.cmd("AUTH EXTERNAL =").lines[-1] == f"535 5.7.8 Certificate revoked on {today()}"
+    assert d.cmd("NOOP").code == 250
 
 
 @pytest.mark.postgres
@@ -336,4 +401,4 @@ def test_inventory_on_postgresql(
     assert run_cli(gw.config, "pki", "revoke", cert.serial).returncode == 0
     d2 = dialog(gw, cert)
     mechanisms(d2)
-    assert d2.cmd("MAIL FROM:<alice@example.org>").code == 530
+    assert d2.cmd("AUTH EXTERNAL =").lines[-1].startswith("535 5.7.8 Certificate revoked on ")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import smtplib
 import subprocess
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -348,12 +349,14 @@ def test_swaks_certificate_revoked_while_running(
     assert again.returncode != 0
     lines = swaks_lines(again)
     assert SWAKS_SENT_CERT in lines, "the handshake still succeeds: the chain is valid"
-    assert "<~  250 AUTH PLAIN LOGIN" in lines, "no EXTERNAL for a revoked certificate"
-    assert f"<~* {AUTH_REQUIRED}" in lines
+    assert "<~  250 AUTH PLAIN LOGIN EXTERNAL" in lines, "EXTERNAL may say what is wrong"
+    revoked_on = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert f"<~* {AUTH_REQUIRED}; certificate revoked on {revoked_on}" in lines
     assert " ~> RCPT TO:<bob@example.net>" not in lines
     rejected = wait_for_events(certgw, "certificate", 2)[-1]
     assert rejected["result"] == "rejected" and rejected["reason"] == "revoked"
     assert rejected["fingerprint_sha256"] == cert.fingerprint
+    assert rejected["serial"] == cert.serial and rejected["user"] == USER
     # The revocation is of that certificate, not of the user: a new one still works.
     assert_nothing_more_relayed(certgw, smarthost, certgw.issue_cert(), before=1)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -20,8 +22,11 @@ from submitgw.errors import (
 )
 from submitgw.smtp import replies
 from submitgw.smtp.replies import render
+from submitgw.types import CertificateFlaw
 
 NOW = 1_800_000_000.0
+DAY = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+CERTIFICATE_KINDS = (Kind.CERTIFICATE_REFUSED, Kind.CERTIFICATE_REQUIRED, Kind.AUTH_REQUIRED)
 STATUS = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})")
 COMMON = {
     "word": "X-FOO=",
@@ -46,6 +51,7 @@ def examples() -> Iterator[Refusal]:
         Kind.LOGIN_LOCKED,
         Kind.PASSWORD_EXPIRED,
         Kind.UPSTREAM_REFUSED,
+        Kind.CERTIFICATE_REFUSED,
     }
     for kind in Kind:
         if kind not in special:
@@ -72,6 +78,10 @@ def examples() -> Iterator[Refusal]:
                 resets=resets,
                 now=NOW,
             )
+    for certificate_flaw in CertificateFlaw:
+        for kind in CERTIFICATE_KINDS:
+            yield Refusal(kind, flaw=certificate_flaw, date=None)
+            yield Refusal(kind, flaw=certificate_flaw, date=DAY)
     yield LoginLocked(NOW)
     yield PasswordExpired(None)
     yield PasswordExpired("https://gw.example.org/")
@@ -89,6 +99,7 @@ def test_every_kind_has_an_example_and_a_wording() -> None:
     assert set(replies.UNAVAILABLE) == set(Need)
     assert set(replies.ADDRESS_FLAWS) == set(AddressFlaw)
     assert set(replies.FROM_FLAWS) == set(FromFlaw)
+    assert set(replies.CERTIFICATE_FLAWS) == set(CertificateFlaw)
 
 
 @pytest.mark.parametrize("refusal", EXAMPLES, ids=repr)
@@ -114,6 +125,65 @@ def test_only_our_own_421_ends_the_session(refusal: Refusal) -> None:
 def test_a_smarthost_421_is_passed_on_without_closing_our_session() -> None:
     reply = render(Refusal(Kind.UPSTREAM_REFUSED, code=421, status="4.3.2", text="Bye"))
     assert reply.line == "421 4.3.2 Bye" and not reply.close
+
+
+def _certificate(kind: Kind, flaw: CertificateFlaw, date: datetime | None = None) -> Refusal:
+    return Refusal(kind, flaw=flaw, date=date)
+
+
+REFUSED, REQUIRED = Kind.CERTIFICATE_REFUSED, Kind.CERTIFICATE_REQUIRED
+# Every certificate reply, as the README lists them.
+CERTIFICATE_WORDING = [
+    (
+        _certificate(REFUSED, CertificateFlaw.NOT_OURS),
+        "535 5.7.8 Certificate not issued by this gateway",
+    ),
+    (
+        _certificate(REFUSED, CertificateFlaw.NOT_YET_VALID, DAY),
+        "535 5.7.8 Certificate not valid before 2026-01-02 03:04 UTC",
+    ),
+    (
+        _certificate(REFUSED, CertificateFlaw.EXPIRED, DAY),
+        "535 5.7.8 Certificate expired on 2026-01-02",
+    ),
+    (
+        _certificate(REFUSED, CertificateFlaw.CA_CERTIFICATE),
+        "535 5.7.8 Certificate is a CA certificate",
+    ),
+    (
+        _certificate(REFUSED, CertificateFlaw.NOT_CLIENT_AUTH),
+        "535 5.7.8 Certificate not for client authentication",
+    ),
+    (_certificate(REFUSED, CertificateFlaw.NO_MAILBOX), "535 5.7.8 Certificate names no mailbox"),
+    (
+        _certificate(REFUSED, CertificateFlaw.NOT_IN_INVENTORY),
+        "535 5.7.8 Certificate not known to this gateway",
+    ),
+    (
+        _certificate(REFUSED, CertificateFlaw.REVOKED, DAY),
+        "535 5.7.8 Certificate revoked on 2026-01-02",
+    ),
+    (_certificate(REFUSED, CertificateFlaw.REVOKED), "535 5.7.8 Certificate revoked"),
+    # The account's state is not the certificate holder's to learn.
+    (
+        _certificate(REFUSED, CertificateFlaw.USER_DISABLED),
+        "535 5.7.8 Certificate not valid for this gateway",
+    ),
+    (
+        _certificate(REFUSED, CertificateFlaw.OUTSIDE_NETWORKS),
+        "535 5.7.8 Certificate not valid for this gateway",
+    ),
+    (Refusal(REQUIRED), "530 5.7.0 Client certificate required"),
+    (
+        _certificate(REQUIRED, CertificateFlaw.EXPIRED, DAY),
+        "530 5.7.0 Client certificate required; certificate expired on 2026-01-02",
+    ),
+    (Refusal(Kind.AUTH_REQUIRED), "530 5.7.0 Authentication required"),
+    (
+        _certificate(Kind.AUTH_REQUIRED, CertificateFlaw.REVOKED),
+        "530 5.7.0 Authentication required; certificate revoked",
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -164,6 +234,7 @@ def test_a_smarthost_421_is_passed_on_without_closing_our_session() -> None:
             LoginLocked(NOW),
             "454 4.7.0 Too many failed logins, try again after 2027-01-15 08:00:00 UTC",
         ),
+        *CERTIFICATE_WORDING,
     ],
 )
 def test_wording_clients_rely_on(refusal: Refusal, line: str) -> None:
@@ -184,3 +255,13 @@ def test_limit_reply_names_the_limit_and_when_it_frees_up() -> None:
         "450 4.7.1 Message limit reached for alice@example.org: 200 messages per hour; "
         "resets at 2027-01-15 08:12:34 UTC (in 754 s)"
     )
+
+
+def test_the_readme_lists_every_certificate_reply() -> None:
+    """Operators read the replies (and the log's reason codes) there, as clients get them."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    day = datetime(2026, 1, 2, 10, 0, tzinfo=UTC)
+    for flaw in set(CertificateFlaw) - {CertificateFlaw.UNCHECKED}:
+        reply = render(Refusal(Kind.CERTIFICATE_REFUSED, flaw=flaw, date=day)).line
+        assert f"| `{reply}` | `{flaw.value}` |" in readme, reply
+    assert "`unchecked`" in readme

@@ -274,8 +274,11 @@ def test_lookup_sees_revocation_disabling_and_policy_at_once(
     users.set_enabled("alice@example.org", False)
     assert lookup().user_enabled is False
     users.set_enabled("alice@example.org", True)
-    certs.revoke(record.serial, "keyCompromise")
+    assert lookup().revoked_at is None
+    revoked = certs.revoke(record.serial, "keyCompromise")
     assert (lookup().revoked, lookup().user_enabled) == (True, True)
+    # The date a refused client is told its certificate was revoked on.
+    assert lookup().revoked_at == revoked.revoked_at
 
 
 def test_lookup_is_one_query_joining_users(
