@@ -12,8 +12,12 @@ from __future__ import annotations
 import re
 
 from submitgw.errors import AuthFailed, Kind, Refusal
-from submitgw.rules.policy import certificate_identity, require_identity
-from submitgw.types import CERTIFICATE, CertificateUser, Identity
+from submitgw.rules.policy import (
+    certificate_alone_allowed,
+    certificate_identity,
+    require_identity,
+)
+from submitgw.types import CertificateUser, Identity
 
 # RFC 3207 4: before TLS a client may only greet, start TLS and do harmless things.
 PRE_TLS_COMMANDS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
@@ -127,12 +131,12 @@ def external_identity(cert: CertificateUser, wanted: bytes) -> Identity:
 def certificate_login(cert: CertificateUser | None, *, listener_allows: bool) -> Identity | None:
     """Who a certificate alone logs in, without AUTH, or None.
 
-    Only a certificate-policy user, from an allowed network, on a listener that
-    lets certificates stand in for AUTH; everyone else still has to log in.
+    Only a user whose policy takes the certificate alone, from an allowed network, on
+    a listener that lets certificates stand in for AUTH; everyone else still has to log in.
     """
     if cert is None or not listener_allows:
         return None
-    if cert.auth_policy != CERTIFICATE or not cert.source_allowed:
+    if not certificate_alone_allowed(cert.auth_policy) or not cert.source_allowed:
         return None
     return certificate_identity(cert, "CERTIFICATE")
 
