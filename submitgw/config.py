@@ -535,7 +535,8 @@ listen = "0.0.0.0:587"
 # With "optional", a client that offers a certificate from another CA fails the TLS
 # handshake, so enable it only where clients are set up for it.
 client_certificates = "off"
-# true: a valid certificate of a "certificate" user lets MAIL FROM proceed without AUTH.
+# true: a valid certificate of a "certificate" or "password-or-certificate" user lets
+# MAIL FROM proceed without AUTH.
 certificate_without_auth = true
 
 [submissions]
