@@ -536,7 +536,8 @@ listen = "0.0.0.0:587"
 # do not prompt users who have none); whatever certificate a client offers, the
 # handshake goes on and the session judges it, so a foreign one costs no login.
 client_certificates = "optional"
-# true: a valid certificate of a "certificate" user lets MAIL FROM proceed without AUTH.
+# true: a valid certificate of a "certificate" or "password-or-certificate" user lets
+# MAIL FROM proceed without AUTH.
 certificate_without_auth = true
 
 [submissions]

@@ -10,7 +10,11 @@ from typing import Protocol
 
 PASSWORD = "password"
 CERTIFICATE = "certificate"
+# Either credential alone: what a new user gets unless told otherwise.
+PASSWORD_OR_CERTIFICATE = "password-or-certificate"
 TWO_FACTOR = "password+certificate"
+AUTH_POLICIES = (PASSWORD, CERTIFICATE, PASSWORD_OR_CERTIFICATE, TWO_FACTOR)
+DEFAULT_AUTH_POLICY = PASSWORD_OR_CERTIFICATE
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from submitgw.cli.context import CA_PASSPHRASE_ENV, Context, email_argument, pas
 from submitgw.store import (
     CertificateRecord,
 )
+from submitgw.types import PASSWORD, PASSWORD_OR_CERTIFICATE
 
 # Characters kept as they are in file names; anything else (e.g. "/", legal in
 # an address's local part) becomes "_" so a name can never leave --out.
@@ -140,7 +141,8 @@ def _issue(
     paths = [out / f"{base}{suffix}" for suffix in (".crt", ".key", ".p12", ".legacy.p12")]
     _refuse_existing(paths)
     with ctx.services() as s:
-        if s.users.get(email) is None:
+        user = s.users.get(email)
+        if user is None:
             raise click.ClickException(f"no user {email}")
         password, generated = _p12_password(password_stdin)
         ca = ctx.load_ca()
@@ -170,6 +172,22 @@ def _issue(
     if generated:
         click.echo("PKCS#12 password (shown only now, stored nowhere):")
         click.echo(password)
+    if user.auth_policy == PASSWORD:
+        _warn_certificate_ignored(email)
+
+
+def _warn_certificate_ignored(email: str) -> None:
+    """Issued anyway (the admin may switch the policy next), but never silently useless."""
+    click.echo(
+        f"warning: {email} has auth policy '{PASSWORD}', which ignores certificates: "
+        "this one will not log them in",
+        err=True,
+    )
+    click.echo(
+        f"to let it (password or certificate): "
+        f"submitgw user set-auth {email} {PASSWORD_OR_CERTIFICATE}",
+        err=True,
+    )
 
 
 def _echo_fields(record: CertificateRecord) -> None:

@@ -20,6 +20,10 @@ from submitgw.cli.user_limits import set_limit, show_limits, unlock
 from submitgw.cli.user_sender import sender_group
 from submitgw.config import selfservice_url
 from submitgw.store import AUTH_POLICIES, EventRecord
+from submitgw.types import CERTIFICATE, DEFAULT_AUTH_POLICY, TWO_FACTOR
+
+# Policies under which the user cannot log in at all without a certificate.
+CERTIFICATE_NEEDED = (CERTIFICATE, TWO_FACTOR)
 
 HISTORY_LIMIT = 50
 HISTORY_MAX = 1_000_000
@@ -51,26 +55,28 @@ def user_group() -> None:
     "--auth",
     "policy",
     type=click.Choice(AUTH_POLICIES),
-    default="password",
+    default=DEFAULT_AUTH_POLICY,
     show_default=True,
-    help="How the user logs in: password, client certificate, or both in one session.",
+    help="How the user logs in: with the password, the client certificate alone, "
+    "either of them, or both in one session.",
 )
 @pass_context
 def add(ctx: Context, email: str, password_stdin: bool, policy: str) -> None:
     """Create an enabled user with a password (optional for --auth certificate).
 
-    The password must pass the [passwords] policy.
+    The password must pass the [passwords] policy. POLICY is password, certificate,
+    password-or-certificate (the default) or password+certificate.
     """
     address = email_argument(email)
     # None for a certificate user: AccountService stores the hash of a random
     # secret nobody knows (then `user passwd` should the policy change).
     password: str | None = None
-    if policy != "certificate" or password_stdin:
+    if policy != CERTIFICATE or password_stdin:
         password = _read_password(password_stdin)
     with ctx.services() as s:
         s.accounts.create_user(address, password, policy, admin_actor())
     click.echo(f"user {address} added")
-    if policy != "password":
+    if policy in CERTIFICATE_NEEDED:
         click.echo(f"next: submitgw pki issue {address}")
 
 
@@ -126,7 +132,8 @@ def passwd(ctx: Context, email: str, password_stdin: bool, expire: bool) -> None
 @click.argument("policy", type=click.Choice(AUTH_POLICIES), metavar="POLICY")
 @pass_context
 def set_auth(ctx: Context, email: str, policy: str) -> None:
-    """Set how a user logs in: POLICY is password, certificate or password+certificate.
+    """Set how a user logs in: POLICY is password, certificate, password-or-certificate
+    or password+certificate.
 
     Effective from the user's next connection.
     """
@@ -140,7 +147,7 @@ def set_auth(ctx: Context, email: str, policy: str) -> None:
             if not c.revoked and c.not_after > datetime.now(UTC)
         ]
     click.echo(f"user {address} now logs in with: {policy}")
-    if policy != "password" and not usable:
+    if policy in CERTIFICATE_NEEDED and not usable:
         click.echo(f"{address} has no valid certificate yet: submitgw pki issue {address}")
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from submitgw.errors import AuthFailed, Kind, Refusal
 from submitgw.rules.binding import address_allowed
-from submitgw.types import CERTIFICATE, PASSWORD, TWO_FACTOR, CertificateUser, Identity
+from submitgw.types import (
+    CERTIFICATE,
+    PASSWORD,
+    PASSWORD_OR_CERTIFICATE,
+    TWO_FACTOR,
+    CertificateUser,
+    Identity,
+)
 
 
 def require_identity(identity: Identity | None) -> Identity:
@@ -48,15 +55,20 @@ def password_allowed(policy: str, login: str, cert: CertificateUser | None) -> b
     """
     if cert is not None and cert.user != login:
         return False
-    if policy == PASSWORD:
+    if policy in (PASSWORD, PASSWORD_OR_CERTIFICATE):
         return True
     if policy == TWO_FACTOR:
         return cert is not None
     return False
 
 
+def certificate_alone_allowed(policy: str) -> bool:
+    """Whether a valid certificate of the user, without a password, logs them in."""
+    return policy in (CERTIFICATE, PASSWORD_OR_CERTIFICATE)
+
+
 def certificate_identity(cert: CertificateUser, mechanism: str) -> Identity:
-    """The identity a certificate alone gives; only certificate-policy users have one."""
-    if cert.auth_policy != CERTIFICATE or not cert.source_allowed:
+    """The identity a certificate alone gives, to users whose policy lets it."""
+    if not certificate_alone_allowed(cert.auth_policy) or not cert.source_allowed:
         raise AuthFailed()
     return Identity(cert.user, mechanism, cert.serial, cert.fingerprint)

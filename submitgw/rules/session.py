@@ -13,8 +13,11 @@ import re
 
 from submitgw.errors import AuthFailed, Kind, Refusal
 from submitgw.rules.certificates import auth_required, check_required
-from submitgw.rules.policy import certificate_identity
-from submitgw.types import CERTIFICATE, CertificateUser, CertificateVerdict, Identity
+from submitgw.rules.policy import (
+    certificate_alone_allowed,
+    certificate_identity,
+)
+from submitgw.types import CertificateUser, CertificateVerdict, Identity
 
 # RFC 3207 4: before TLS a client may only greet, start TLS and do harmless things.
 PRE_TLS_COMMANDS = frozenset({"EHLO", "HELO", "STARTTLS", "NOOP", "RSET", "QUIT"})
@@ -130,12 +133,12 @@ def external_identity(cert: CertificateUser, wanted: bytes) -> Identity:
 def certificate_login(cert: CertificateUser | None, *, listener_allows: bool) -> Identity | None:
     """Who a certificate alone logs in, without AUTH, or None.
 
-    Only a certificate-policy user, from an allowed network, on a listener that
-    lets certificates stand in for AUTH; everyone else still has to log in.
+    Only a user whose policy takes the certificate alone, from an allowed network, on
+    a listener that lets certificates stand in for AUTH; everyone else still has to log in.
     """
     if cert is None or not listener_allows:
         return None
-    if cert.auth_policy != CERTIFICATE or not cert.source_allowed:
+    if not certificate_alone_allowed(cert.auth_policy) or not cert.source_allowed:
         return None
     return certificate_identity(cert, "CERTIFICATE")
 

@@ -49,8 +49,9 @@ def server_context(cfg: TlsConfig, client_certificates: str = "off") -> SSL.Cont
 
     TLS 1.2+ (or 1.3+), AEAD suites only, server preference, no compression, no
     renegotiation. With client certificates on, the certificate request names our
-    CA(s), so that clients offer the right certificate; "required" fails a
-    handshake without one, but any certificate offered passes.
+    CA(s), so that clients offer the right certificate. "required" asks the same
+    way: a client without a usable certificate is refused by the session (530 with
+    the reason), not by a handshake failure it could not read.
     """
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(
@@ -70,10 +71,7 @@ def server_context(cfg: TlsConfig, client_certificates: str = "off") -> SSL.Cont
         return ctx
     for ca in x509.load_pem_x509_certificates(Path(cfg.ca_cert).read_bytes()):
         ctx.add_client_ca(ca)
-    mode = SSL.VERIFY_PEER
-    if client_certificates == "required":
-        mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-    ctx.set_verify(mode, _accept_any)
+    ctx.set_verify(SSL.VERIFY_PEER, _accept_any)
     return ctx
 
 

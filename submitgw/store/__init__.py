@@ -23,9 +23,9 @@ from submitgw.store.credentials import (
     EventRecord,
 )
 from submitgw.store.db import Database, MigrationRequired
-from submitgw.store.models import AUTH_POLICIES
 from submitgw.store.senders import SenderExists, SenderNotFound, SenderStore
 from submitgw.store.users import UserExists, UserNotFound, UserRecord, UserStore
+from submitgw.types import AUTH_POLICIES
 
 __all__ = [
     "AUTH_POLICIES",

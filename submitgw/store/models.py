@@ -39,10 +39,6 @@ NAMING_CONVENTION = {
 # Rate and login counter keys: "ok:acct:" plus the longest login name, with room to spare.
 KEY_LENGTH = 400
 
-# How a user may log in: AUTH with a password, a client certificate alone, or both
-# in the same session. The gateway enforces them; the CHECK keeps typos out.
-AUTH_POLICIES = ("password", "certificate", "password+certificate")
-
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -81,9 +77,12 @@ class User(Base):
     """A login account; `email` is the SMTP AUTH username."""
 
     __tablename__ = "users"
+    # How a user may log in (`types.AUTH_POLICIES`): the gateway enforces the policy, the
+    # CHECK keeps typos out.
     __table_args__ = (
         CheckConstraint(
-            "auth_policy IN ('password', 'certificate', 'password+certificate')",
+            "auth_policy IN "
+            "('password', 'certificate', 'password-or-certificate', 'password+certificate')",
             name="auth_policy",
         ),
     )
@@ -95,8 +94,10 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # `types.DEFAULT_AUTH_POLICY`, spelled out as the CHECK is. Rows from before 0007 keep
+    # theirs; only new users get either-credential logins.
     auth_policy: Mapped[str] = mapped_column(
-        String(32), default="password", server_default="password"
+        String(32), default="password-or-certificate", server_default="password-or-certificate"
     )
     # When the current password was set (its age for [passwords] max_age_days), and
     # whether an admin forced a change ('user passwd --expire').

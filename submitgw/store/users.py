@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from submitgw.store.db import Database
 from submitgw.store.errors import Exists, NotFound
-from submitgw.store.models import AUTH_POLICIES, User, utcnow
+from submitgw.store.models import User, utcnow
+from submitgw.types import AUTH_POLICIES, DEFAULT_AUTH_POLICY
 
 
 class UserExists(Exists):
@@ -82,7 +83,9 @@ class UserStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def add(self, email: str, password_hash: str, auth_policy: str = "password") -> UserRecord:
+    def add(
+        self, email: str, password_hash: str, auth_policy: str = DEFAULT_AUTH_POLICY
+    ) -> UserRecord:
         email = normalise_email(email)
         now = utcnow()
         user = User(

@@ -87,7 +87,8 @@ def account_page(
     secret: tuple[int, str, str] | None,
 ) -> str:
     user = account["user"]
-    needs_current = account["auth_policy"] != "certificate"
+    # A certificate sign-in stands for the current password (see `site._check_current`).
+    needs_current = account["signed_in_with"] != "certificate"
     head = (
         f'<p class="who">Signed in as <span id="user">{E(user)}</span></p>'
         f'<form id="logout" method="post" action="/logout">'

@@ -8,10 +8,10 @@ sign-ins count towards the same per-account and per-client lockouts as SMTP
 AUTH (`Limiter.login`), and all failures get one generic answer.
 
 Sign-in follows the account's policy as SMTP AUTH does: a certificate alone
-only for "certificate" users, both for "password+certificate" users, whose
-session stays bound to that certificate. Changing the password needs the
-current one, checked and counted like a sign-in, so a left-open session cannot
-take the account.
+only for "certificate" and "password-or-certificate" users, both for
+"password+certificate" users, whose session stays bound to that certificate.
+Changing the password needs the current one (or a certificate sign-in), checked
+and counted like a sign-in, so a left-open session cannot take the account.
 
 Sessions live in this process's memory: a gateway restart signs everyone out,
 and behind a load balancer a browser must stay with one gateway. Every request
@@ -42,6 +42,7 @@ from aiohttp import web
 from submitgw.config import Config, Endpoint
 from submitgw.errors import AuthFailed, LoginLocked, Need, Refusal
 from submitgw.rules.passwords import PasswordRejected, is_expired
+from submitgw.rules.policy import certificate_alone_allowed
 from submitgw.services import audit
 from submitgw.services.accounts import AccountService, Actor
 from submitgw.services.authn import CertificateAuthenticator, PasswordAuthenticator, Verified
@@ -401,17 +402,21 @@ class SelfService:
     async def _holds(self, request: web.Request, session: WebSession, record: UserRecord) -> bool:
         """Whether the session still meets the account's policy, as SMTP AUTH would.
 
-        A certificate, where the policy needs one, must be the session's own, on this
-        very connection, and pass the inventory now (not revoked, user enabled).
+        A certificate, where the session or the policy needs one, must be the session's
+        own, on this very connection, and pass the inventory now (not revoked, user enabled).
         """
-        wanted = "certificate" if record.auth_policy == CERTIFICATE else "password"
-        if session.method != wanted:
+        if session.method == "certificate":
+            allowed = certificate_alone_allowed(record.auth_policy)
+        else:
+            # A password changed elsewhere (admin, another gateway) also ends the session
+            # of whoever signed in with the old one.
+            allowed = (
+                record.auth_policy != CERTIFICATE
+                and record.password_changed_at == session.password_changed_at
+            )
+        if not allowed:
             return False
-        if wanted == "password" and record.password_changed_at != session.password_changed_at:
-            # Changed elsewhere (admin, another gateway): whoever signed in with the
-            # old password is out.
-            return False
-        if record.auth_policy not in (CERTIFICATE, TWO_FACTOR):
+        if session.method == "password" and record.auth_policy != TWO_FACTOR:
             return True
         cert = await self._peer(request)
         return (
@@ -515,8 +520,8 @@ class SelfService:
     async def _sign_in_certificate(self, request: web.Request) -> Visit:
         cert = await self._peer(request)
         ip = _client_ip(request)
-        if cert is None or cert.auth_policy != CERTIFICATE:
-            # As on SMTP: a certificate alone identifies only a "certificate" user.
+        if cert is None or not certificate_alone_allowed(cert.auth_policy):
+            # As on SMTP: a certificate alone identifies only users whose policy takes it.
             audit.auth_event(
                 session="web",
                 client=ip,
@@ -530,7 +535,11 @@ class SelfService:
                 raise WebError(401, "Your account signs in with its password")
             raise WebError(401, "No valid client certificate was presented")
         record = await self._db(self.users.get, cert.user)
-        if record is None or not record.enabled or record.auth_policy != CERTIFICATE:
+        if (
+            record is None
+            or not record.enabled
+            or not certificate_alone_allowed(record.auth_policy)
+        ):
             raise WebError(401, "No valid client certificate was presented")
         audit.auth_event(
             session="web", client=ip, mechanism="selfservice-certificate", user=cert.user, ok=True
@@ -577,11 +586,12 @@ class SelfService:
     async def _check_current(self, request: web.Request, visit: Visit, current: Any) -> None:
         """Proof that the account's owner is at the keyboard, not just their session.
 
-        The current password, checked and counted like a sign-in; a "certificate"
-        user has none, and the session's certificate on this connection (checked by
-        `_visit` for this very request) stands for it.
+        The current password, checked and counted like a sign-in. A session signed in
+        with a certificate alone ("certificate" users have no usable password) is
+        vouched for by that certificate on this connection, which `_visit` checked for
+        this very request.
         """
-        if visit.record.auth_policy == CERTIFICATE:
+        if visit.session.method == "certificate":
             return
         if not isinstance(current, str) or not current:
             raise WebError(400, "Type your current password")
@@ -775,7 +785,7 @@ class SelfService:
         token = secrets.token_urlsafe(32)
         cert = await self._peer(request)
         # The certificate button only where a certificate alone may sign in.
-        cert_user = cert.user if cert and cert.auth_policy == CERTIFICATE else None
+        cert_user = cert.user if cert and certificate_alone_allowed(cert.auth_policy) else None
         body = pages.login_page(token, cert_user, error)
         response = web.Response(text=body, content_type="text/html", status=status)
         response.set_cookie(

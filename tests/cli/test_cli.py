@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import stat
 import subprocess
@@ -139,10 +140,18 @@ def config(setup: Path) -> Path:
 
 
 def add_user(
-    config: Path, email: str, password: str = GOOD_PASSWORD
+    config: Path, email: str, password: str = GOOD_PASSWORD, *, auth: str | None = None
 ) -> subprocess.CompletedProcess[str]:
+    flags = ["--auth", auth] if auth else []
     return submitgw(
-        "--config", str(config), "user", "add", email, "--password-stdin", input=password + "\n"
+        "--config",
+        str(config),
+        "user",
+        "add",
+        email,
+        "--password-stdin",
+        *flags,
+        input=password + "\n",
     )
 
 
@@ -516,8 +525,11 @@ def test_user_list_of_nobody_is_an_empty_json_list(config: Path) -> None:
 # --- authentication policies ---------------------------------------------------------------
 
 
-def test_user_add_takes_an_auth_policy_and_defaults_to_password(config: Path) -> None:
-    ok(add_user(config, "plain@example.org"))
+def test_user_add_takes_an_auth_policy_and_defaults_to_password_or_certificate(
+    config: Path,
+) -> None:
+    default = ok(add_user(config, "either@example.org"))
+    ok(add_user(config, "plain@example.org", auth="password"))
     out = ok(
         submitgw(
             "--config",
@@ -533,10 +545,14 @@ def test_user_add_takes_an_auth_policy_and_defaults_to_password(config: Path) ->
     )
 
     assert "next: submitgw pki issue both@example.org" in out
+    # A certificate is optional for the default policy: nothing is missing.
+    assert default.splitlines() == ["user either@example.org added"]
     assert {row["email"]: row["auth_policy"] for row in list_json(config)} == {
         "both@example.org": "password+certificate",
+        "either@example.org": "password-or-certificate",
         "plain@example.org": "password",
     }
+    assert password_matches(config, "either@example.org", GOOD_PASSWORD)
     assert password_matches(config, "both@example.org", GOOD_PASSWORD)
     assert "password+certificate" in ok(submitgw("--config", str(config), "user", "list"))
 
@@ -582,8 +598,41 @@ def test_set_auth_refuses_unknown_users_and_policies(config: Path) -> None:
     assert line == "Error: no user ghost@example.org"
     assert bad.returncode != 0
     assert "Traceback" not in bad.stderr
-    assert "'password', 'certificate', 'password+certificate'" in bad.stderr
-    assert [row["auth_policy"] for row in list_json(config)] == ["password"]
+    assert (
+        "'password', 'certificate', 'password-or-certificate', 'password+certificate'" in bad.stderr
+    )
+    assert [row["auth_policy"] for row in list_json(config)] == ["password-or-certificate"]
+
+
+@pytest.mark.parametrize(
+    "policy", ["password", "certificate", "password-or-certificate", "password+certificate"]
+)
+def test_every_policy_can_be_given_and_set(config: Path, policy: str) -> None:
+    ok(add_user(config, "a@example.org", auth=policy))
+    assert [row["auth_policy"] for row in list_json(config)] == [policy]
+    ok(submitgw("--config", str(config), "user", "set-auth", "a@example.org", "password"))
+    ok(submitgw("--config", str(config), "user", "set-auth", "a@example.org", policy))
+    assert [row["auth_policy"] for row in list_json(config)] == [policy]
+
+
+def test_set_auth_to_either_credential_needs_no_certificate(config: Path) -> None:
+    ok(add_user(config, "a@example.org", auth="password"))
+
+    out = ok(
+        submitgw(
+            "--config", str(config), "user", "set-auth", "a@example.org", "password-or-certificate"
+        )
+    )
+
+    assert out.splitlines() == ["user a@example.org now logs in with: password-or-certificate"]
+
+
+def test_user_add_help_names_every_policy_and_the_default() -> None:
+    # Help is wrapped to the terminal, sometimes at a policy name's hyphen.
+    text = re.sub(r"-\s+", "-", " ".join(ok(submitgw("user", "add", "--help")).split()))
+    for policy in ("password", "certificate", "password+certificate"):
+        assert policy in text
+    assert "[default: password-or-certificate]" in text
 
 
 # --- database ------------------------------------------------------------------------------

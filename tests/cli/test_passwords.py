@@ -416,7 +416,7 @@ def test_every_cli_change_is_in_the_trail_with_admin_and_host(config: Path) -> N
         ("app-password-added", f"{app_id} Thunderbird laptop"),
         ("password-expired", ""),
         ("password-changed", ""),
-        ("user-added", "auth password"),
+        ("user-added", "auth password-or-certificate"),
     ], "newest first, and kept after the user is deleted"
     assert {(e["actor"], e["source"]) for e in entries} == {(ACTOR, SOURCE)}
     times = [e["at"] for e in entries]
@@ -440,7 +440,9 @@ def test_history_text_format_and_limit(config: Path) -> None:
     assert re.fullmatch(
         rf"{stamp}\tpassword-changed\t{re.escape(ACTOR)}\t{re.escape(SOURCE)}", lines[1]
     )
-    assert lines[2].endswith("\tuser-added\t" + ACTOR + "\t" + SOURCE + "\tauth password")
+    assert lines[2].endswith(
+        "\tuser-added\t" + ACTOR + "\t" + SOURCE + "\tauth password-or-certificate"
+    )
     assert [set(e) for e in limited] == [{"at", "action", "actor", "source", "detail"}]
     assert limited[0]["action"] == "app-password-added"
 

@@ -210,6 +210,57 @@ def test_issue_with_the_p12_password_from_stdin(config: Path, out: Path) -> None
         pkcs12.load_pkcs12(data, b"import me\n")
 
 
+def set_auth(config: Path, email: str, policy: str) -> None:
+    ok(submitgw("--config", str(config), "user", "set-auth", email, policy))
+
+
+def test_issue_for_a_password_user_warns_that_the_certificate_is_ignored(
+    config: Path, out: Path
+) -> None:
+    """Issued all the same, but the admin learns why it would not work and what to type."""
+    set_auth(config, "alice@example.org", "password")
+
+    result = run_pki(config, "issue", "alice@example.org", "--out", str(out))
+
+    ok(result)
+    assert result.stderr.splitlines() == [
+        "warning: alice@example.org has auth policy 'password', which ignores certificates: "
+        "this one will not log them in",
+        "to let it (password or certificate): "
+        "submitgw user set-auth alice@example.org password-or-certificate",
+    ]
+    assert "warning" not in result.stdout
+    (record,) = inventory(config)
+    assert record.email == "alice@example.org"
+    assert (out / "alice@example.org.p12").is_file()
+
+
+@pytest.mark.parametrize(
+    "policy", ["certificate", "password-or-certificate", "password+certificate"]
+)
+def test_issue_for_a_user_whose_policy_uses_certificates_warns_nothing(
+    config: Path, out: Path, policy: str
+) -> None:
+    set_auth(config, "alice@example.org", policy)
+
+    result = run_pki(config, "issue", "alice@example.org", "--out", str(out))
+
+    ok(result)
+    assert result.stderr == ""
+
+
+def test_renew_for_a_password_user_warns_too(config: Path, out: Path, tmp_path: Path) -> None:
+    serial = issue(config, "alice@example.org", out)["serial"]
+    set_auth(config, "alice@example.org", "password")
+    again = tmp_path / "again"
+    again.mkdir()
+
+    result = run_pki(config, "renew", serial, "--out", str(again))
+
+    ok(result)
+    assert "set-auth alice@example.org password-or-certificate" in result.stderr
+
+
 def test_issue_refuses_an_empty_p12_password(config: Path, out: Path) -> None:
     result = run_pki(
         config, "issue", "alice@example.org", "--out", str(out), "--p12-password-stdin", input="\n"

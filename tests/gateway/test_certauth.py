@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import ssl
 import time
 from typing import Any
@@ -149,12 +150,16 @@ def test_listener_with_certificates_off_ignores_them(
 
 
 def test_required_certificates_refuse_a_client_without_one(gateway_factory: Any) -> None:
+    """Refused in words it can read, not by a dead handshake; the connection stays."""
     gw = gateway_factory({"submissions": {"client_certificates": "required"}})
-    with pytest.raises((ssl.SSLError, ConnectionError)):
-        d = Dialog(gw.tls_port, tls_context=gw.ssl_context())
-        d.cmd("EHLO client.test")
-    time.sleep(0.3)
-    assert any(e["result"] == "failed" for e in gw.log_events("tls"))
+    d = Dialog(gw.tls_port, tls_context=gw.ssl_context())
+    assert d.cmd("EHLO client.test").code == 250
+    assert d.login(USER, PASSWORD).lines[-1] == "530 5.7.0 Client certificate required"
+    assert d.cmd("MAIL FROM:<alice@example.org>").lines[-1] == (
+        "530 5.7.0 Client certificate required"
+    )
+    assert d.cmd("NOOP").code == 250
+    assert not [e for e in gw.log_events("tls") if e["result"] == "failed"]
 
 
 def test_certificate_without_auth_can_be_switched_off(gateway_factory: Any) -> None:
@@ -177,10 +182,46 @@ def test_certificate_user_cannot_use_a_password(certgw: GatewayProcess) -> None:
     assert d.login(USER, PASSWORD).code == 535
 
 
+def test_default_policy_logs_in_with_the_password_or_the_certificate_alone(
+    gateway_factory: Any, smarthost: CaptureSmarthost
+) -> None:
+    """`user add` without --auth: either credential alone is enough, on either port."""
+    gw = gateway_factory(CERTS_ON)
+    listed = run_cli(gw.config, "user", "list", "--json")
+    assert [row["auth_policy"] for row in json.loads(listed.stdout)] == ["password-or-certificate"]
+    cert = gw.issue_cert()
+
+    with gw.smtp(login=False) as client:
+        client.user, client.password = USER, PASSWORD
+        assert client.auth("PLAIN", client.auth_plain)[0] == 235
+        assert client.sendmail(USER, ["bob@example.net"], MSG) == {}
+    for implicit in (False, True):
+        d = dialog(gw, cert, implicit=implicit)
+        assert "EXTERNAL" in mechanisms(d)
+        assert d.cmd("AUTH EXTERNAL =").code == 235
+        assert send(d) == 250
+    without_auth = dialog(gw, cert)
+    mechanisms(without_auth)
+    assert send(without_auth) == 250
+
+    smarthost.wait_for_messages(4)
+    time.sleep(0.2)
+    assert [
+        (e["user"], e["mechanism"], e.get("cert_serial")) for e in gw.log_events("message")
+    ] == [
+        (USER, "PLAIN", None),
+        (USER, "EXTERNAL", cert.serial),
+        (USER, "EXTERNAL", cert.serial),
+        (USER, "CERTIFICATE", cert.serial),
+    ]
+
+
 def test_password_user_certificate_alone_is_not_enough(
     gateway_factory: Any, smarthost: CaptureSmarthost
 ) -> None:
-    gw = gateway_factory(CERTS_ON)
+    gw = gateway_factory(CERTS_ON, start=False)
+    assert run_cli(gw.config, "user", "set-auth", USER, "password").returncode == 0
+    gw.start()
     d = dialog(gw, gw.issue_cert())
     assert "EXTERNAL" in mechanisms(d)
     assert d.cmd("MAIL FROM:<alice@example.org>").code == 530
@@ -212,6 +253,7 @@ def test_two_factor_needs_both_in_one_session(
 
 
 def test_certificate_of_one_user_with_password_of_another(gateway_factory: Any) -> None:
+    """Both users on the default policy, where either credential alone would do."""
     gw = gateway_factory(CERTS_ON)
     other = "bob@example.org"
     other_password = "rusty gate at the orchard"

@@ -12,11 +12,20 @@ import unicodedata
 
 import pytest
 
-from submitgw.errors import Refusal
+from submitgw.errors import AuthFailed, Refusal
 from submitgw.rules import policy
 from submitgw.rules.binding import InvalidPattern, fold, from_addresses, normalise_pattern
 from submitgw.smtp.replies import render
-from submitgw.types import Identity
+from submitgw.types import (
+    AUTH_POLICIES,
+    CERTIFICATE,
+    DEFAULT_AUTH_POLICY,
+    PASSWORD,
+    PASSWORD_OR_CERTIFICATE,
+    TWO_FACTOR,
+    CertificateUser,
+    Identity,
+)
 
 ALICE = Identity("alice@example.org", "PLAIN")
 # As SenderStore.allowed returns it: the own address first, then the bindings.
@@ -312,3 +321,65 @@ def test_fold_keeps_the_letters_idna_keeps() -> None:
     assert fold("ας") == "ας"
     assert fold("Straße") == "straße"
     assert fold("STRASSE") == "strasse"
+
+
+# --- how each login policy treats a password and a certificate ---------------------------
+
+
+def _cert(policy: str, user: str = "alice@example.org", **kw: bool) -> CertificateUser:
+    return CertificateUser(user, "0A", "f" * 64, policy, **kw)
+
+
+@pytest.mark.parametrize(
+    ("auth_policy", "without_cert", "with_own_cert"),
+    [
+        (PASSWORD, True, True),
+        (PASSWORD_OR_CERTIFICATE, True, True),
+        (TWO_FACTOR, False, True),
+        (CERTIFICATE, False, False),
+    ],
+)
+def test_when_a_correct_password_logs_in(
+    auth_policy: str, without_cert: bool, with_own_cert: bool
+) -> None:
+    login = "alice@example.org"
+    assert policy.password_allowed(auth_policy, login, None) is without_cert
+    assert policy.password_allowed(auth_policy, login, _cert(auth_policy)) is with_own_cert
+
+
+@pytest.mark.parametrize("auth_policy", AUTH_POLICIES)
+def test_a_certificate_of_another_user_blocks_every_password(auth_policy: str) -> None:
+    other = _cert(PASSWORD_OR_CERTIFICATE, "bob@example.org")
+    assert policy.password_allowed(auth_policy, "alice@example.org", other) is False
+
+
+@pytest.mark.parametrize(
+    ("auth_policy", "alone"),
+    [
+        (PASSWORD, False),
+        (PASSWORD_OR_CERTIFICATE, True),
+        (TWO_FACTOR, False),
+        (CERTIFICATE, True),
+    ],
+)
+def test_when_a_certificate_alone_logs_in(auth_policy: str, alone: bool) -> None:
+    assert policy.certificate_alone_allowed(auth_policy) is alone
+    cert = _cert(auth_policy)
+    if alone:
+        assert policy.certificate_identity(cert, "EXTERNAL") == Identity(
+            cert.user, "EXTERNAL", cert.serial, cert.fingerprint
+        )
+    else:
+        with pytest.raises(AuthFailed):
+            policy.certificate_identity(cert, "EXTERNAL")
+
+
+@pytest.mark.parametrize("auth_policy", [CERTIFICATE, PASSWORD_OR_CERTIFICATE])
+def test_a_certificate_from_outside_the_users_networks_logs_in_nobody(auth_policy: str) -> None:
+    with pytest.raises(AuthFailed):
+        policy.certificate_identity(_cert(auth_policy, source_allowed=False), "EXTERNAL")
+
+
+def test_new_users_may_use_either_credential() -> None:
+    assert DEFAULT_AUTH_POLICY == PASSWORD_OR_CERTIFICATE == "password-or-certificate"
+    assert set(AUTH_POLICIES) == {PASSWORD, CERTIFICATE, PASSWORD_OR_CERTIFICATE, TWO_FACTOR}

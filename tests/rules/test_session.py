@@ -11,7 +11,14 @@ import pytest
 
 from submitgw.errors import AuthFailed, Kind, Refusal
 from submitgw.rules import session as rules
-from submitgw.types import CERTIFICATE, PASSWORD, TWO_FACTOR, CertificateUser, Identity
+from submitgw.types import (
+    CERTIFICATE,
+    PASSWORD,
+    PASSWORD_OR_CERTIFICATE,
+    TWO_FACTOR,
+    CertificateUser,
+    Identity,
+)
 
 ALICE = Identity("alice@example.org", "PLAIN")
 CERT = CertificateUser("carol@example.org", "0A", "f" * 64, CERTIFICATE)
@@ -191,6 +198,12 @@ def test_external_logs_in_the_certificate_user_only() -> None:
         (CertificateUser("d@example.org", "1", "e", PASSWORD), True),
         (CertificateUser("d@example.org", "1", "e", TWO_FACTOR), True),
         (CertificateUser("d@example.org", "1", "e", CERTIFICATE, source_allowed=False), True),
+        (
+            CertificateUser(
+                "d@example.org", "1", "e", PASSWORD_OR_CERTIFICATE, source_allowed=False
+            ),
+            True,
+        ),
     ],
 )
 def test_certificate_alone_logs_in_nobody(
@@ -199,8 +212,10 @@ def test_certificate_alone_logs_in_nobody(
     assert rules.certificate_login(cert, listener_allows=listener_allows) is None
 
 
-def test_certificate_alone_logs_in_a_certificate_user() -> None:
-    identity = rules.certificate_login(CERT, listener_allows=True)
+@pytest.mark.parametrize("auth_policy", [CERTIFICATE, PASSWORD_OR_CERTIFICATE])
+def test_certificate_alone_logs_in_a_user_whose_policy_takes_it(auth_policy: str) -> None:
+    cert = CertificateUser(CERT.user, CERT.serial, CERT.fingerprint, auth_policy)
+    identity = rules.certificate_login(cert, listener_allows=True)
     assert identity == Identity(CERT.user, "CERTIFICATE", CERT.serial, CERT.fingerprint)
 
 

@@ -60,12 +60,22 @@ def colon_lower(serial: str) -> str:
 # --- auth policies ---------------------------------------------------------------------------
 
 
-def test_users_default_to_password_logins(users: UserStore) -> None:
+def test_users_default_to_password_or_certificate_logins(users: UserStore) -> None:
     record = users.get("alice@example.org")
 
     assert record is not None
-    assert record.auth_policy == "password"
-    assert AUTH_POLICIES == ("password", "certificate", "password+certificate")
+    assert record.auth_policy == "password-or-certificate"
+    assert AUTH_POLICIES == (
+        "password",
+        "certificate",
+        "password-or-certificate",
+        "password+certificate",
+    )
+
+
+@pytest.mark.parametrize("policy", AUTH_POLICIES)
+def test_every_policy_can_be_stored(users: UserStore, policy: str) -> None:
+    assert users.add("carol@example.org", "hash", auth_policy=policy).auth_policy == policy
 
 
 def test_add_with_a_policy_and_change_it(users: UserStore) -> None:
@@ -88,7 +98,7 @@ def test_unknown_policies_are_refused(users: UserStore) -> None:
 
     assert users.get("carol@example.org") is None
     alice = users.get("alice@example.org")
-    assert alice is not None and alice.auth_policy == "password"
+    assert alice is not None and alice.auth_policy == "password-or-certificate"
 
 
 def test_policy_of_a_missing_user(users: UserStore) -> None:
@@ -252,7 +262,7 @@ def test_lookup_returns_the_identity_and_none_for_strangers(
     assert found.fingerprint_sha256 == record.fingerprint_sha256
     assert found.email == "alice@example.org"
     assert found.user_enabled is True
-    assert found.auth_policy == "password"
+    assert found.auth_policy == "password-or-certificate"
     assert found.revoked is False
     assert found.not_after == issued.cert.not_valid_after_utc
     assert certs.lookup(issue(ca, "alice@example.org").fingerprint_sha256) is None

@@ -50,8 +50,8 @@ def test_upgrade_on_empty_database_reaches_head(db: Database) -> None:
 
     db.upgrade()
 
-    assert db.head_revision() == "0006"
-    assert db.current_revision() == "0006"
+    assert db.head_revision() == "0007"
+    assert db.current_revision() == "0007"
     assert {"users", "certificates"} <= table_names(db)
     db.check_current()
 
@@ -152,7 +152,7 @@ def test_stamp_absent_revision_is_reported_without_suggesting_upgrade(db: Databa
 
     message = str(raised.value)
     assert message.startswith("database is at revision 9999")
-    assert "needs 0006" in message
+    assert "needs 0007" in message
     assert "db upgrade" not in message
 
 
@@ -162,12 +162,12 @@ def test_revision_template_renders_formatted_python(tmp_path: Path) -> None:
     config = Config()
     config.set_main_option("script_location", str(scripts))
 
-    command.revision(config, message="add widgets", rev_id="0007")
+    command.revision(config, message="add widgets", rev_id="0008")
 
-    (rendered,) = (scripts / "versions").glob("0007_*.py")
+    (rendered,) = (scripts / "versions").glob("0008_*.py")
     text = rendered.read_text()
-    assert 'revision = "0007"' in text
-    assert 'down_revision = "0006"' in text
+    assert 'revision = "0008"' in text
+    assert 'down_revision = "0007"' in text
     compile(text, str(rendered), "exec")
     # Imports stay unused until the author writes the upgrade, so F401 is expected here.
     config_file = str(PROJECT_ROOT / "pyproject.toml")
@@ -189,7 +189,7 @@ def test_upgrade_from_0001_keeps_users_and_gives_them_password_logins(db: Databa
 
     db.upgrade()
 
-    assert db.current_revision() == "0006"
+    assert db.current_revision() == db.head_revision()
     record = UserStore(db).get("old@example.org")
     assert record is not None
     assert (record.password_hash, record.enabled, record.auth_policy) == (
@@ -223,3 +223,110 @@ def test_auth_policy_check_constraint_rejects_unknown_values(db: Database) -> No
 
     with pytest.raises(IntegrityError), db.engine.begin() as connection:
         connection.exec_driver_sql("UPDATE users SET auth_policy = 'passwrd'")
+
+
+# --- 0007: the password-or-certificate policy ----------------------------------------------
+
+STAMP = "'2026-01-02 03:04:05+00:00'"
+OLD_POLICIES = {
+    "pw@example.org": "password",
+    "cert@example.org": "certificate",
+    "both@example.org": "password+certificate",
+}
+# One row in every table that references users at 0006: a SQLite rebuild of `users`
+# would cascade-delete them unless the migration keeps them.
+USER_ROWS = {
+    "certificates": "(serial, user_id, fingerprint_sha256, subject, not_before, not_after, "
+    f"issued_at, pem) VALUES ('0A', {{id}}, '{'f' * 64}', 'CN=x', {STAMP}, {STAMP}, {STAMP}, "
+    "'pem')",
+    "user_networks": "(user_id, cidr) VALUES ({id}, '192.0.2.0/24')",
+    "sender_bindings": f"(user_id, pattern, created_at) VALUES ({{id}}, '@example.net', {STAMP})",
+    "user_limits": f"(user_id, messages_per_hour, updated_at) VALUES ({{id}}, 7, {STAMP})",
+    "password_history": f"(user_id, password_hash, replaced_at) VALUES ({{id}}, 'old', {STAMP})",
+    "app_passwords": "(user_id, label, selector, password_hash, created_at) "
+    f"VALUES ({{id}}, 'phone', 'abcd', 'hash', {STAMP})",
+}
+
+
+def policies(db: Database) -> dict[str, str]:
+    with db.engine.connect() as connection:
+        rows = connection.exec_driver_sql("SELECT email, auth_policy FROM users").all()
+    return {email: policy for email, policy in rows}
+
+
+def user_rows(db: Database) -> dict[str, int]:
+    with db.engine.connect() as connection:
+        return {
+            table: connection.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
+            for table in USER_ROWS
+        }
+
+
+def users_at_0006(db: Database, users: dict[str, str]) -> None:
+    """Users as 0006 stored them, in raw SQL so that later model changes cannot break it."""
+    alembic_command(db, "upgrade", "0006")
+    with db.engine.begin() as connection:
+        for email, policy in users.items():
+            connection.exec_driver_sql(
+                "INSERT INTO users (email, password_hash, enabled, created_at, updated_at, "
+                f"auth_policy) VALUES ('{email}', 'hash', true, {STAMP}, {STAMP}, '{policy}')"
+            )
+        first = connection.exec_driver_sql("SELECT min(id) FROM users").scalar_one()
+        for table, values in USER_ROWS.items():
+            connection.exec_driver_sql(f"INSERT INTO {table} {values.format(id=first)}")
+
+
+def test_0007_keeps_every_users_policy_and_rows(db: Database) -> None:
+    """An upgrade must not widen anyone's access: old users keep the policy they had."""
+    users_at_0006(db, OLD_POLICIES)
+
+    alembic_command(db, "upgrade", "0007")
+
+    assert policies(db) == OLD_POLICIES
+    assert user_rows(db) == dict.fromkeys(USER_ROWS, 1)
+
+
+def test_0007_new_users_get_password_or_certificate(db: Database) -> None:
+    users_at_0006(db, OLD_POLICIES)
+    alembic_command(db, "upgrade", "0007")
+
+    # The column's own default, as a row written without the ORM gets it.
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO users (email, password_hash, enabled, created_at, updated_at) "
+            f"VALUES ('raw@example.org', 'hash', true, {STAMP}, {STAMP})"
+        )
+    store = UserStore(db)
+    store.add("new@example.org", "hash")
+
+    assert policies(db) == {
+        **OLD_POLICIES,
+        "raw@example.org": "password-or-certificate",
+        "new@example.org": "password-or-certificate",
+    }
+    # The constraint, rebuilt, still refuses what the gateway would not understand.
+    with pytest.raises(IntegrityError), db.engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE users SET auth_policy = 'password or certificate'")
+
+
+def test_0007_downgrade_makes_password_or_certificate_users_password_users(db: Database) -> None:
+    users_at_0006(db, OLD_POLICIES)
+    alembic_command(db, "upgrade", "0007")
+    UserStore(db).add("new@example.org", "hash")
+
+    alembic_command(db, "downgrade", "0006")
+
+    assert db.current_revision() == "0006"
+    assert policies(db) == {**OLD_POLICIES, "new@example.org": "password"}
+    assert user_rows(db) == dict.fromkeys(USER_ROWS, 1)
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO users (email, password_hash, enabled, created_at, updated_at) "
+            f"VALUES ('raw@example.org', 'hash', true, {STAMP}, {STAMP})"
+        )
+    assert policies(db)["raw@example.org"] == "password"
+    with pytest.raises(IntegrityError), db.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE users SET auth_policy = 'password-or-certificate' "
+            "WHERE email = 'raw@example.org'"
+        )

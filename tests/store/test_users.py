@@ -21,6 +21,7 @@ from submitgw.store import (
     UserStore,
 )
 from submitgw.store.models import User
+from submitgw.types import DEFAULT_AUTH_POLICY
 
 
 @pytest.fixture
@@ -222,3 +223,11 @@ def test_postgresql_timestamps_are_utc_whatever_the_session_zone(pg_url: str) ->
     assert fetched.created_at == added.created_at
     assert fetched.created_at.tzinfo is UTC
     assert fetched.last_login_at is not None and fetched.last_login_at.tzinfo is UTC
+
+
+def test_the_tables_default_policy_is_the_gateways() -> None:
+    """models.py imports nothing of the project, so it spells the default out itself."""
+    column = User.__table__.c.auth_policy
+    assert column.default is not None and column.server_default is not None
+    assert column.default.arg == DEFAULT_AUTH_POLICY
+    assert column.server_default.arg == DEFAULT_AUTH_POLICY

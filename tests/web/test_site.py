@@ -347,6 +347,38 @@ def test_sign_in_with_a_client_certificate(site: GatewayProcess) -> None:
     assert web.call("GET", "/api/account").status == 401
 
 
+def test_password_or_certificate_users_sign_in_with_either(site: GatewayProcess) -> None:
+    """The default policy: the certificate alone, or the password alone."""
+    cert = site.issue_cert()
+    with_cert = client(site, cert.context(site.ca_file))
+    assert 'id="cert-login"' in with_cert.request("GET", "/").text
+
+    reply = with_cert.request("POST", "/api/session", json_body={"certificate": True})
+    assert reply.status == 200 and reply.json()["user"] == USER
+    with_cert.csrf = reply.json()["csrf_token"]
+    account = with_cert.call("GET", "/api/account").json()
+    assert account["auth_policy"] == "password-or-certificate"
+    assert account["signed_in_with"] == "certificate"
+    # Signed in with the certificate, which stands for the current password.
+    assert 'name="current_password"' not in with_cert.request("GET", "/").text
+    change = {k: v for k, v in CHANGE.items() if k != "current_password"}
+    assert with_cert.call("PUT", "/api/password", change).status == 204
+
+    by_password = client(site)
+    assert by_password.login(USER, NEW_PASSWORD).status == 200
+    assert by_password.call("GET", "/api/account").json()["signed_in_with"] == "password"
+    # Signed in with the password: changing it needs it again.
+    assert 'name="current_password"' in by_password.request("GET", "/").text
+    again = {"new_password": PASSWORD, "new_password_again": PASSWORD}
+    assert by_password.call("PUT", "/api/password", again).status == 400
+
+    # Narrowed to "password": the certificate session ends, the certificate alone is refused.
+    assert run_cli(site.config, "user", "set-auth", USER, "password").returncode == 0
+    assert with_cert.call("GET", "/api/account").status == 401
+    assert with_cert.request("POST", "/api/session", json_body={"certificate": True}).status == 401
+    assert by_password.call("GET", "/api/account").status == 200
+
+
 def test_two_factor_users_need_password_and_certificate(site: GatewayProcess) -> None:
     cert = site.issue_cert()
     assert run_cli(site.config, "user", "set-auth", USER, "password+certificate").returncode == 0

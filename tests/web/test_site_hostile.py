@@ -329,8 +329,10 @@ def test_a_password_change_needs_the_current_password(gateway_factory: Any) -> N
 # --- the authentication policy -----------------------------------------------------------------
 
 
-def test_a_certificate_alone_signs_in_only_certificate_users(gateway_factory: Any) -> None:
-    gw = gateway_factory({"limits": QUIET_AUTH}, selfservice=True)
+def test_a_certificate_alone_signs_in_no_password_user(gateway_factory: Any) -> None:
+    gw = gateway_factory({"limits": QUIET_AUTH}, selfservice=True, start=False)
+    assert run_cli(gw.config, "user", "set-auth", USER, "password").returncode == 0
+    gw.start()
     cert = gw.issue_cert()
     with_cert = web(gw, cert.context(gw.ca_file))
 
