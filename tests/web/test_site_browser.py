@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
@@ -61,6 +61,11 @@ def submit(driver: WebDriver, button: str | WebElement) -> None:
             page.is_enabled()
         except StaleElementReferenceException:  # the new page is there
             return
+        except WebDriverException as exc:
+            # Caught mid-navigation, Chromium may say the same in other words.
+            if "does not belong to the document" in str(exc):
+                return
+            raise
         time.sleep(0.05)
     raise AssertionError(f"clicking {button.text!r} did not lead to a new page")
 
