@@ -642,6 +642,14 @@ def prepare_setup(src: Path, base: Path, args: argparse.Namespace) -> Setup:
     config.write_text(
         set_toml_keys(config.read_text(), "limits", dict.fromkeys(limits, args.sending_limit))
     )
+    # Every session logs in as the same user from the same address: let --concurrency logins
+    # wait at once (the login limiter still runs).
+    auth = tomllib.loads(config.read_text())["auth"]
+    pending = {
+        key: max(auth[key], args.concurrency)
+        for key in ("max_pending", "max_pending_per_ip", "max_pending_per_account")
+    }
+    config.write_text(set_toml_keys(config.read_text(), "auth", pending))
     if args.cheap_argon2:
         # Before `user add`: the stored hash uses these parameters, so no rehash at login.
         config.write_text(set_toml_keys(config.read_text(), "auth", CHEAP_ARGON2))
