@@ -132,9 +132,25 @@ def set_toml_keys(text: str, section: str, values: dict[str, Any]) -> str:
 
 
 def gateway_env(src: Path) -> dict[str, str]:
-    """The environment that makes `python -m submitgw` the build in `src`: PYTHONPATH comes
-    before the venv's editable install, whichever tree that points at."""
+    """The environment that makes `python -P -m submitgw` the build in `src`: PYTHONPATH comes
+    before the venv's editable install, whichever tree that points at. (Without -P, `-m`
+    would put the current folder first, and from inside a checkout run that one.)"""
     return {**os.environ, "PYTHONPATH": str(src)}
+
+
+def check_source(src: Path) -> None:
+    """Refuse to measure a build other than the one asked for."""
+    result = subprocess.run(
+        [sys.executable, "-P", "-c", "import submitgw; print(submitgw.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=gateway_env(src),
+    )
+    found = Path(result.stdout.strip() or "?").resolve()
+    if not found.is_relative_to(src.resolve()):
+        raise RuntimeError(f"submitgw imports from {found}, not from {src}:\n{result.stderr}")
 
 
 def revision(src: Path) -> str:
@@ -150,7 +166,7 @@ def revision(src: Path) -> str:
 
 
 def run_cli(src: Path, *args: str, stdin: str | None = None) -> str:
-    cmd = [sys.executable, "-m", "submitgw", *args]
+    cmd = [sys.executable, "-P", "-m", "submitgw", *args]
     result = subprocess.run(
         cmd,
         input=stdin or "",  # never the terminal: a prompt would hang the bench
@@ -232,7 +248,8 @@ class Gateway:
         """Start on two free ports; another attempt if a port was taken in between."""
         for attempt in range(1, attempts + 1):
             self.port, self.tls_port = free_port(), free_port()
-            args = [sys.executable, "-m", "submitgw", "--config", str(self.config), "serve"]
+            args = [sys.executable, "-P", "-m", "submitgw", "--config", str(self.config)]
+            args += ["serve"]
             args += ["--listen", f"{HOST}:{self.port}", "--listen-tls", f"{HOST}:{self.tls_port}"]
             args += ["--smarthost", self.smarthost]
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -701,6 +718,7 @@ class Build:
 
     def start(self, args: argparse.Namespace, label: str) -> None:
         say(f"{label}setting up {self.src} in {self.base}")
+        check_source(self.src)
         self.setup = prepare_setup(self.src, self.base, args)
         limits = self.setup.settings["limits"]
         if args.batch_size > limits["max_messages_per_session"]:
