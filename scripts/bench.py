@@ -165,7 +165,7 @@ def revision(src: Path) -> str:
     return result.stdout.strip() or "?"
 
 
-def run_cli(src: Path, *args: str, stdin: str | None = None) -> str:
+def run_cli(*args: str, stdin: str | None = None, src: Path = REPO_ROOT) -> str:
     cmd = [sys.executable, "-P", "-m", "submitgw", *args]
     result = subprocess.run(
         cmd,
@@ -228,10 +228,10 @@ class Sink:
 
 @dataclass
 class Gateway:
-    src: Path
     setup: Path
     smarthost: str
     log_path: Path
+    src: Path = REPO_ROOT  # the source tree whose `submitgw serve` runs
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     tls_port: int = 0
@@ -527,7 +527,8 @@ def run_once(
     scenario: str, run: int, count: int, args: argparse.Namespace, build: Build
 ) -> RunResult:
     gateway, sink, setup = build.gateway, build.sink, build.setup
-    assert gateway is not None and gateway.proc is not None and sink.proc is not None
+    assert gateway is not None and gateway.proc is not None
+    assert sink is not None and sink.proc is not None
     assert setup is not None and build.tls is not None
     batch = 1 if scenario == "per-connection" else args.batch_size
     run_id = secrets.token_hex(4)
@@ -651,7 +652,7 @@ def prepare_setup(src: Path, base: Path, args: argparse.Namespace) -> Setup:
     """Everything through the CLI of the build in `src`, so each build writes the config,
     database and certificates it reads itself."""
     setup = base / "setup"
-    run_cli(src, "init", "--dir", str(setup), "--hostname", "bench.test")
+    run_cli("init", "--dir", str(setup), "--hostname", "bench.test", src=src)
     config = setup / "submitgw.toml"
     # One user on one address sends every message: lift the limits out of the way (the
     # counters still run, so their cost is part of the figures).
@@ -678,18 +679,18 @@ def prepare_setup(src: Path, base: Path, args: argparse.Namespace) -> Setup:
             )
     settings = tomllib.loads(config.read_text())
     password = secrets.token_urlsafe(16)
-    cli = (src, "--config", str(config))
-    run_cli(*cli, "user", "add", USER, "--password-stdin", stdin=password)
+    cli = ("--config", str(config))
+    run_cli(*cli, "user", "add", USER, "--password-stdin", stdin=password, src=src)
     if args.certificate:
         folder = base / "client"
         folder.mkdir()
-        run_cli(*cli, "pki", "issue", USER, "--out", str(folder))
-        run_cli(*cli, "user", "set-auth", USER, "certificate")
+        run_cli(*cli, "pki", "issue", USER, "--out", str(folder), src=src)
+        run_cli(*cli, "user", "set-auth", USER, "certificate", src=src)
         files = (folder / f"{USER}.crt", folder / f"{USER}.key")
         return Setup(setup, settings, None, files)
     if args.app_password:
         # The CLI prints the new app password alone on its last line.
-        added = run_cli(*cli, "user", "app-password", "add", USER, "--label", "bench")
+        added = run_cli(*cli, "user", "app-password", "add", USER, "--label", "bench", src=src)
         password = added.splitlines()[-1]
     return Setup(setup, settings, password)
 
@@ -729,7 +730,9 @@ class Build:
         self.sink = Sink(self.base / "mail", self.base / "sink.log")
         self.sink.start()
         smarthost = f"{HOST}:{self.sink.port}"
-        self.gateway = Gateway(self.src, self.setup.directory, smarthost, self.base / "gateway.log")
+        self.gateway = Gateway(
+            self.setup.directory, smarthost, self.base / "gateway.log", src=self.src
+        )
         self.gateway.start()
         assert self.gateway.proc is not None
         say(
