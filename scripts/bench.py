@@ -8,11 +8,20 @@ folder (`submitgw init` + `user add`), then drives them with an asyncio SMTP cli
   AUTH PLAIN, MAIL, RCPT, DATA, QUIT), as a mail client does;
 * batched: --batch-size messages per connection, STARTTLS and AUTH once.
 
+Both use the submission listener (STARTTLS); the implicit-TLS one is not measured. With
+--certificate every session presents a client certificate the gateway's CA issued
+(`submitgw pki issue`) and logs in with AUTH EXTERNAL, as a user of policy "certificate".
+
 Every message must get its 250 and the smarthost must have stored exactly the messages that
 got one (checked by a per-message header), else the run is reported with errors. Prints each
 run, the median msgs/s per scenario, the batched/per-connection ratio, and the gateway's peak
 RSS and CPU time per message. Argon2 uses the production defaults unless --cheap-argon2 is
 given (time_cost=1, 8 MiB, parallelism=1: isolates the protocol and TLS cost).
+
+--gateway-src PATH runs the gateway (its CLI and `serve`) from another source tree, with
+PYTHONPATH=PATH and this interpreter. --compare OLD_SRC runs two builds side by side, each with
+its own setup and smarthost, alternating new, old, new, old, ... so that load from elsewhere on
+the machine falls on both; it reports each build's medians and the ratios new/old.
 
 Every run stops after --messages or --max-seconds, whichever comes first. This is not a test:
 it prints figures; the exit status is 1 when a run had errors or the gateway stopped badly.
@@ -60,6 +69,7 @@ RECIPIENT = "sink@example.net"
 CLIENT_NAME = "bench.client.test"
 CHEAP_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 8192, "argon2_parallelism": 1}
 SCENARIOS = ("per-connection", "batched")
+BUILDS = ("new", "old")  # with --compare: this tree (or --gateway-src) and OLD_SRC
 DEFAULT_MESSAGES = {"per-connection": 200, "batched": 2000}
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 45.0  # the gateway's shutdown_grace (30 s) plus margin
@@ -121,10 +131,50 @@ def set_toml_keys(text: str, section: str, values: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def run_cli(*args: str, stdin: str | None = None) -> str:
-    cmd = [sys.executable, "-m", "submitgw", *args]
+def gateway_env(src: Path) -> dict[str, str]:
+    """The environment that makes `python -P -m submitgw` the build in `src`: PYTHONPATH comes
+    before the venv's editable install, whichever tree that points at. (Without -P, `-m`
+    would put the current folder first, and from inside a checkout run that one.)"""
+    return {**os.environ, "PYTHONPATH": str(src)}
+
+
+def check_source(src: Path) -> None:
+    """Refuse to measure a build other than the one asked for."""
     result = subprocess.run(
-        cmd, input=stdin, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-P", "-c", "import submitgw; print(submitgw.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=gateway_env(src),
+    )
+    found = Path(result.stdout.strip() or "?").resolve()
+    if not found.is_relative_to(src.resolve()):
+        raise RuntimeError(f"submitgw imports from {found}, not from {src}:\n{result.stderr}")
+
+
+def revision(src: Path) -> str:
+    """`git describe` of a source tree, for the report; "?" outside git."""
+    result = subprocess.run(
+        ["git", "-C", str(src), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return result.stdout.strip() or "?"
+
+
+def run_cli(*args: str, stdin: str | None = None, src: Path = REPO_ROOT) -> str:
+    cmd = [sys.executable, "-P", "-m", "submitgw", *args]
+    result = subprocess.run(
+        cmd,
+        input=stdin or "",  # never the terminal: a prompt would hang the bench
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=gateway_env(src),
     )
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args[:4])} failed:\n{result.stdout}{result.stderr}")
@@ -181,6 +231,7 @@ class Gateway:
     setup: Path
     smarthost: str
     log_path: Path
+    src: Path = REPO_ROOT  # the source tree whose `submitgw serve` runs
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     tls_port: int = 0
@@ -197,12 +248,19 @@ class Gateway:
         """Start on two free ports; another attempt if a port was taken in between."""
         for attempt in range(1, attempts + 1):
             self.port, self.tls_port = free_port(), free_port()
-            args = [sys.executable, "-m", "submitgw", "--config", str(self.config), "serve"]
+            args = [sys.executable, "-P", "-m", "submitgw", "--config", str(self.config)]
+            args += ["serve"]
             args += ["--listen", f"{HOST}:{self.port}", "--listen-tls", f"{HOST}:{self.tls_port}"]
             args += ["--smarthost", self.smarthost]
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             with self.log_path.open("ab") as log:
-                self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                self.proc = subprocess.Popen(
+                    args,
+                    stdout=log,
+                    stderr=log,
+                    stdin=subprocess.DEVNULL,
+                    env=gateway_env(self.src),
+                )
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline and self.proc.poll() is None:
                 if self.log_text()[offset:].count('"event": "listening"') >= 2:
@@ -284,11 +342,16 @@ class Client:
         self.writer.write(line + b"\r\n")
         await self.expect(code, line.split(b" ", 1)[0].decode(errors="replace"))
 
-    async def login(self, tls: ssl.SSLContext, password: str) -> None:
+    async def login(self, tls: ssl.SSLContext, password: str | None) -> None:
+        """STARTTLS, then AUTH PLAIN with `password`, or with None AUTH EXTERNAL: the client
+        certificate `tls` presents is the credential."""
         await self.command(b"EHLO " + CLIENT_NAME.encode(), 250)
         await self.command(b"STARTTLS", 220)
         await asyncio.wait_for(self.writer.start_tls(tls, server_hostname=TLS_NAME), self.timeout)
         await self.command(b"EHLO " + CLIENT_NAME.encode(), 250)
+        if password is None:
+            await self.command(b"AUTH EXTERNAL =", 235)
+            return
         token = base64.b64encode(b"\0" + USER.encode() + b"\0" + password.encode())
         await self.command(b"AUTH PLAIN " + token, 235)
 
@@ -335,6 +398,7 @@ class RunResult:
     scenario: str
     run: int
     planned: int
+    build: str = "new"
     ok: int = 0
     failed: int = 0
     not_sent: int = 0
@@ -368,7 +432,7 @@ class Load:
     run_id: str
     gateway_port: int
     tls: ssl.SSLContext
-    password: str
+    password: str | None
     body: bytes
     batches: Iterator[list[int]]
     deadline: float
@@ -460,16 +524,12 @@ def check_sink(sink_dir: Path, run_id: str, ok: set[int]) -> tuple[int, str]:
 
 
 def run_once(
-    scenario: str,
-    run: int,
-    count: int,
-    args: argparse.Namespace,
-    gateway: Gateway,
-    sink: Sink,
-    password: str,
-    tls: ssl.SSLContext,
+    scenario: str, run: int, count: int, args: argparse.Namespace, build: Build
 ) -> RunResult:
-    assert gateway.proc is not None and sink.proc is not None
+    gateway, sink, setup = build.gateway, build.sink, build.setup
+    assert gateway is not None and gateway.proc is not None
+    assert sink is not None and sink.proc is not None
+    assert setup is not None and build.tls is not None
     batch = 1 if scenario == "per-connection" else args.batch_size
     run_id = secrets.token_hex(4)
     start = time.monotonic()
@@ -477,8 +537,8 @@ def run_once(
         scenario=scenario,
         run_id=run_id,
         gateway_port=gateway.port,
-        tls=tls,
-        password=password,
+        tls=build.tls,
+        password=setup.password,
         body=make_body(args.size),
         batches=batches_of(count, batch),
         deadline=start + args.max_seconds,
@@ -506,6 +566,7 @@ def run_once(
         scenario=scenario,
         run=run,
         planned=count,
+        build=build.name,
         ok=ok,
         failed=len(load.failed),
         not_sent=count - ok - len(load.failed),
@@ -577,31 +638,132 @@ def argon2_verify_ms(auth: dict[str, Any], rounds: int = 5) -> float:
     return statistics.median(costs)
 
 
-def prepare_setup(
-    base: Path, cheap_argon2: bool, sending_limit: int, app_password: bool = False
-) -> tuple[Path, str, dict[str, Any]]:
+@dataclass
+class Setup:
+    """A gateway folder from `submitgw init`, with the bench user in it."""
+
+    directory: Path
+    settings: dict[str, Any]
+    password: str | None  # None: the user logs in with its client certificate
+    client_cert: tuple[Path, Path] | None = None  # certificate and key files
+
+
+def prepare_setup(src: Path, base: Path, args: argparse.Namespace) -> Setup:
+    """Everything through the CLI of the build in `src`, so each build writes the config,
+    database and certificates it reads itself."""
     setup = base / "setup"
-    run_cli("init", "--dir", str(setup), "--hostname", "bench.test")
+    run_cli("init", "--dir", str(setup), "--hostname", "bench.test", src=src)
     config = setup / "submitgw.toml"
     # One user on one address sends every message: lift the limits out of the way (the
     # counters still run, so their cost is part of the figures).
     limits = ("messages_per_user", "recipients_per_user", "messages_per_ip", "recipients_per_ip")
     config.write_text(
-        set_toml_keys(config.read_text(), "limits", dict.fromkeys(limits, sending_limit))
+        set_toml_keys(config.read_text(), "limits", dict.fromkeys(limits, args.sending_limit))
     )
-    if cheap_argon2:
+    # Every session logs in as the same user from the same address: let --concurrency logins
+    # wait at once (the login limiter still runs).
+    auth = tomllib.loads(config.read_text())["auth"]
+    pending = {
+        key: max(auth[key], args.concurrency)
+        for key in ("max_pending", "max_pending_per_ip", "max_pending_per_account")
+    }
+    config.write_text(set_toml_keys(config.read_text(), "auth", pending))
+    if args.cheap_argon2:
         # Before `user add`: the stored hash uses these parameters, so no rehash at login.
         config.write_text(set_toml_keys(config.read_text(), "auth", CHEAP_ARGON2))
+    if args.certificate:
+        # Older builds default to "off": set it, so that both builds ask for a certificate.
+        for section in ("submission", "submissions"):
+            config.write_text(
+                set_toml_keys(config.read_text(), section, {"client_certificates": "optional"})
+            )
     settings = tomllib.loads(config.read_text())
     password = secrets.token_urlsafe(16)
-    run_cli("--config", str(config), "user", "add", USER, "--password-stdin", stdin=password)
-    if app_password:
+    cli = ("--config", str(config))
+    run_cli(*cli, "user", "add", USER, "--password-stdin", stdin=password, src=src)
+    if args.certificate:
+        folder = base / "client"
+        folder.mkdir()
+        run_cli(*cli, "pki", "issue", USER, "--out", str(folder), src=src)
+        run_cli(*cli, "user", "set-auth", USER, "certificate", src=src)
+        files = (folder / f"{USER}.crt", folder / f"{USER}.key")
+        return Setup(setup, settings, None, files)
+    if args.app_password:
         # The CLI prints the new app password alone on its last line.
-        added = run_cli(
-            "--config", str(config), "user", "app-password", "add", USER, "--label", "bench"
-        )
+        added = run_cli(*cli, "user", "app-password", "add", USER, "--label", "bench", src=src)
         password = added.splitlines()[-1]
-    return setup, password, settings
+    return Setup(setup, settings, password)
+
+
+@dataclass
+class Build:
+    """One gateway build under test: its source tree and its own setup, smarthost and
+    process, so that two builds share nothing but the machine."""
+
+    name: str
+    src: Path
+    base: Path
+    setup: Setup | None = None
+    sink: Sink | None = None
+    gateway: Gateway | None = None
+    tls: ssl.SSLContext | None = None
+    stats: dict[str, Any] = field(
+        default_factory=lambda: {
+            "peak_rss_kib": 0,
+            "rss_kib": 0,
+            "cpu_seconds": 0.0,
+            "exit_code": None,
+            "log_problems": {},
+        }
+    )
+
+    def start(self, args: argparse.Namespace, label: str) -> None:
+        say(f"{label}setting up {self.src} in {self.base}")
+        check_source(self.src)
+        self.setup = prepare_setup(self.src, self.base, args)
+        limits = self.setup.settings["limits"]
+        if args.batch_size > limits["max_messages_per_session"]:
+            raise RuntimeError(
+                f"--batch-size {args.batch_size} exceeds [limits] max_messages_per_session "
+                f"{limits['max_messages_per_session']}"
+            )
+        self.sink = Sink(self.base / "mail", self.base / "sink.log")
+        self.sink.start()
+        smarthost = f"{HOST}:{self.sink.port}"
+        self.gateway = Gateway(
+            self.setup.directory, smarthost, self.base / "gateway.log", src=self.src
+        )
+        self.gateway.start()
+        assert self.gateway.proc is not None
+        say(
+            f"{label}gateway pid {self.gateway.proc.pid} on {HOST}:{self.gateway.port}, "
+            f"sink on {self.sink.port}"
+        )
+        self.tls = ssl.create_default_context(cafile=str(self.gateway.ca_file))
+        if self.setup.client_cert is not None:
+            self.tls.load_cert_chain(*self.setup.client_cert)
+        if args.warmup:
+            warm = run_once("per-connection", 0, args.warmup, args, self)
+            if not warm.clean:
+                raise RuntimeError(f"{label}warm-up failed: {warm.errors or warm.sink_check}")
+
+    def measure(self) -> None:
+        assert self.gateway is not None and self.gateway.proc is not None
+        pid = self.gateway.proc.pid
+        self.stats["peak_rss_kib"] = status_kib(pid, "VmHWM")
+        self.stats["rss_kib"] = status_kib(pid, "VmRSS")
+        self.stats["cpu_seconds"] = cpu_seconds(pid)
+
+    def stop(self, label: str) -> None:
+        if self.gateway is not None:
+            code = self.gateway.stop()
+            self.stats["exit_code"] = code
+            self.stats["log_problems"] = self.gateway.log_problems()
+            if code != 0:
+                say(f"{label}gateway exit code {code}; end of its log:")
+                say(self.gateway.log_text()[-2000:])
+        if self.sink is not None:
+            self.sink.stop()
 
 
 def format_table(rows: list[list[str]], header: list[str]) -> str:
@@ -626,6 +788,9 @@ def summarise(results: list[RunResult]) -> dict[str, Any]:
             "gateway_cpu_ms_per_msg": 1000 * sum(r.gateway_cpu_s for r in runs) / msgs
             if msgs
             else 0.0,
+            "median_gateway_cpu_ms_per_msg": statistics.median(
+                r.gateway_cpu_ms_per_msg for r in runs
+            ),
             "clean_runs": sum(r.clean for r in runs),
             "runs": len(runs),
         }
@@ -637,7 +802,26 @@ def summarise(results: list[RunResult]) -> dict[str, Any]:
     return summary
 
 
-def print_report(report: dict[str, Any], out: Any) -> None:
+def compare_summary(results: list[RunResult]) -> dict[str, Any]:
+    """Each build's summary, and per scenario the ratios new/old of the medians: above 1 for
+    throughput and below 1 for CPU per message mean the new build does better."""
+    summary: dict[str, Any] = {
+        name: summarise([r for r in results if r.build == name]) for name in BUILDS
+    }
+    ratios: dict[str, dict[str, float | None]] = {}
+    for scenario in SCENARIOS:
+        if scenario not in summary["new"] or scenario not in summary["old"]:
+            continue
+        new, old = summary["new"][scenario], summary["old"][scenario]
+        ratios[scenario] = {
+            key: new[key] / old[key] if old[key] else None
+            for key in ("median_msgs_per_s", "median_gateway_cpu_ms_per_msg")
+        }
+    summary["ratio_new_old"] = ratios
+    return summary
+
+
+def print_header(report: dict[str, Any], out: Any) -> None:
     m, s = report["machine"], report["settings"]
     print("submitgw benchmark", file=out)
     print(
@@ -661,11 +845,23 @@ def print_report(report: dict[str, Any], out: Any) -> None:
         f"batch {s['batch_size']}, max {s['max_seconds']:g} s per run, {s['repeats']} run(s)",
         file=out,
     )
+    builds = report["builds"]
+    if len(builds) > 1 or Path(builds["new"]["src"]) != REPO_ROOT:
+        for name, b in builds.items():
+            print(f"  {name + ':':<9} {b['src']} ({b['revision']})", file=out)
+    for text in report.get("setting_differences", []):
+        print(f"  differs:  {text}", file=out)
     print(file=out)
-    header = ["scenario", "run", "ok", "not ok", "conns", "seconds", "msgs/s", "p50 ms"]
+
+
+def print_runs(report: dict[str, Any], out: Any) -> None:
+    compare = len(report["builds"]) > 1
+    header = ["build"] if compare else []
+    header += ["scenario", "run", "ok", "not ok", "conns", "seconds", "msgs/s", "p50 ms"]
     header += ["p95 ms", "gw cpu ms/msg", "sink cpu", "client cpu", "gw VmHWM", "sink check"]
     rows = [
-        [
+        ([r["build"]] if compare else [])
+        + [
             r["scenario"],
             str(r["run"]),
             f"{r['ok']}/{r['planned']}",
@@ -690,9 +886,26 @@ def print_report(report: dict[str, Any], out: Any) -> None:
         file=out,
     )
     for r in report["runs"]:
+        label = f"{r['build']} " if compare else ""
         for text in r["errors"][:MAX_ERRORS_SHOWN]:
-            print(f"  {r['scenario']} run {r['run']}: {text}", file=out)
+            print(f"  {label}{r['scenario']} run {r['run']}: {text}", file=out)
     print(file=out)
+
+
+def print_gateway(name: str, g: dict[str, Any], out: Any) -> None:
+    print(
+        f"{name:>15}: peak RSS (VmHWM) {g['peak_rss_kib'] / 1024:.1f} MiB, "
+        f"RSS at the end {g['rss_kib'] / 1024:.1f} MiB, "
+        f"{g['cpu_seconds']:.2f} CPU s in all, exit code {g['exit_code']}",
+        file=out,
+    )
+    for text, n in list(g["log_problems"].items())[:MAX_ERRORS_SHOWN]:
+        print(f"{'':>15}  log: {n} x {text}", file=out)
+
+
+def print_report(report: dict[str, Any], out: Any) -> None:
+    print_header(report, out)
+    print_runs(report, out)
     summary = report["summary"]
     for scenario in SCENARIOS:
         if scenario in summary:
@@ -706,15 +919,35 @@ def print_report(report: dict[str, Any], out: Any) -> None:
             )
     if summary.get("ratio_batched_per_connection") is not None:
         print(f"{'batched/per-conn':>15}: {summary['ratio_batched_per_connection']:.1f}x", file=out)
-    g = report["gateway"]
-    print(
-        f"{'gateway':>15}: peak RSS (VmHWM) {g['peak_rss_kib'] / 1024:.1f} MiB, "
-        f"RSS at the end {g['rss_kib'] / 1024:.1f} MiB, "
-        f"{g['cpu_seconds']:.2f} CPU s in all, exit code {g['exit_code']}",
-        file=out,
-    )
-    for text, n in list(g["log_problems"].items())[:MAX_ERRORS_SHOWN]:
-        print(f"{'':>15}  log: {n} x {text}", file=out)
+    print_gateway("gateway", report["gateway"], out)
+
+
+def print_comparison(report: dict[str, Any], out: Any) -> None:
+    print_header(report, out)
+    print_runs(report, out)
+    summary = report["summary"]
+
+    def ratio(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}x"
+
+    for scenario, ratios in summary["ratio_new_old"].items():
+        for name in BUILDS:
+            x = summary[name][scenario]
+            print(
+                f"{scenario + ' ' + name:>18}: median {x['median_msgs_per_s']:8.1f} msgs/s "
+                f"(min {x['min_msgs_per_s']:.1f}, max {x['max_msgs_per_s']:.1f}), "
+                f"gateway CPU median {x['median_gateway_cpu_ms_per_msg']:.2f} ms/msg, "
+                f"{x['clean_runs']}/{x['runs']} clean run(s)",
+                file=out,
+            )
+        print(
+            f"{scenario + ' new/old':>18}: throughput {ratio(ratios['median_msgs_per_s'])}, "
+            f"gateway CPU per message {ratio(ratios['median_gateway_cpu_ms_per_msg'])}",
+            file=out,
+        )
+    for name, b in report["builds"].items():
+        print_gateway(f"gateway {name}", b["gateway"], out)
+    print(f"{'took':>15}: {report['seconds']:.0f} s in all", file=out)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -729,7 +962,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="messages per run and scenario (default: 200 per-connection, 2000 batched)",
     )
     p.add_argument("--batch-size", type=int, default=100, help="messages per batched session")
-    p.add_argument("--repeats", type=int, default=3, help="runs per scenario")
+    p.add_argument("--repeats", type=int, default=3, help="runs per scenario (and build)")
     p.add_argument("--max-seconds", type=float, default=120.0, help="time cap of one run")
     p.add_argument("--size", type=int, default=2048, help="message body bytes")
     p.add_argument("--io-timeout", type=float, default=30.0, help="seconds per SMTP reply")
@@ -745,10 +978,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=10_000_000,
         help="[limits] messages/recipients per user and per IP for the run",
     )
-    p.add_argument(
+    credential = p.add_mutually_exclusive_group()
+    credential.add_argument(
         "--app-password",
         action="store_true",
         help="log in with an app password of the user instead of the account password",
+    )
+    credential.add_argument(
+        "--certificate",
+        action="store_true",
+        help="present a client certificate from the gateway's CA and log in with AUTH EXTERNAL "
+        '(user policy "certificate", listeners with client_certificates = "optional")',
+    )
+    p.add_argument(
+        "--gateway-src",
+        type=Path,
+        help="source tree of the gateway to run (its CLI and `serve`, with PYTHONPATH set to "
+        "it; same interpreter) instead of this script's tree",
+    )
+    p.add_argument(
+        "--compare",
+        type=Path,
+        metavar="OLD_SRC",
+        help="also run the gateway from OLD_SRC, with its own setup and smarthost: runs "
+        "alternate new, old, new, old, ... and the report gives the ratios new/old of the "
+        "medians",
     )
     p.add_argument("--warmup", type=int, default=4, help="unreported messages before the runs")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -761,6 +1015,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--messages must be at least 1")
     if args.max_seconds <= 0 or args.io_timeout <= 0 or args.warmup < 0:
         p.error("--max-seconds and --io-timeout must be positive, --warmup not negative")
+    for name in ("gateway_src", "compare"):
+        src = getattr(args, name)
+        if src is not None:
+            if not (src / "submitgw" / "__main__.py").is_file():
+                p.error(f"--{name.replace('_', '-')} {src}: no submitgw/__main__.py there")
+            setattr(args, name, src.resolve())
     return args
 
 
@@ -768,70 +1028,87 @@ def say(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
+def describe_settings(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+    auth = settings["auth"]
+    if args.certificate:
+        credential = "client certificate (AUTH EXTERNAL)"
+    else:
+        credential = "app password" if args.app_password else "account password"
+    return {
+        "argon2_time_cost": auth["argon2_time_cost"],
+        "argon2_memory_kib": auth["argon2_memory_kib"],
+        "argon2_parallelism": auth["argon2_parallelism"],
+        "argon2_label": "cheap" if args.cheap_argon2 else "production defaults",
+        "credential": credential,
+        "auth_workers": auth["workers"],
+        "concurrency": args.concurrency,
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "max_seconds": args.max_seconds,
+        "repeats": args.repeats,
+        "argon2_verify_cpu_ms": argon2_verify_ms(auth),
+    }
+
+
+def setting_differences(builds: list[Build]) -> list[str]:
+    """Config values of the sections that shape the figures where the builds' generated
+    configs differ (each build runs with its own defaults)."""
+    texts = []
+    first = builds[0].setup
+    assert first is not None
+    for other in builds[1:]:
+        assert other.setup is not None
+        for section in ("submission", "auth", "limits", "tls"):
+            a, b = first.settings.get(section, {}), other.setup.settings.get(section, {})
+            for key in sorted(a.keys() | b.keys()):
+                if a.get(key) != b.get(key):
+                    texts.append(
+                        f"[{section}] {key}: {builds[0].name} {a.get(key, '(none)')!r}, "
+                        f"{other.name} {b.get(key, '(none)')!r}"
+                    )
+    return texts
+
+
 def benchmark(args: argparse.Namespace, base: Path, report: dict[str, Any]) -> None:
     """Set up, run every scenario, and stop everything, filling `report` as it goes."""
-    sink = Sink(base / "mail", base / "sink.log")
-    gateway: Gateway | None = None
+    src = args.gateway_src or REPO_ROOT
+    if args.compare is None:
+        builds = [Build("new", src, base)]
+    else:
+        builds = [Build("new", src, base / "new"), Build("old", args.compare, base / "old")]
+    compare = len(builds) > 1
     results: list[RunResult] = []
     report["runs"] = results
-    report["gateway"] = {"peak_rss_kib": 0, "rss_kib": 0, "cpu_seconds": 0.0, "exit_code": None}
+    report["builds"] = {
+        b.name: {"src": str(b.src), "revision": revision(b.src), "gateway": b.stats} for b in builds
+    }
+    if not compare:
+        report["gateway"] = builds[0].stats
     try:
-        say(f"setting up in {base}")
-        setup, password, settings = prepare_setup(
-            base, args.cheap_argon2, args.sending_limit, args.app_password
-        )
-        limits, auth = settings["limits"], settings["auth"]
-        report["settings"] = {
-            "argon2_time_cost": auth["argon2_time_cost"],
-            "argon2_memory_kib": auth["argon2_memory_kib"],
-            "argon2_parallelism": auth["argon2_parallelism"],
-            "argon2_label": "cheap" if args.cheap_argon2 else "production defaults",
-            "credential": "app password" if args.app_password else "account password",
-            "auth_workers": auth["workers"],
-            "concurrency": args.concurrency,
-            "size": args.size,
-            "batch_size": args.batch_size,
-            "max_seconds": args.max_seconds,
-            "repeats": args.repeats,
-            "argon2_verify_cpu_ms": argon2_verify_ms(auth),
-        }
-        if args.batch_size > limits["max_messages_per_session"]:
-            raise RuntimeError(
-                f"--batch-size {args.batch_size} exceeds [limits] max_messages_per_session "
-                f"{limits['max_messages_per_session']}"
-            )
-        sink.start()
-        gateway = Gateway(setup, f"{HOST}:{sink.port}", base / "gateway.log")
-        gateway.start()
-        assert gateway.proc is not None
-        say(f"gateway pid {gateway.proc.pid} on {HOST}:{gateway.port}, sink on {sink.port}")
-        tls = ssl.create_default_context(cafile=str(gateway.ca_file))
-        if args.warmup:
-            warm = run_once("per-connection", 0, args.warmup, args, gateway, sink, password, tls)
-            if not warm.clean:
-                raise RuntimeError(f"warm-up failed: {warm.errors or warm.sink_check}")
+        for build in builds:
+            build.start(args, f"{build.name}: " if compare else "")
+        first = builds[0].setup
+        assert first is not None
+        report["settings"] = describe_settings(args, first.settings)
+        report["setting_differences"] = setting_differences(builds)
         scenarios = SCENARIOS if args.scenario == "both" else (args.scenario,)
         for scenario in scenarios:
             count = args.messages or DEFAULT_MESSAGES[scenario]
             for run in range(1, args.repeats + 1):
-                say(f"{scenario} run {run}/{args.repeats}: {count} messages")
-                result = run_once(scenario, run, count, args, gateway, sink, password, tls)
-                say(
-                    f"  {result.ok}/{count} ok in {result.seconds:.2f} s: "
-                    f"{result.msgs_per_s:.1f} msgs/s, sink {result.sink_check}"
-                )
-                results.append(result)
-        report["gateway"]["peak_rss_kib"] = status_kib(gateway.proc.pid, "VmHWM")
-        report["gateway"]["rss_kib"] = status_kib(gateway.proc.pid, "VmRSS")
-        report["gateway"]["cpu_seconds"] = cpu_seconds(gateway.proc.pid)
+                for build in builds:
+                    label = f"{build.name} " if compare else ""
+                    say(f"{label}{scenario} run {run}/{args.repeats}: {count} messages")
+                    result = run_once(scenario, run, count, args, build)
+                    say(
+                        f"  {result.ok}/{count} ok in {result.seconds:.2f} s: "
+                        f"{result.msgs_per_s:.1f} msgs/s, sink {result.sink_check}"
+                    )
+                    results.append(result)
+        for build in builds:
+            build.measure()
     finally:
-        if gateway is not None:
-            code = gateway.stop()
-            report["gateway"]["exit_code"] = code
-            report["gateway"]["log_problems"] = gateway.log_problems()
-            if code != 0:
-                say(f"gateway exit code {code}; end of its log:\n{gateway.log_text()[-2000:]}")
-        sink.stop()
+        for build in builds:
+            build.stop(f"{build.name}: " if compare else "")
 
 
 def stop_on_sigterm(signum: int, frame: Any) -> None:
@@ -845,6 +1122,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     base = Path(tempfile.mkdtemp(prefix="submitgw-bench-"))
     report: dict[str, Any] = {"machine": machine_context()}
+    started = time.monotonic()
     try:
         benchmark(args, base, report)
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
@@ -861,13 +1139,17 @@ def main(argv: list[str] | None = None) -> int:
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results: list[RunResult] = report["runs"]
     report["runs"] = [asdict(r) for r in results]
-    report["summary"] = summarise(results)
+    compare = args.compare is not None
+    report["summary"] = compare_summary(results) if compare else summarise(results)
+    report["seconds"] = time.monotonic() - started
     if args.json:
         print(json.dumps(report, indent=2))
+    elif compare:
+        print_comparison(report, sys.stdout)
     else:
         print_report(report, sys.stdout)
-    clean = report["gateway"]["exit_code"] == 0 and all(r.clean for r in results)
-    return 0 if clean else 1
+    gateways_ok = all(b["gateway"]["exit_code"] == 0 for b in report["builds"].values())
+    return 0 if gateways_ok and all(r.clean for r in results) else 1
 
 
 if __name__ == "__main__":
