@@ -583,17 +583,23 @@ class Attack:
         return "handshake succeeded (it should not)"
 
     async def foreign_cert_465(self, source: str) -> str:
-        """With TLS 1.3 the client's side of the handshake ends before the server has judged
-        its certificate: the refusal arrives as the answer to the first read."""
+        """The handshake takes any certificate and the session judges it: the client is
+        greeted, and its certificate identifies nobody (AUTH EXTERNAL says why)."""
         client = await Smtp.open(
             self.target.tls_port, HANDSHAKE_TIMEOUT, source=source, tls=self.foreign_tls
         )
         try:
             client.step = "after handshake"
             line = await client.read_reply()
+            if not line.startswith("220"):
+                return f"refused: {reply_category(line)}"
+            await client.command(b"EHLO " + CLIENT_NAME.encode(), 250)
+            client.step = "AUTH EXTERNAL"
+            client.writer.write(b"AUTH EXTERNAL =\r\n")
+            answer = await client.read_reply()
         finally:
             client.abort()
-        return f"greeted: {reply_category(line)} (it should not be)"
+        return f"greeted; AUTH EXTERNAL: {reply_category(answer)}"
 
     # 2. slow clients
 
