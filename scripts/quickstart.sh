@@ -71,7 +71,7 @@ import sys
 from pathlib import Path
 
 from submitgw.config import load
-from submitgw.passwords import PasswordRejected, check_rules
+from submitgw.rules.passwords import PasswordRejected, check_rules
 
 rules = load(Path(sys.argv[1])).passwords
 length = min(max(16, rules.min_length), rules.max_length)
