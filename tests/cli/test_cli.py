@@ -9,6 +9,7 @@ nothing serves a database whose schema is behind.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import re
 import shutil
@@ -314,6 +315,62 @@ def test_explicit_config_beats_the_environment(config: Path, tmp_path: Path) -> 
     )
 
     assert "explicit@example.org" in out
+
+
+def test_config_after_the_command_works_like_before_it(config: Path, tmp_path: Path) -> None:
+    ok(add_user(config, "after@example.org"))
+    env = {"SUBMITGW_CONFIG": str(tmp_path / "missing.toml")}
+
+    after = ok(submitgw("user", "list", "--config", str(config), cwd=tmp_path, env=env))
+    nested = ok(
+        submitgw("user", "app-password", "list", "after@example.org", "--config", str(config))
+    )
+    same_twice = ok(submitgw("--config", str(config), "user", "list", "--config", str(config)))
+
+    assert "after@example.org" in after
+    assert nested.strip() == "after@example.org has no app passwords"
+    assert "after@example.org" in same_twice
+
+
+def test_config_given_twice_with_two_paths_is_refused(config: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.toml"
+
+    result = submitgw("--config", str(config), "user", "list", "--config", str(other))
+
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "--config given twice" in line and str(other) in line
+
+
+def test_version_is_the_installed_package_version() -> None:
+    result = submitgw("--version", process=True)
+
+    assert ok(result).strip() == f"submitgw {importlib.metadata.version('submitgw')}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["user", "list", "--jsn"], "No such option '--jsn'"),
+        (["user", "add"], "Missing argument 'EMAIL'"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["user", "history", "a@example.org", "--limit", "0"], "Invalid value for '--limit'"),
+    ],
+)
+def test_a_usage_error_is_one_line_with_status_2(args: list[str], message: str) -> None:
+    result = submitgw(*args)
+
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert line.startswith("Error: ") and message in line
+    assert "--help" in line
+
+
+def test_a_group_without_a_command_still_shows_its_help() -> None:
+    result = submitgw("user")
+
+    assert "Commands:" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_environment_beats_the_working_directory(config: Path, setup: Path) -> None:
