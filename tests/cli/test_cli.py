@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import re
 import shutil
 import stat
 import subprocess
+import sys
 from datetime import datetime
 from ipaddress import ip_address
 from pathlib import Path
@@ -175,6 +177,34 @@ def test_init_creates_every_file_and_prints_every_path(tmp_path: Path) -> None:
     for key in ("ca/ca.key", "tls/server.key"):
         assert stat.S_IMODE((folder / key).stat().st_mode) == 0o600, key
     assert stat.S_IMODE((folder / "ca").stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("on_path", [True, False])
+def test_init_names_the_full_path_of_submitgw_when_path_lacks_it(
+    tmp_path: Path, on_path: bool
+) -> None:
+    script = Path(sys.executable).parent / "submitgw"
+    if not script.is_file():
+        pytest.skip(f"no console script {script} (scripts/test.sh installs one)")
+    folders = [str(script.parent)] if on_path else []
+    env = {
+        "PATH": os.pathsep.join([*folders, "/usr/bin", "/bin"]),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    target = tmp_path / "gw"
+
+    result = subprocess.run(
+        [str(script), "init", "--dir", str(target), "--hostname", "gw.test"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    hint = ok(result).splitlines()[-1]
+    program = "submitgw" if on_path else str(script)
+    assert hint == f"Next: {program} --config {target / 'submitgw.toml'} user add you@example.org"
 
 
 def test_init_result_is_ready_to_use(setup: Path) -> None:
