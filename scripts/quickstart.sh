@@ -6,6 +6,10 @@
 # quickstart/mail, prints how to send a test message, then runs the gateway in the foreground.
 # Ctrl-C (or SIGTERM) stops the gateway and the capture smarthost. Re-runs reuse the setup and
 # the demo password; delete quickstart/ to start afresh. Everything listens on 127.0.0.1 only.
+#
+# Ports, if the defaults are taken: SUBMITGW_QS_SMTP_PORT (STARTTLS, 2587), SUBMITGW_QS_TLS_PORT
+# (implicit TLS, 2465), SUBMITGW_QS_WEB_PORT (self-service site, 2443), SUBMITGW_QS_SINK_PORT
+# (capture smarthost, 2525), e.g. `SUBMITGW_QS_SMTP_PORT=3587 ./scripts/quickstart.sh`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source-path=SCRIPTDIR/..
@@ -18,10 +22,14 @@ PASSWORD_FILE="$QS_DIR/demo-password.txt"
 MAIL_DIR="$QS_DIR/mail"
 SINK_OUT="$QS_DIR/capture-smarthost.out"
 DEMO_USER=demo@example.org
-SUBMISSION=127.0.0.1:2587
-SUBMISSIONS=127.0.0.1:2465
-SELFSERVICE=127.0.0.1:2443
-SMARTHOST=127.0.0.1:2525
+SMTP_PORT="${SUBMITGW_QS_SMTP_PORT:-2587}"
+TLS_PORT="${SUBMITGW_QS_TLS_PORT:-2465}"
+WEB_PORT="${SUBMITGW_QS_WEB_PORT:-2443}"
+SINK_PORT="${SUBMITGW_QS_SINK_PORT:-2525}"
+SUBMISSION="127.0.0.1:$SMTP_PORT"
+SUBMISSIONS="127.0.0.1:$TLS_PORT"
+SELFSERVICE="127.0.0.1:$WEB_PORT"
+SMARTHOST="127.0.0.1:$SINK_PORT"
 START_WAIT_SECONDS=15
 
 SINK_PID=""
@@ -48,6 +56,37 @@ trap cleanup EXIT
 # Exiting runs the EXIT trap, which stops both children.
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# Each port a number, all different, none already listening: one line naming the variable
+# to change, before anything is installed or started.
+check_ports() {
+    local var port seen=" "
+    for var in SUBMITGW_QS_SMTP_PORT SUBMITGW_QS_TLS_PORT SUBMITGW_QS_WEB_PORT \
+        SUBMITGW_QS_SINK_PORT; do
+        case "$var" in
+        SUBMITGW_QS_SMTP_PORT) port="$SMTP_PORT" ;;
+        SUBMITGW_QS_TLS_PORT) port="$TLS_PORT" ;;
+        SUBMITGW_QS_WEB_PORT) port="$WEB_PORT" ;;
+        SUBMITGW_QS_SINK_PORT) port="$SINK_PORT" ;;
+        esac
+        if ! [[ "$port" =~ ^[0-9]{1,5}$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+            echo "ERROR: $var=$port is not a port number (1-65535)" >&2
+            exit 1
+        fi
+        if [[ "$seen" == *" $port "* ]]; then
+            echo "ERROR: port $port is given twice; set $var to another port" >&2
+            exit 1
+        fi
+        seen+="$port "
+        # A connection that succeeds means something already listens there.
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            local other=$((port + 1000))
+            [ "$other" -le 65535 ] || other=$((port - 1000))
+            echo "ERROR: 127.0.0.1:$port is in use; choose another port with $var, e.g. $var=$other $0" >&2
+            exit 1
+        fi
+    done
+}
 
 demo_user_exists() {
     "$VENV/bin/submitgw" --config "$CONFIG" user list | cut -f1 | grep -qx "$DEMO_USER"
@@ -115,7 +154,7 @@ start_sink() {
         fi
         if ! kill -0 "$SINK_PID" 2>/dev/null; then
             SINK_PID=""
-            echo "ERROR: the capture smarthost did not start (is $SMARTHOST in use?)" >&2
+            echo "ERROR: the capture smarthost did not start (is $SMARTHOST in use? set SUBMITGW_QS_SINK_PORT)" >&2
             exit 1
         fi
         sleep 0.1
@@ -162,6 +201,7 @@ banner() {
 EOF
 }
 
+check_ports
 ensure_venv
 ensure_setup
 say "starting the capture smarthost on $SMARTHOST, storing mail in $MAIL_DIR"
@@ -177,7 +217,7 @@ status=0
 wait "$GATEWAY_PID" || status=$?
 GATEWAY_PID=""
 if [ "$status" -ne 0 ]; then
-    echo "ERROR: submitgw exited with status $status (are $SUBMISSION, $SUBMISSIONS and $SELFSERVICE free?)" >&2
+    echo "ERROR: submitgw exited with status $status (are $SUBMISSION, $SUBMISSIONS and $SELFSERVICE free? see SUBMITGW_QS_*_PORT at the top of $0)" >&2
 fi
 cleanup
 exit "$status"

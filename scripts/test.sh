@@ -9,8 +9,10 @@ source scripts/lib.sh
 
 # libnss3-tools: certutil, which makes the browser tests' Chromium trust the test CA.
 # libnet-ssleay-perl: swaks only recommends it, and without it swaks has no TLS.
+# systemd: only for systemd-analyze, which checks contrib/systemd/submitgw.service; nothing
+# is started (in a container systemd is not PID 1, and installing it starts no service).
 DEB_PACKAGES=(swaks libnet-ssleay-perl msmtp postfix curl openssl ca-certificates
-    chromium chromium-driver libnss3-tools)
+    chromium chromium-driver libnss3-tools systemd)
 PG_WAIT_SECONDS=30
 
 in_ci() { [ "${CI:-}" = "true" ]; }

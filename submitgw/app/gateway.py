@@ -24,6 +24,7 @@ from submitgw.services.authn import CertificateAuthenticator, PasswordAuthentica
 from submitgw.services.dns import ReverseDns
 from submitgw.services.limiter import Limiter
 from submitgw.services.memory import trim_after_churn
+from submitgw.services.notify import notify
 from submitgw.services.screening import ClientScreen
 from submitgw.services.senders import Senders
 from submitgw.smtp import replies, tlslayer
@@ -288,6 +289,10 @@ async def serve(cfg: Config, db: Database) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app.report_status)
+    # Only now, with every listener bound, may systemd (Type=notify) start what needs us.
+    listening = ", ".join(f"{name} {endpoint}" for name, endpoint in app.bound.items())
+    notify(f"READY=1\nSTATUS=listening: {listening}")
     await stop.wait()
+    notify("STOPPING=1")
     await app.stop()
     return 0

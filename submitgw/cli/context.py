@@ -40,11 +40,26 @@ def read_secret_line(path: Path, what: str) -> bytes:
 class Context:
     """What every command gets: the config path, loaded on first use."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, given: bool = False) -> None:
         self.path = path
+        # True once --config named the path, before or after the command.
+        self.path_given = given
         self._config: Config | None = None
         # Set by `submitgw pki` from --ca-passphrase-file or $SUBMITGW_CA_PASSPHRASE.
         self.ca_passphrase: bytes | None = None
+
+    def set_path(self, value: str) -> None:
+        """--config after the command: as good as before it, but not both with two paths."""
+        path = Path(value)
+        if self.path_given and path != self.path:
+            raise click.UsageError(
+                f"--config given twice ({self.path} and {path}); give it once, "
+                "before or after the command"
+            )
+        if self._config is not None:
+            raise click.UsageError("--config must come before the command's arguments")
+        self.path = path
+        self.path_given = True
 
     def set_ca_passphrase(self, file: Path | None, from_env: str | None) -> None:
         """A file named on the command line beats the environment, like --config does."""

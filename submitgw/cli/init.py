@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
 import socket
+import sys
 from pathlib import Path
 
 import click
@@ -109,7 +112,23 @@ def init_command(
         click.echo(f"  {label}: {targets[name]}")
     shown = ", ".join(str(n.value) for n in pki.server_names(names))
     click.echo(f"The CA can certify these server names only: {shown}")
-    click.echo(f"Next: submitgw --config {targets['config']} user add you@example.org")
+    click.echo(f"Next: {submitgw_command()} --config {targets['config']} user add you@example.org")
+
+
+def submitgw_command() -> str:
+    """`submitgw` when the shell finds this very program by that name, else its full path.
+
+    Run as /opt/submitgw/bin/submitgw from a shell whose PATH lacks that folder, a bare
+    `submitgw` in the hint would not be found, or would be another installation.
+    """
+    here = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    found = shutil.which("submitgw")
+    if found is not None and (here is None or Path(found).resolve() == here):
+        return "submitgw"
+    if here is not None and here.name == "submitgw" and here.is_file():
+        return shlex.quote(str(here))
+    # Started as `python -m submitgw` (or not from a console script at all).
+    return f"{shlex.quote(sys.executable)} -m submitgw"
 
 
 def register(group: click.Group) -> None:

@@ -80,11 +80,36 @@ def pki_group(ctx: Context, ca_passphrase_file: Path | None, ca_passphrase_env: 
 
 
 def _out_dir(path: Path) -> Path:
-    if not path.exists():
-        raise click.ClickException(f"output folder {path} does not exist")
-    if not path.is_dir():
+    """Checked before any work; a missing folder is made only when there is something to write."""
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
         raise click.ClickException(f"output folder {path} is not a folder")
     return path
+
+
+def _make_out_dir(path: Path) -> list[Path]:
+    """Make a missing --out (mode 0700: it receives private keys), and its parents.
+
+    Returns the folders made, innermost first, so that a failed write removes them again.
+    """
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if missing:
+            path.chmod(0o700)
+    except OSError as exc:
+        _remove_dirs(missing)
+        raise click.ClickException(
+            f"cannot create output folder {path}: {exc.strerror or exc}"
+        ) from exc
+    return missing
+
+
+def _remove_dirs(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _refuse_existing(paths: list[Path]) -> None:
@@ -93,20 +118,26 @@ def _refuse_existing(paths: list[Path]) -> None:
             raise click.ClickException(f"{path} already exists; refusing to overwrite it")
 
 
-def _write_all(writes: list[tuple[Path, Callable[[Path], None]]]) -> None:
-    """Write every file or none: a half-written set would be confusing to hand out."""
+def _write_all(folder: Path, writes: list[tuple[Path, Callable[[Path], None]]]) -> list[Path]:
+    """Write every file or none: a half-written set would be confusing to hand out.
+
+    Returns the folders it had to make (see `_make_out_dir`).
+    """
+    made = _make_out_dir(folder)
     done: list[Path] = []
     for path, write in writes:
         try:
             write(path)
         except OSError as exc:
             _remove(done)
+            _remove_dirs(made)
             if isinstance(exc, FileExistsError):
                 message = f"{path} already exists; refusing to overwrite it"
             else:
                 message = f"cannot write {path}: {exc.strerror}"
             raise click.ClickException(message) from exc
         done.append(path)
+    return made
 
 
 def _remove(paths: list[Path]) -> None:
@@ -152,18 +183,20 @@ def _issue(
             raise click.ClickException(str(exc)) from exc
         modern, legacy = issued.pkcs12(password.encode("utf-8"))
         crt, key_path, p12, legacy_p12 = paths
-        _write_all(
+        made = _write_all(
+            out,
             [
                 (crt, issued.write_cert),
                 (key_path, issued.write_private_key),
                 (p12, lambda p: pki.write_secret_file(p, modern)),
                 (legacy_p12, lambda p: pki.write_secret_file(p, legacy)),
-            ]
+            ],
         )
         try:
             record = s.certificates.add(email, issued)
         except BaseException:
             _remove(paths)
+            _remove_dirs(made)
             raise
     click.echo(f"issued a client certificate for {email}")
     _echo_fields(record)
@@ -213,7 +246,8 @@ def _output_options(command: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Path(path_type=Path),
         default=Path("."),
         show_default="the current folder",
-        help="Folder for EMAIL.crt, EMAIL.key, EMAIL.p12 and EMAIL.legacy.p12.",
+        help="Folder for EMAIL.crt, EMAIL.key, EMAIL.p12 and EMAIL.legacy.p12 "
+        "(made, mode 0700, when missing).",
     )(command)
 
 
@@ -425,7 +459,7 @@ def server_cert(ctx: Context, hostnames: tuple[str, ...], out: Path, days: int) 
         issued = ca.issue_server_cert(list(hostnames), days=days)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    _write_all([(paths[0], issued.write_cert), (paths[1], issued.write_private_key)])
+    _write_all(out, [(paths[0], issued.write_cert), (paths[1], issued.write_private_key)])
     click.echo(f"serial: {issued.serial}")
     click.echo(f"fingerprint_sha256: {issued.fingerprint_sha256}")
     click.echo(f"not_after: {_stamp(issued.cert.not_valid_after_utc)}")

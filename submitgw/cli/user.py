@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
@@ -80,15 +81,18 @@ def add(ctx: Context, email: str, password_stdin: bool, policy: str) -> None:
         click.echo(f"next: submitgw pki issue {address}")
 
 
-def _expired_lines(address: str, url: str | None, app_passwords: int) -> list[str]:
+def _expired_lines(address: str, url: str | None, app_passwords: int, config: Path) -> list[str]:
+    """Whether the site is on is read from `config`, the file this command loaded: a
+    gateway started with `serve --listen-selfservice` may differ, so the line says where."""
     if url:
         first = (
             f"password of {address} expired: it must be changed at {url} before mail is accepted"
+            f" (the self-service site per {config})"
         )
     else:
         first = (
             f"password of {address} expired: mail is refused until you set a new one with "
-            f"'submitgw user passwd {address}' (the self-service site is off)"
+            f"'submitgw user passwd {address}' (the self-service site is off in {config})"
         )
     if not app_passwords:
         return [first]
@@ -120,7 +124,7 @@ def passwd(ctx: Context, email: str, password_stdin: bool, expire: bool) -> None
         if expire:
             s.accounts.expire_password(address, admin_actor())
             count = len(s.credentials.app_passwords(address))
-            for line in _expired_lines(address, selfservice_url(ctx.config), count):
+            for line in _expired_lines(address, selfservice_url(ctx.config), count, ctx.path):
                 click.echo(line)
             return
         s.accounts.change_password(address, _read_password(password_stdin), admin_actor())

@@ -9,11 +9,14 @@ nothing serves a database whose schema is behind.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
+import os
 import re
 import shutil
 import stat
 import subprocess
+import sys
 from datetime import datetime
 from ipaddress import ip_address
 from pathlib import Path
@@ -176,6 +179,34 @@ def test_init_creates_every_file_and_prints_every_path(tmp_path: Path) -> None:
     assert stat.S_IMODE((folder / "ca").stat().st_mode) == 0o700
 
 
+@pytest.mark.parametrize("on_path", [True, False])
+def test_init_names_the_full_path_of_submitgw_when_path_lacks_it(
+    tmp_path: Path, on_path: bool
+) -> None:
+    script = Path(sys.executable).parent / "submitgw"
+    if not script.is_file():
+        pytest.skip(f"no console script {script} (scripts/test.sh installs one)")
+    folders = [str(script.parent)] if on_path else []
+    env = {
+        "PATH": os.pathsep.join([*folders, "/usr/bin", "/bin"]),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    target = tmp_path / "gw"
+
+    result = subprocess.run(
+        [str(script), "init", "--dir", str(target), "--hostname", "gw.test"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    hint = ok(result).splitlines()[-1]
+    program = "submitgw" if on_path else str(script)
+    assert hint == f"Next: {program} --config {target / 'submitgw.toml'} user add you@example.org"
+
+
 def test_init_result_is_ready_to_use(setup: Path) -> None:
     """The config loads, names the files init wrote, and the database is migrated."""
     cfg = config_mod.load(setup / "submitgw.toml")
@@ -314,6 +345,62 @@ def test_explicit_config_beats_the_environment(config: Path, tmp_path: Path) -> 
     )
 
     assert "explicit@example.org" in out
+
+
+def test_config_after_the_command_works_like_before_it(config: Path, tmp_path: Path) -> None:
+    ok(add_user(config, "after@example.org"))
+    env = {"SUBMITGW_CONFIG": str(tmp_path / "missing.toml")}
+
+    after = ok(submitgw("user", "list", "--config", str(config), cwd=tmp_path, env=env))
+    nested = ok(
+        submitgw("user", "app-password", "list", "after@example.org", "--config", str(config))
+    )
+    same_twice = ok(submitgw("--config", str(config), "user", "list", "--config", str(config)))
+
+    assert "after@example.org" in after
+    assert nested.strip() == "after@example.org has no app passwords"
+    assert "after@example.org" in same_twice
+
+
+def test_config_given_twice_with_two_paths_is_refused(config: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.toml"
+
+    result = submitgw("--config", str(config), "user", "list", "--config", str(other))
+
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "--config given twice" in line and str(other) in line
+
+
+def test_version_is_the_installed_package_version() -> None:
+    result = submitgw("--version", process=True)
+
+    assert ok(result).strip() == f"submitgw {importlib.metadata.version('submitgw')}"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["user", "list", "--jsn"], "No such option '--jsn'"),
+        (["user", "add"], "Missing argument 'EMAIL'"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["user", "history", "a@example.org", "--limit", "0"], "Invalid value for '--limit'"),
+    ],
+)
+def test_a_usage_error_is_one_line_with_status_2(args: list[str], message: str) -> None:
+    result = submitgw(*args)
+
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert line.startswith("Error: ") and message in line
+    assert "--help" in line
+
+
+def test_a_group_without_a_command_still_shows_its_help() -> None:
+    result = submitgw("user")
+
+    assert "Commands:" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_environment_beats_the_working_directory(config: Path, setup: Path) -> None:

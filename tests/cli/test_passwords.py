@@ -232,7 +232,7 @@ def test_expire_without_the_site_says_how_to_recover(config: Path) -> None:
 
     assert out.splitlines() == [
         f"password of {ALICE} expired: mail is refused until you set a new one with "
-        f"'submitgw user passwd {ALICE}' (the self-service site is off)"
+        f"'submitgw user passwd {ALICE}' (the self-service site is off in {config})"
     ]
     with State(config) as state:
         assert state.user(ALICE).password_expired
@@ -248,7 +248,7 @@ def test_expire_names_the_site_and_the_app_passwords_that_keep_working(config: P
 
     assert out.splitlines() == [
         f"password of {ALICE} expired: it must be changed at https://gw.test:8443/ "
-        "before mail is accepted",
+        f"before mail is accepted (the self-service site per {config})",
         f"its 1 app password(s) keep working: submitgw user app-password list {ALICE}",
     ]
 

@@ -312,7 +312,7 @@ def unwritable(tmp_path: Path) -> Iterator[Path]:
 @pytest.mark.parametrize(
     ("where", "message"),
     [
-        ("missing", "does not exist"),
+        ("under-a-file", "cannot create output folder"),
         ("file", "is not a folder"),
         ("unwritable", "cannot write"),
     ],
@@ -321,7 +321,7 @@ def test_issue_into_an_unusable_folder_is_one_line_and_records_nothing(
     config: Path, tmp_path: Path, request: pytest.FixtureRequest, where: str, message: str
 ) -> None:
     target = {
-        "missing": lambda: tmp_path / "missing",
+        "under-a-file": lambda: _a_file(tmp_path) / "sub",
         "file": lambda: _a_file(tmp_path),
         "unwritable": lambda: request.getfixturevalue("unwritable"),
     }[where]()
@@ -337,6 +337,34 @@ def _a_file(tmp_path: Path) -> Path:
     path = tmp_path / "a-file"
     path.write_text("x")
     return path
+
+
+def test_issue_renew_and_server_cert_make_a_missing_folder_private(
+    config: Path, tmp_path: Path
+) -> None:
+    issued = tmp_path / "new" / "alice"
+    serial = issue(config, "alice@example.org", issued)["serial"]
+    renewed = tmp_path / "renewed"
+    ok(run_pki(config, "renew", serial, "--out", str(renewed)))
+    server = tmp_path / "server"
+    ok(run_pki(config, "server-cert", "gw.test", "--out", str(server)))
+
+    for folder, names in (
+        (issued, [f"alice@example.org{suffix}" for suffix in SUFFIXES]),
+        (renewed, [f"alice@example.org{suffix}" for suffix in SUFFIXES]),
+        (server, ["server.crt", "server.key"]),
+    ):
+        assert mode(folder) == 0o700, folder
+        assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+
+
+def test_a_failed_issue_leaves_no_folder_behind(config: Path, tmp_path: Path) -> None:
+    target = tmp_path / "never" / "made"
+
+    line = one_line_error(run_pki(config, "issue", "nobody@example.org", "--out", str(target)))
+
+    assert "no user nobody@example.org" in line
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.parametrize(

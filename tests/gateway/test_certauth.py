@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import ssl
 import time
 from typing import Any
 
