@@ -15,7 +15,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source-path=SCRIPTDIR/..
 source scripts/lib.sh
 
-QS_DIR=quickstart
+# Where the setup, demo password and relayed mail live (SUBMITGW_QS_DIR: another folder).
+QS_DIR="${SUBMITGW_QS_DIR:-quickstart}"
 SETUP="$QS_DIR/setup"
 CONFIG="$SETUP/submitgw.toml"
 PASSWORD_FILE="$QS_DIR/demo-password.txt"

@@ -7,8 +7,12 @@ at once (before it installs or starts anything) with one line naming the variabl
 from __future__ import annotations
 
 import os
+import signal
+import smtplib
 import socket
+import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,3 +84,53 @@ def test_the_same_port_twice_is_refused() -> None:
     line = error_line(quickstart({"SUBMITGW_QS_SMTP_PORT": "3587", "SUBMITGW_QS_TLS_PORT": "3587"}))
 
     assert "3587 is given twice" in line and "SUBMITGW_QS_TLS_PORT" in line
+
+
+def test_the_quick_start_relays_a_message_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """The first of README's two commands, run as a new user would (in a folder of its
+    own and on free ports): a message sent as the demo user lands in the mail folder."""
+    qs_dir = tmp_path / "qs"
+    ports = {variable: free_port() for variable in VARIABLES}
+    while len(set(ports.values())) < len(ports):
+        ports = {variable: free_port() for variable in VARIABLES}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SUBMITGW_QS_")},
+        **{variable: str(port) for variable, port in ports.items()},
+        "SUBMITGW_QS_DIR": str(qs_dir),
+    }
+    log = tmp_path / "quickstart.out"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["bash", str(SCRIPT)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while log.read_text(errors="replace").count('"event": "listening"') < 3:
+            assert proc.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.2)
+        password = (qs_dir / "demo-password.txt").read_text().strip()
+        context = ssl.create_default_context(cafile=str(qs_dir / "setup" / "ca" / "ca.crt"))
+        with smtplib.SMTP("127.0.0.1", ports["SUBMITGW_QS_SMTP_PORT"], timeout=20) as client:
+            client.starttls(context=context)
+            client.login("demo@example.org", password)
+            client.sendmail(
+                "demo@example.org",
+                ["someone@example.net"],
+                b"Subject: quick start\r\n\r\nHello from the quick start.\r\n",
+            )
+        while not list((qs_dir / "mail").glob("*.json")):
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.1)
+        (stored,) = (qs_dir / "mail").glob("*.eml")
+        assert b"Hello from the quick start." in stored.read_bytes()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        status = proc.wait(30)
+    assert status == 130, log.read_text(errors="replace")  # Ctrl-C, both children stopped
