@@ -1,10 +1,11 @@
-"""`submitgw db …`: schema migrations."""
+"""`submitgw db …`: schema migrations, and copying the data into a new database."""
 
 from __future__ import annotations
 
 import click
 
 from submitgw.cli.context import Context, pass_context
+from submitgw.store.copy import copy_database, open_target, shown_url
 
 
 @click.group("db")
@@ -35,6 +36,36 @@ def status(ctx: Context) -> None:
     click.echo(f"current: {current or 'empty'}\nlatest:  {head}")
     if current != head:
         raise click.ClickException("database is behind: run 'submitgw db upgrade'")
+
+
+@db_group.command("copy")
+@click.option(
+    "--to",
+    "target_url",
+    required=True,
+    metavar="URL",
+    help="The new, empty database, e.g. postgresql+psycopg://gw@db.example.org/submitgw.",
+)
+@pass_context
+def copy_command(ctx: Context, target_url: str) -> None:
+    """Copy every table into a new, empty database (e.g. from SQLite to PostgreSQL).
+
+    Stop the gateway first; the configuration is not changed: point [database] url
+    at the new database afterwards.
+    """
+    with ctx.services() as s:
+        target = open_target(target_url)
+        try:
+            copied = copy_database(s.db, target)
+            revision = s.db.head_revision()
+        finally:
+            target.dispose()
+    for table in copied:
+        click.echo(f"{table.table}: {table.rows} row{'' if table.rows == 1 else 's'} copied")
+    click.echo(
+        f"copied into {shown_url(target_url)} at revision {revision}: "
+        "point [database] url at it and restart the gateway"
+    )
 
 
 def register(group: click.Group) -> None:

@@ -85,10 +85,18 @@ class Database:
 
     def upgrade(self) -> None:
         """Bring the schema to the newest revision shipped with this version."""
-        config = self._alembic_config()
         with self.engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            self.upgrade_within(connection)
+
+    def upgrade_within(self, connection: Connection) -> None:
+        """`upgrade` inside the caller's transaction, which then commits or undoes it.
+
+        `db copy` migrates a fresh target and fills it in one transaction, so a failed
+        copy leaves no half-made schema behind.
+        """
+        config = self._alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
 
     def current_revision(self) -> str | None:
         """The revision stamped in the database, or None if it was never migrated."""
