@@ -84,6 +84,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "db": ("submitgw db status", "submitgw db upgrade"),
     "db upgrade": ("submitgw db upgrade",),
     "db status": ("submitgw db status",),
+    "db copy": (
+        "submitgw db copy --to postgresql+psycopg://submitgw@db.example.org/submitgw",
+        "submitgw db copy --to sqlite:////var/backups/submitgw-copy.db",
+    ),
 }
 
 
