@@ -565,8 +565,8 @@ certificate_without_auth = true
 # true: the listener sits behind a load balancer that starts every connection with a
 # PROXY protocol header (v1 or v2) naming the real client, which access rules, limits,
 # the Received: header and the log then see. Every connection must come from one of
-# trusted_proxies and start with that header (read within [limits]
-# tls_handshake_timeout); any other is closed without a word.
+# trusted_proxies and start with that header, within tls_handshake_timeout (see the
+# limits below); any other is closed without a word.
 proxy_protocol = false
 # The load balancers' addresses or networks, e.g. ["10.0.0.0/8", "fd00::/8"].
 trusted_proxies = []
