@@ -85,6 +85,10 @@ class ListenerConfig:
     listen: Endpoint | None = None
     client_certificates: str = "optional"
     certificate_without_auth: bool = True
+    # Behind a load balancer: every connection starts with a PROXY protocol header
+    # from one of `trusted_proxies` (addresses or networks, normalised).
+    proxy_protocol: bool = False
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -390,10 +394,15 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
         listen = sec.pop("listen", default)
         if not isinstance(listen, str):
             raise ConfigError(f'[{name}] listen must be "HOST:PORT" or "off"')
+        proxies = _trusted_proxies(sec.pop("trusted_proxies", []), name)
         listener = _build(ListenerConfig, sec, name)
         if listener.client_certificates not in CLIENT_CERT_MODES:
             raise ConfigError(f"[{name}] client_certificates must be one of {CLIENT_CERT_MODES}")
-        listeners[name] = dataclasses.replace(listener, listen=parse_listen(listen, name))
+        if listener.proxy_protocol and not proxies:
+            raise ConfigError(f"[{name}] proxy_protocol = true needs trusted_proxies")
+        listeners[name] = dataclasses.replace(
+            listener, listen=parse_listen(listen, name), trusted_proxies=proxies
+        )
 
     tls_values = _section(data, "tls")
     tls = _build(TlsConfig, tls_values, "tls")
@@ -462,6 +471,20 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
         dns=dns,
         log=log,
     )
+
+
+def _trusted_proxies(value: Any, section: str) -> tuple[str, ...]:
+    """The load balancers' addresses and networks; a network with host bits set is
+    refused, since which of the two the admin meant cannot be told."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f'[{section}] trusted_proxies must be a list of "IP" or "IP/PREFIX"')
+    networks = []
+    for entry in value:
+        try:
+            networks.append(str(ipaddress.ip_network(entry.strip())))
+        except ValueError as exc:
+            raise ConfigError(f"[{section}] trusted_proxies entry {entry!r}: {exc}") from exc
+    return tuple(networks)
 
 
 _SELFSERVICE_POSITIVE = (
@@ -539,12 +562,22 @@ client_certificates = "optional"
 # true: a valid certificate of a "certificate" or "password-or-certificate" user lets
 # MAIL FROM proceed without AUTH.
 certificate_without_auth = true
+# true: the listener sits behind a load balancer that starts every connection with a
+# PROXY protocol header (v1 or v2) naming the real client, which access rules, limits,
+# the Received: header and the log then see. Every connection must come from one of
+# trusted_proxies and start with that header, within tls_handshake_timeout (see the
+# limits below); any other is closed without a word.
+proxy_protocol = false
+# The load balancers' addresses or networks, e.g. ["10.0.0.0/8", "fd00::/8"].
+trusted_proxies = []
 
 [submissions]
 # Submission over implicit TLS (RFC 8314), "HOST:PORT" or "off".
 listen = "0.0.0.0:465"
 client_certificates = "optional"
 certificate_without_auth = true
+proxy_protocol = false
+trusted_proxies = []
 
 [tls]
 # The gateway's certificate (with any intermediates) and private key, PEM.

@@ -252,6 +252,11 @@ def test_integers_are_accepted_where_seconds_are_floats() -> None:
         ({"smarthost": {"servers": ["nowhere"]}}, "nowhere"),
         ({"submission": {"listen": "localhost"}}, "submission"),
         ({"submissions": {"listen": "0.0.0.0:99999"}}, "submissions"),
+        ({"submission": {"proxy_protocol": True}}, "trusted_proxies"),
+        ({"submission": {"proxy_protocol": "yes"}}, "proxy_protocol"),
+        ({"submissions": {"trusted_proxies": "10.0.0.1"}}, "trusted_proxies"),
+        ({"submissions": {"trusted_proxies": ["lb.example.net"]}}, "lb.example.net"),
+        ({"submissions": {"trusted_proxies": ["10.0.0.1/8"]}}, "10.0.0.1/8"),
     ],
 )
 def test_bad_values_are_errors_naming_what_is_wrong(data: dict[str, Any], named: str) -> None:
@@ -485,3 +490,17 @@ def test_listen_addresses_from_the_file() -> None:
 def test_config_path_precedence(explicit: str | None, env: dict[str, str], expected: Path) -> None:
     """--config beats $SUBMITGW_CONFIG, which beats ./submitgw.toml."""
     assert config_path(explicit, env) == expected
+
+
+def test_trusted_proxies_are_kept_per_listener_as_networks() -> None:
+    cfg = from_dict(
+        {
+            "submission": {"proxy_protocol": True, "trusted_proxies": ["127.0.0.1", "fd00::/8"]},
+            "submissions": {"trusted_proxies": ["10.0.0.0/8"]},
+        },
+        Path("/srv"),
+    )
+    assert cfg.submission.proxy_protocol
+    assert cfg.submission.trusted_proxies == ("127.0.0.1/32", "fd00::/8")
+    assert not cfg.submissions.proxy_protocol
+    assert cfg.submissions.trusted_proxies == ("10.0.0.0/8",)

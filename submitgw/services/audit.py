@@ -247,7 +247,8 @@ def certificate_event(*, session: str, client: str, verdict: CertificateVerdict)
 
 
 def connection_refused(*, listener: str, client: str, reason: str) -> None:
-    """A socket closed at accept, before any TLS work: over a connection cap or stopping."""
+    """A socket closed at accept, before any TLS work: over a connection cap, stopping,
+    or (behind a load balancer) without a trusted, timely, well-formed PROXY header."""
     emit(
         {
             "event": "connection",

@@ -25,7 +25,7 @@ from OpenSSL import SSL
 
 from submitgw.config import Config, ListenerConfig
 from submitgw.errors import Kind, Refusal, RelayError
-from submitgw.rules import certificates, message, policy
+from submitgw.rules import certificates, message, policy, proxy
 from submitgw.rules import session as rules
 from submitgw.rules.address import MailParams, normalise_login, parse_mail_from, parse_rcpt_to
 from submitgw.rules.binding import HeaderLimits, from_addresses
@@ -41,7 +41,7 @@ from submitgw.services.limiter import Limiter
 from submitgw.services.screening import ClientScreen
 from submitgw.services.senders import Senders
 from submitgw.smtp import replies
-from submitgw.smtp.connections import CLOSE_GRACE, Connection, ConnectionTable
+from submitgw.smtp.connections import CLOSE_GRACE, Connection, ConnectionTable, Intake
 from submitgw.smtp.dataread import DataDecoder
 from submitgw.smtp.relay import Smarthost, as_client_reply
 from submitgw.smtp.tlslayer import TlsLayer
@@ -120,11 +120,21 @@ class Gateway:
 
     def connection_factory(self, listener: Listener) -> Callable[[], Connection]:
         """Each accepted socket is counted (and maybe refused) before any TLS work."""
+        settings = listener.settings
+        intake = (
+            Intake(
+                proxy.TrustedProxies(settings.trusted_proxies),
+                self.cfg.limits.tls_handshake_timeout,
+            )
+            if settings.proxy_protocol
+            else None
+        )
         return lambda: Connection(
             self.connections,
             listener.name,
             lambda connection: Session(self, listener, connection),
             greet_refusals=not listener.implicit_tls,
+            intake=intake,
         )
 
     async def drain(self, grace: float) -> None:
