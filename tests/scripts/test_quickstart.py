@@ -133,4 +133,7 @@ def test_the_quick_start_relays_a_message_and_stops_on_ctrl_c(tmp_path: Path) ->
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
         status = proc.wait(30)
-    assert status == 130, log.read_text(errors="replace")  # Ctrl-C, both children stopped
+    # Ctrl-C reaches the script and its children at once: the script either runs its
+    # trap (130) or sees the gateway end cleanly first (0); both stop everything.
+    assert status in (0, 130), log.read_text(errors="replace")
+    assert "stopped" in log.read_text(errors="replace")

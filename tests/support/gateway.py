@@ -183,7 +183,10 @@ class _Gateway:
 
     def log_events(self, kind: str) -> list[dict[str, Any]]:
         events = []
-        for line in self.log_text().splitlines():
+        text = self.log_text()
+        # A running gateway may be half-way through writing its last line.
+        lines = text.split("\n")[:-1]
+        for line in lines:
             if line.startswith("{"):
                 entry = json.loads(line)
                 if entry.get("event") == kind:
