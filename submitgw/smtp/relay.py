@@ -60,6 +60,22 @@ def _reply(error: aiosmtplib.SMTPResponseException) -> UpstreamReply:
     return UpstreamReply(error.code, error.message)
 
 
+def wire_form(content: bytes) -> bytes:
+    """The message as DATA carries it (RFC 5321 4.5.2), in a few passes at C speed.
+
+    Every line ending becomes CRLF (a lone CR or LF too, so that no smarthost can
+    read a line end where we did not: SMTP smuggling), every line that starts with
+    a dot gets another, and the end is CRLF "." CRLF.
+    """
+    lines = content.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if lines and not lines.endswith(b"\n"):
+        lines += b"\n"
+    stuffed = lines.replace(b"\n.", b"\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    return stuffed.replace(b"\n", b"\r\n") + b".\r\n"
+
+
 class Upstream:
     """An open smarthost connection in the middle of a transaction."""
 
@@ -115,11 +131,22 @@ class Upstream:
         return await self._command(b"RCPT", b"TO:<" + recipient.encode("utf-8") + b">")
 
     async def data(self, message: bytes) -> UpstreamReply:
-        """Send the message; a lost or silent smarthost after the dot is reported as such."""
+        """Send the message; a lost or silent smarthost after the dot is reported as such.
+
+        The message goes in its wire form (`wire_form`), written at once after the 354:
+        the client library's own `data()` runs regular expressions over every line
+        ending, which for 4 MiB of empty lines cost ~200 MiB and 0.4 s of event loop.
+        """
+        timeout = self.server.data_timeout
         try:
-            response = await self._client.data(message, timeout=self.server.data_timeout)
-        except aiosmtplib.SMTPDataError as exc:
-            return _reply(exc)
+            start = await self._client.execute_command(b"DATA", timeout=timeout)
+            if start.code != 354:
+                return UpstreamReply(start.code, start.message)
+            protocol = self._client.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            protocol.write(wire_form(message))
+            response = await protocol.read_response(timeout=timeout)
         except _TRANSIENT as exc:
             log.error(
                 "smarthost %s: %s during DATA; it may or may not have queued the message",
