@@ -223,7 +223,7 @@ class Session(asyncio.Protocol):
         self._backstop = self.loop.call_later(
             limits.max_session_seconds + limits.idle_timeout, transport.abort
         )
-        self._task = self.loop.create_task(self._handle_client())
+        self._task = self.loop.create_task(self._converse())
 
     def _use(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -365,7 +365,8 @@ class Session(asyncio.Protocol):
 
     # --- the command loop -----------------------------------------------------------
 
-    async def _handle_client(self) -> None:
+    async def _converse(self) -> None:
+        """The session's one task: TLS first on 465, the access check, then commands."""
         try:
             if self.tls is not None:
                 await self._finish_tls()
