@@ -23,6 +23,9 @@ from tests.gateway.test_interop import (
     crlf_message,
     curl_args,
     msmtprc,
+    s_client_args,
+    s_client_connect,
+    s_client_send,
     swaks_args,
     token,
 )
@@ -40,21 +43,22 @@ def foreign(tmp_path: Path) -> ClientCert:
     return ClientCert.write(tmp_path / "foreign", "foreign", issued.cert, issued.key)
 
 
-def connect_args(gw: GatewayProcess, listener: str) -> list[str]:
-    if listener == "starttls":
-        return ["-starttls", "smtp", "-name", HELO, "-connect", f"127.0.0.1:{gw.port}"]
-    return ["-connect", f"127.0.0.1:{gw.tls_port}"]
-
-
 @pytest.mark.parametrize("listener", LISTENERS)
 def test_the_certificate_request_names_the_bundled_ca(
     gateway: GatewayProcess, listener: str
 ) -> None:
     openssl = require_tool("openssl")
-    ca = pki.load_certificate(gateway.ca_file)
+    ca_file = gateway.ca_file
+    ca = pki.load_certificate(ca_file)
     ca_name = ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
     result = subprocess.run(
-        [openssl, "s_client", *connect_args(gateway, listener), "-CAfile", str(gateway.ca_file)],
+        [
+            openssl,
+            "s_client",
+            *s_client_connect(gateway, listener),
+            "-CAfile",
+            str(gateway.ca_file),
+        ],
         input="QUIT\n",
         capture_output=True,
         text=True,
@@ -170,26 +174,8 @@ def test_curl_with_a_foreign_certificate_logs_in_with_its_password(
 def test_openssl_s_client_with_a_foreign_certificate_logs_in_with_its_password(
     gateway: GatewayProcess, smarthost: CaptureSmarthost, foreign: ClientCert, listener: str
 ) -> None:
-    openssl = require_tool("openssl")
-    args = [
-        openssl,
-        "s_client",
-        *connect_args(gateway, listener),
-        "-CAfile",
-        str(gateway.ca_file),
-        "-verify_ip",
-        "127.0.0.1",
-        "-verify_return_error",
-        "-cert",
-        str(foreign.cert_path),
-        "-key",
-        str(foreign.key_path),
-        "-crlf",
-        "-quiet",
-        "-nocommands",
-    ]
     marker = token()
-    with LineClient(args) as client:
+    with LineClient(s_client_args(gateway, listener, foreign)) as client:
         if listener == "implicit":
             client.expect("220 ")
         client.send(f"EHLO {HELO}\n")
@@ -198,13 +184,5 @@ def test_openssl_s_client_with_a_foreign_certificate_logs_in_with_its_password(
         assert client.expect("535 ") == "535 5.7.8 Certificate not issued by this gateway"
         client.send(f"AUTH PLAIN {PLAIN_BLOB}\n")
         client.expect("235 2.7.0 ")
-        client.send(f"MAIL FROM:<{USER}>\nRCPT TO:<{RCPT}>\nDATA\n")
-        client.expect("250 2.1.0 ")
-        client.expect("250 2.1.5 ")
-        client.expect("354 ")
-        client.send(f"Subject: interop {marker}\n\nBody {marker}\n.\n")
-        client.expect("250 2.0.0 ")
-        client.send("QUIT\n")
-        client.expect("221 ")
-        assert client.finish() == 0, client.stderr
+        s_client_send(client, marker)
     assert_relayed(gateway, smarthost, marker)

@@ -342,31 +342,53 @@ def test_curl_without_tls_never_sends_the_password(
 # --- openssl s_client -----------------------------------------------------------------------
 
 
+def s_client_connect(gw: GatewayProcess, listener: str) -> list[str]:
+    if listener == "starttls":
+        return ["-starttls", "smtp", "-name", HELO, "-connect", f"127.0.0.1:{gw.port}"]
+    return ["-connect", f"127.0.0.1:{gw.tls_port}"]
+
+
+def s_client_args(gw: GatewayProcess, listener: str, cert: Any = None) -> list[str]:
+    """A hand-typed session over s_client, verifying the gateway (with `cert`, a
+    `ClientCert`, presented as the client's certificate)."""
+    certificate = ["-cert", str(cert.cert_path), "-key", str(cert.key_path)] if cert else []
+    return [
+        require_tool("openssl"),
+        "s_client",
+        *s_client_connect(gw, listener),
+        "-CAfile",
+        str(gw.ca_file),
+        "-verify_ip",
+        "127.0.0.1",
+        "-verify_return_error",
+        *certificate,
+        "-crlf",
+        "-quiet",
+        # Else a line starting with R (RCPT) renegotiates and one starting with Q quits.
+        "-nocommands",
+    ]
+
+
+def s_client_send(client: LineClient, marker: str, body: str | None = None) -> None:
+    """MAIL, RCPT, DATA and QUIT for a client that is logged in (or needs no login)."""
+    client.send(f"MAIL FROM:<{USER}>\nRCPT TO:<{RCPT}>\nDATA\n")
+    client.expect("250 2.1.0 ")
+    client.expect("250 2.1.5 ")
+    client.expect("354 ")
+    client.send(f"Subject: interop {marker}\n\n{body or f'Body {marker}'}\n.\n")
+    client.expect("250 2.0.0 ")
+    client.send("QUIT\n")
+    client.expect("221 ")
+    assert client.finish() == 0, client.stderr
+
+
 @pytest.mark.parametrize("listener", ["starttls", "implicit"])
 def test_openssl_s_client_dialogue(
     gateway: GatewayProcess, smarthost: CaptureSmarthost, listener: str
 ) -> None:
     """A hand-typed session. s_client sends stdin only once TLS is up, and each group of
     commands waits for the previous reply, as RFC 2920 wants around AUTH and DATA."""
-    openssl = require_tool("openssl")
-    if listener == "starttls":
-        connect = ["-starttls", "smtp", "-name", HELO, "-connect", f"127.0.0.1:{gateway.port}"]
-    else:
-        connect = ["-connect", f"127.0.0.1:{gateway.tls_port}"]
-    args = [
-        openssl,
-        "s_client",
-        *connect,
-        "-CAfile",
-        str(gateway.ca_file),
-        "-verify_ip",
-        "127.0.0.1",
-        "-verify_return_error",
-        "-crlf",
-        "-quiet",
-        # Else a line starting with R (RCPT) renegotiates and one starting with Q quits.
-        "-nocommands",
-    ]
+    args = s_client_args(gateway, listener)
     marker = token()
     with LineClient(args) as client:
         if listener == "implicit":
@@ -375,16 +397,7 @@ def test_openssl_s_client_dialogue(
         assert client.expect("250 ") == "250 AUTH PLAIN LOGIN"
         client.send(f"AUTH PLAIN {PLAIN_BLOB}\n")
         client.expect("235 2.7.0 ")
-        client.send(f"MAIL FROM:<{USER}>\nRCPT TO:<{RCPT}>\nDATA\n")
-        client.expect("250 2.1.0 ")
-        client.expect("250 2.1.5 ")
-        client.expect("354 ")
-        body = f"Subject: interop {marker}\n\nBody {marker}\nRegards,\nQ.\nKeys\n.\n"
-        client.send(body)
-        client.expect("250 2.0.0 ")
-        client.send("QUIT\n")
-        client.expect("221 ")
-        assert client.finish() == 0, client.stderr
+        s_client_send(client, marker, f"Body {marker}\nRegards,\nQ.\nKeys")
     msg = assert_relayed(gateway, smarthost, marker)
     assert msg.raw.endswith(b"\r\nRegards,\r\nQ.\r\nKeys\r\n")
 

@@ -37,6 +37,8 @@ from tests.gateway.test_interop import (
     auth_results,
     crlf_message,
     curl_args,
+    s_client_args,
+    s_client_send,
     swaks_args,
     token,
     wait_for_events,
@@ -288,46 +290,16 @@ def test_curl_client_certificate(
 def test_openssl_s_client_auth_external(
     certgw: GatewayProcess, smarthost: CaptureSmarthost, listener: str
 ) -> None:
-    openssl = require_tool("openssl")
     cert = certgw.issue_cert()
-    if listener == "starttls":
-        connect = ["-starttls", "smtp", "-name", HELO, "-connect", f"127.0.0.1:{certgw.port}"]
-    else:
-        connect = ["-connect", f"127.0.0.1:{certgw.tls_port}"]
-    args = [
-        openssl,
-        "s_client",
-        *connect,
-        "-CAfile",
-        str(certgw.ca_file),
-        "-verify_ip",
-        "127.0.0.1",
-        "-verify_return_error",
-        "-cert",
-        str(cert.cert_path),
-        "-key",
-        str(cert.key_path),
-        "-crlf",
-        "-quiet",
-        "-nocommands",
-    ]
     marker = token()
-    with LineClient(args) as client:
+    with LineClient(s_client_args(certgw, listener, cert)) as client:
         if listener == "implicit":
             client.expect("220 ")  # with -starttls, s_client consumes the greeting itself
         client.send(f"EHLO {HELO}\n")
         assert client.expect("250 ") == "250 AUTH PLAIN LOGIN EXTERNAL"
         client.send("AUTH EXTERNAL =\n")
         assert client.expect("235 ") == "235 2.7.0 Authentication successful"
-        client.send(f"MAIL FROM:<{USER}>\nRCPT TO:<{RCPT}>\nDATA\n")
-        client.expect("250 2.1.0 ")
-        client.expect("250 2.1.5 ")
-        client.expect("354 ")
-        client.send(f"Subject: interop {marker}\n\nBody {marker}\n.\n")
-        client.expect("250 2.0.0 ")
-        client.send("QUIT\n")
-        client.expect("221 ")
-        assert client.finish() == 0, client.stderr
+        s_client_send(client, marker)
     assert_relayed_with_cert(certgw, smarthost, marker, cert, mechanism="EXTERNAL")
     assert auth_results(certgw) == [("EXTERNAL", "ok")]
 
