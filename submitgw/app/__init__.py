@@ -13,6 +13,7 @@ from functools import cached_property
 
 from submitgw.config import Config
 from submitgw.services.accounts import AccountService
+from submitgw.services.audit import Recorder
 from submitgw.store import (
     AccessRuleStore,
     CertificateStore,
@@ -28,9 +29,11 @@ from submitgw.store.counters import CounterStore
 class Stores:
     """The repositories and the account service on one database, made on first use."""
 
-    def __init__(self, db: Database, config: Config) -> None:
+    def __init__(self, db: Database, config: Config, recorder: Recorder | None = None) -> None:
         self.db = db
         self.config = config
+        # Where account changes are reported besides the account trail (the gateway's sinks).
+        self.recorder = recorder or Recorder()
 
     @cached_property
     def users(self) -> UserStore:
@@ -63,4 +66,6 @@ class Stores:
     @cached_property
     def accounts(self) -> AccountService:
         """Password and account changes, with the same policy and trail everywhere."""
-        return AccountService(self.db, self.config.auth, self.config.passwords)
+        return AccountService(
+            self.db, self.config.auth, self.config.passwords, recorder=self.recorder
+        )

@@ -20,6 +20,7 @@ from aiohttp import web
 import pki
 from submitgw.app import Stores
 from submitgw.config import Config, Endpoint, ListenerConfig, selfservice_url
+from submitgw.services.audit import Recorder
 from submitgw.services.authn import CertificateAuthenticator, PasswordAuthenticator
 from submitgw.services.dns import ReverseDns
 from submitgw.services.limiter import Limiter
@@ -49,6 +50,8 @@ class Services:
     screen: ClientScreen
     limiter: Limiter
     senders: Senders
+    # Every event's way out: the log, then the sinks added here.
+    recorder: Recorder
 
     def close(self) -> None:
         self.authenticator.close()
@@ -62,7 +65,8 @@ def _certificates_needed(cfg: Config) -> bool:
 
 
 def build_services(cfg: Config, db: Database) -> Services:
-    stores = Stores(db, cfg)
+    recorder = Recorder()
+    stores = Stores(db, cfg, recorder)
     authenticator = PasswordAuthenticator(
         stores.users,
         cfg.auth,
@@ -81,9 +85,10 @@ def build_services(cfg: Config, db: Database) -> Services:
         stores=stores,
         authenticator=authenticator,
         certificates=certificates,
-        screen=ClientScreen(stores.access_rules, ReverseDns(cfg.dns), cfg.policy),
-        limiter=Limiter(cfg.limits, stores.counters, describe=replies.line),
+        screen=ClientScreen(stores.access_rules, ReverseDns(cfg.dns), cfg.policy, recorder),
+        limiter=Limiter(cfg.limits, stores.counters, describe=replies.line, recorder=recorder),
         senders=Senders(stores.senders),
+        recorder=recorder,
     )
 
 
@@ -137,6 +142,7 @@ class App:
             s.screen,
             senders=s.senders,
             limiter=s.limiter,
+            recorder=s.recorder,
         )
         # name -> the address actually bound (a port 0 in the config becomes the real one).
         self.bound: dict[str, Endpoint] = {}
@@ -193,6 +199,7 @@ class App:
             cert_store=s.stores.certificates,
             accounts=s.stores.accounts,
             screen=s.screen.refusal,
+            recorder=s.recorder,
         )
         context = server_context(cfg.tls, cfg.selfservice.client_certificates)
         self._site, sockets = await site.start(endpoint, context)

@@ -42,7 +42,9 @@ class AccountService:
         auth: AuthConfig,
         passwords: PasswordsConfig,
         hasher: argon2.PasswordHasher | None = None,
+        recorder: audit.Recorder | None = None,
     ) -> None:
+        self.recorder = recorder or audit.Recorder()
         self.users = UserStore(db)
         self.credentials = CredentialStore(db)
         self.cfg = passwords
@@ -51,7 +53,7 @@ class AccountService:
     def _trail(self, email: str, action: str, actor: Actor, detail: str = "") -> None:
         email = normalise_email(email)
         self.credentials.record(email, action, actor.who, actor.source, detail)
-        audit.emit(
+        self.recorder.emit(
             {
                 "event": "account",
                 "user": email,

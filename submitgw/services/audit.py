@@ -1,4 +1,7 @@
-"""Structured logging: one line per session and per message, never a secret.
+"""Structured events: one per session, login, decision and message, never a secret.
+
+Every event leaves through a `Recorder`: the log line first, then the sinks the
+gateway adds (the database trail, metrics), so they all see the same events.
 
 Events are plain dictionaries; the formatter renders them as JSON (one object a
 line, for log shippers) or as `key=value` text. Callers pass only the fields
@@ -15,9 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from submitgw.config import LogConfig
 from submitgw.errors import LoginLocked, PasswordExpired, Refusal, TooManyLogins
@@ -103,162 +107,179 @@ def setup_logging(cfg: LogConfig) -> None:
     logging.getLogger("mail.log").setLevel(logging.CRITICAL)
 
 
-def emit(event: dict[str, Any], level: int = logging.INFO) -> None:
-    log.log(level, "%s", event.get("event"), extra={"event": event})
+class Sink(Protocol):
+    """Takes events as they happen; it must neither block nor raise (queue, then work)."""
+
+    def record(self, event: Mapping[str, Any]) -> None: ...
 
 
-def session_event(
-    *,
-    session: str,
-    listener: str,
-    client: str,
-    tls: str | None,
-    user: str | None,
-    cert_serial: str | None,
-    messages: int,
-    seconds: float,
-    end: str,
-) -> None:
-    emit(
-        {
-            "event": "session",
-            "session": session,
-            "listener": listener,
-            "client": client,
-            "tls": tls,
-            "user": user,
-            "cert_serial": cert_serial,
-            "messages": messages,
-            "seconds": round(seconds, 3),
-            "end": end,
-        }
-    )
+class Recorder:
+    """The one way out for events: the log line, then every sink, in that order.
 
-
-def message_event(
-    *,
-    session: str,
-    client: str,
-    user: str,
-    mechanism: str | None,
-    cert_serial: str | None,
-    cert_fingerprint: str | None,
-    app_password: str | None = None,
-    sender: str,
-    recipients: int,
-    size: int,
-    smarthost: str | None,
-    reply: str,
-) -> None:
-    emit(
-        {
-            "event": "message",
-            "session": session,
-            "client": client,
-            "user": user,
-            "mechanism": mechanism,
-            "cert_serial": cert_serial,
-            "cert_fingerprint": cert_fingerprint,
-            "app_password": app_password,
-            "sender": sender,
-            "recipients": recipients,
-            "size": size,
-            "smarthost": smarthost,
-            "reply": reply,
-        }
-    )
-
-
-def auth_event(
-    *,
-    session: str,
-    client: str,
-    mechanism: str,
-    user: str | None,
-    ok: bool,
-    locked: bool = False,
-    expired: bool = False,
-    limited: bool = False,
-    app_password: str | None = None,
-) -> None:
-    """`locked`: refused unchecked because the name or the client is locked out;
-    `expired`: the right password, refused because it is too old or expired by an admin;
-    `limited`: refused unchecked, the name or client used up its successful logins."""
-    result = (
-        "ok"
-        if ok
-        else "locked"
-        if locked
-        else "limited"
-        if limited
-        else "expired"
-        if expired
-        else "failed"
-    )
-    event: dict[str, Any] = {
-        "event": "auth",
-        "session": session,
-        "client": client,
-        "mechanism": mechanism,
-        "user": user,
-        "result": result,
-    }
-    if app_password is not None:
-        event["app_password"] = app_password
-    emit(
-        event,
-        logging.INFO if ok else logging.WARNING,
-    )
-
-
-def tls_failure(*, session: str, client: str, reason: str) -> None:
-    emit(
-        {
-            "event": "tls",
-            "session": session,
-            "client": client,
-            "result": "failed",
-            "reason": reason,
-        },
-        logging.WARNING,
-    )
-
-
-def certificate_event(*, session: str, client: str, verdict: CertificateVerdict) -> None:
-    """A client certificate seen in a handshake: whose it is, or why it counts for nothing.
-
-    The fingerprint is always there, so a refusal can be matched to the certificate;
-    `user` is the inventory's (None before the inventory was asked).
+    Without sinks (admin commands, most tests) an event is a log line only.
     """
-    emit(
-        {
-            "event": "certificate",
+
+    def __init__(self, sinks: Iterable[Sink] = ()) -> None:
+        self.sinks: list[Sink] = list(sinks)
+
+    def emit(self, event: dict[str, Any], level: int = logging.INFO) -> None:
+        log.log(level, "%s", event.get("event"), extra={"event": event})
+        for sink in self.sinks:
+            try:
+                sink.record(event)
+            except Exception:
+                log.exception("an event sink failed")
+
+    def session_event(
+        self,
+        *,
+        session: str,
+        listener: str,
+        client: str,
+        tls: str | None,
+        user: str | None,
+        cert_serial: str | None,
+        messages: int,
+        seconds: float,
+        end: str,
+    ) -> None:
+        self.emit(
+            {
+                "event": "session",
+                "session": session,
+                "listener": listener,
+                "client": client,
+                "tls": tls,
+                "user": user,
+                "cert_serial": cert_serial,
+                "messages": messages,
+                "seconds": round(seconds, 3),
+                "end": end,
+            }
+        )
+
+    def message_event(
+        self,
+        *,
+        session: str,
+        client: str,
+        user: str,
+        mechanism: str | None,
+        cert_serial: str | None,
+        cert_fingerprint: str | None,
+        app_password: str | None = None,
+        sender: str,
+        recipients: int,
+        size: int,
+        smarthost: str | None,
+        reply: str,
+    ) -> None:
+        self.emit(
+            {
+                "event": "message",
+                "session": session,
+                "client": client,
+                "user": user,
+                "mechanism": mechanism,
+                "cert_serial": cert_serial,
+                "cert_fingerprint": cert_fingerprint,
+                "app_password": app_password,
+                "sender": sender,
+                "recipients": recipients,
+                "size": size,
+                "smarthost": smarthost,
+                "reply": reply,
+            }
+        )
+
+    def auth_event(
+        self,
+        *,
+        session: str,
+        client: str,
+        mechanism: str,
+        user: str | None,
+        ok: bool,
+        locked: bool = False,
+        expired: bool = False,
+        limited: bool = False,
+        app_password: str | None = None,
+    ) -> None:
+        """`locked`: refused unchecked because the name or the client is locked out;
+        `expired`: the right password, refused because it is too old or expired by an admin;
+        `limited`: refused unchecked, the name or client used up its successful logins."""
+        result = (
+            "ok"
+            if ok
+            else "locked"
+            if locked
+            else "limited"
+            if limited
+            else "expired"
+            if expired
+            else "failed"
+        )
+        event: dict[str, Any] = {
+            "event": "auth",
             "session": session,
             "client": client,
-            "fingerprint_sha256": verdict.fingerprint,
-            "serial": verdict.serial,
-            "user": verdict.user,
-            "result": "accepted" if verdict.ok else "rejected",
-            "reason": None if verdict.flaw is None else verdict.flaw.value,
-            "date": verdict.date.isoformat(timespec="seconds") if verdict.date else None,
-        },
-        logging.INFO if verdict.ok else logging.WARNING,
-    )
+            "mechanism": mechanism,
+            "user": user,
+            "result": result,
+        }
+        if app_password is not None:
+            event["app_password"] = app_password
+        self.emit(
+            event,
+            logging.INFO if ok else logging.WARNING,
+        )
 
+    def tls_failure(self, *, session: str, client: str, reason: str) -> None:
+        self.emit(
+            {
+                "event": "tls",
+                "session": session,
+                "client": client,
+                "result": "failed",
+                "reason": reason,
+            },
+            logging.WARNING,
+        )
 
-def connection_refused(*, listener: str, client: str, reason: str) -> None:
-    """A socket closed at accept, before any TLS work: over a connection cap, stopping,
-    or (behind a load balancer) without a trusted, timely, well-formed PROXY header."""
-    emit(
-        {
-            "event": "connection",
-            "listener": listener,
-            "client": client,
-            "result": "refused",
-            "reason": reason,
-        },
-        logging.WARNING,
-    )
+    def certificate_event(self, *, session: str, client: str, verdict: CertificateVerdict) -> None:
+        """A client certificate seen in a handshake: whose it is, or why it counts for nothing.
+
+        The fingerprint is always there, so a refusal can be matched to the certificate;
+        `user` is the inventory's (None before the inventory was asked).
+        """
+        self.emit(
+            {
+                "event": "certificate",
+                "session": session,
+                "client": client,
+                "fingerprint_sha256": verdict.fingerprint,
+                "serial": verdict.serial,
+                "user": verdict.user,
+                "result": "accepted" if verdict.ok else "rejected",
+                "reason": None if verdict.flaw is None else verdict.flaw.value,
+                "date": verdict.date.isoformat(timespec="seconds") if verdict.date else None,
+            },
+            logging.INFO if verdict.ok else logging.WARNING,
+        )
+
+    def connection_refused(self, *, listener: str, client: str, reason: str) -> None:
+        """A socket closed at accept, before any TLS work: over a connection cap, stopping,
+        or (behind a load balancer) without a trusted, timely, well-formed PROXY header."""
+        self.emit(
+            {
+                "event": "connection",
+                "listener": listener,
+                "client": client,
+                "result": "refused",
+                "reason": reason,
+            },
+            logging.WARNING,
+        )
 
 
 @dataclass(frozen=True)
@@ -269,18 +290,19 @@ class SessionTrail:
     (and that no secret is among them) is decided here, not at every call site.
     """
 
+    recorder: Recorder
     session: str
     listener: str
     client: str
 
     def tls_failed(self, reason: str) -> None:
-        tls_failure(session=self.session, client=self.client, reason=reason)
+        self.recorder.tls_failure(session=self.session, client=self.client, reason=reason)
 
     def certificate(self, verdict: CertificateVerdict) -> None:
-        certificate_event(session=self.session, client=self.client, verdict=verdict)
+        self.recorder.certificate_event(session=self.session, client=self.client, verdict=verdict)
 
     def login(self, mechanism: str, identity: Identity) -> None:
-        auth_event(
+        self.recorder.auth_event(
             session=self.session,
             client=self.client,
             mechanism=mechanism,
@@ -291,7 +313,7 @@ class SessionTrail:
 
     def login_refused(self, mechanism: str, user: str | None, err: Refusal) -> None:
         """A failed AUTH; the log tells lockouts, login caps and expired passwords apart."""
-        auth_event(
+        self.recorder.auth_event(
             session=self.session,
             client=self.client,
             mechanism=mechanism,
@@ -306,7 +328,7 @@ class SessionTrail:
         self, identity: Identity | None, check: str, addresses: list[str], reply: str
     ) -> None:
         """An envelope sender (`check` "envelope") or From: ("header") the user may not use."""
-        emit(
+        self.recorder.emit(
             {
                 "event": "sender",
                 "session": self.session,
@@ -328,7 +350,7 @@ class SessionTrail:
         smarthost: str | None,
         reply: str,
     ) -> None:
-        message_event(
+        self.recorder.message_event(
             session=self.session,
             client=self.client,
             user=identity.user if identity else "",
@@ -353,7 +375,7 @@ class SessionTrail:
         seconds: float,
         end: str,
     ) -> None:
-        session_event(
+        self.recorder.session_event(
             session=self.session,
             listener=self.listener,
             client=self.client,

@@ -80,8 +80,10 @@ class Limiter:
         store: CounterStore,
         clock: Callable[[], float] = time.time,
         describe: Callable[[Refusal], str] = str,
+        recorder: audit.Recorder | None = None,
     ) -> None:
         self.cfg = cfg
+        self.recorder = recorder or audit.Recorder()
         self.store = store
         self.rates = Window(cfg.rate_window)
         self.logins = Window(cfg.auth_window)
@@ -139,7 +141,7 @@ class Limiter:
             # The refusal stands; only its reset time is unknown.
             resets = None
         refusal = limit_refusal(over, self.rates, resets, now)
-        audit.emit(
+        self.recorder.emit(
             {
                 "event": "limit",
                 "session": session,
@@ -264,7 +266,7 @@ class Limiter:
         limit = (
             self.cfg.auth_successes_per_ip if which == IP else self.cfg.auth_successes_per_account
         )
-        audit.emit(
+        self.recorder.emit(
             {
                 "event": "limit",
                 "client": client_ip,
@@ -311,7 +313,7 @@ class Limiter:
             log.error("could not count a failed login: %s", type(exc).__name__)
             return
         for which, failures, until in locked:
-            audit.emit(
+            self.recorder.emit(
                 {
                     "event": "lockout",
                     "lock": which,

@@ -37,8 +37,15 @@ class Verdict:
 class ClientScreen:
     """Shared by all sessions of one gateway process."""
 
-    def __init__(self, rules: AccessRuleStore, dns: ReverseDns, policy: PolicyConfig) -> None:
+    def __init__(
+        self,
+        rules: AccessRuleStore,
+        dns: ReverseDns,
+        policy: PolicyConfig,
+        recorder: audit.Recorder | None = None,
+    ) -> None:
         self._rules = rules
+        self._recorder = recorder or audit.Recorder()
         self._dns = dns
         self._policy = policy
 
@@ -79,7 +86,7 @@ class ClientScreen:
             verdict = await self._verdict_or_default(client_ip)
         except Exception as exc:
             cause = exc.__cause__ if isinstance(exc, Unavailable) and exc.__cause__ else exc
-            audit.emit(
+            self._recorder.emit(
                 {
                     "event": "access",
                     "session": session,
@@ -91,7 +98,7 @@ class ClientScreen:
             )
             return Unavailable(Need.ACCESS_RULES)
         decision, name = verdict.decision, verdict.name
-        audit.emit(
+        self._recorder.emit(
             {
                 "event": "access",
                 "session": session,

@@ -161,8 +161,10 @@ class Connection(asyncio.Protocol):
         *,
         greet_refusals: bool,
         intake: Intake | None = None,
+        recorder: audit.Recorder,
     ) -> None:
         self.table = table
+        self.recorder = recorder
         self.listener = listener
         self.make_session = make_session
         # On a plain-text listener a refused client can be told why; under
@@ -198,7 +200,9 @@ class Connection(asyncio.Protocol):
         self._start_session(transport)
 
     def _refuse(self, transport: asyncio.Transport, refusal: str) -> None:
-        audit.connection_refused(listener=self.listener, client=self.client_ip, reason=refusal)
+        self.recorder.connection_refused(
+            listener=self.listener, client=self.client_ip, reason=refusal
+        )
         if self.greet_refusals:
             transport.write(replies.line(Refusal(REFUSALS[refusal])).encode("ascii") + b"\r\n")
             transport.close()
@@ -254,7 +258,9 @@ class Connection(asyncio.Protocol):
     def _refuse_proxy(self, reason: str) -> None:
         """A proxy speaks first and nothing else may: no reply, the socket is cut."""
         self._stop_awaiting()
-        audit.connection_refused(listener=self.listener, client=self.client_ip, reason=reason)
+        self.recorder.connection_refused(
+            listener=self.listener, client=self.client_ip, reason=reason
+        )
         if self.transport is not None:
             self.transport.abort()
 

@@ -96,8 +96,10 @@ class Gateway:
         *,
         senders: Senders | None = None,
         limiter: Limiter | None = None,
+        recorder: audit.Recorder | None = None,
     ) -> None:
         self.cfg = cfg
+        self.recorder = recorder or audit.Recorder()
         self.authenticator = authenticator
         self.certificates = certificates
         self.screen = screen
@@ -135,6 +137,7 @@ class Gateway:
             lambda connection: Session(self, listener, connection),
             greet_refusals=not listener.implicit_tls,
             intake=intake,
+            recorder=self.recorder,
         )
 
     async def drain(self, grace: float) -> None:
@@ -195,7 +198,7 @@ class Session(asyncio.Protocol):
         self.junk = 0
         # The connection learnt the peer's address before it made the session.
         self.client_ip = connection.client_ip
-        self.trail = audit.SessionTrail(self.id, listener.name, self.client_ip)
+        self.trail = audit.SessionTrail(gateway.recorder, self.id, listener.name, self.client_ip)
         self.started = time.monotonic()
         self.deadline = self.started + cfg.limits.max_session_seconds
         self.login_deadline = self.started + cfg.limits.login_timeout

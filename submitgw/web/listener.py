@@ -169,8 +169,10 @@ class GuardedSite(web.BaseSite):
         context: ssl.SSLContext,
         cfg: SelfServiceConfig,
         screen: Screen | None = None,
+        recorder: audit.Recorder | None = None,
     ) -> None:
         super().__init__(runner, ssl_context=context)
+        self.recorder = recorder or audit.Recorder()
         self.app_runner = runner
         self.endpoint = endpoint
         self.context = context
@@ -261,7 +263,7 @@ class GuardedSite(web.BaseSite):
             refused = "too-many-connections-from-client"
         if refused is not None:
             sock.close()
-            _connection_event(None, client_ip, 0, 0.0, refused)
+            self._connection_event(None, client_ip, 0, 0.0, refused)
             return
         self.open += 1
         self.per_client[key] = self.per_client.get(key, 0) + 1
@@ -288,7 +290,7 @@ class GuardedSite(web.BaseSite):
         except (OSError, ssl.SSLError, EOFError) as exc:
             conn.end = "tls-failed"
             reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
-            audit.tls_failure(
+            self.recorder.tls_failure(
                 session=conn.id, client=conn.client_ip, reason=str(reason or type(exc).__name__)
             )
         except asyncio.CancelledError:
@@ -324,8 +326,23 @@ class GuardedSite(web.BaseSite):
             self.per_client[conn.key] = left
         else:
             self.per_client.pop(conn.key, None)
-        _connection_event(
+        self._connection_event(
             conn.id, conn.client_ip, conn.requests, time.monotonic() - conn.started, conn.end
+        )
+
+    def _connection_event(
+        self, session: str | None, client: str, requests: int, seconds: float, end: str
+    ) -> None:
+        self.recorder.emit(
+            {
+                "event": "site-connection",
+                "session": session,
+                "client": client,
+                "requests": requests,
+                "seconds": round(seconds, 3),
+                "end": end,
+            },
+            logging.WARNING if end.startswith("too-many") else logging.INFO,
         )
 
 
@@ -334,19 +351,3 @@ def connection_of(request: web.BaseRequest) -> SiteConnection | None:
     transport = request.transport
     protocol = transport.get_protocol() if transport is not None else None
     return protocol if isinstance(protocol, SiteConnection) else None
-
-
-def _connection_event(
-    session: str | None, client: str, requests: int, seconds: float, end: str
-) -> None:
-    audit.emit(
-        {
-            "event": "site-connection",
-            "session": session,
-            "client": client,
-            "requests": requests,
-            "seconds": round(seconds, 3),
-            "end": end,
-        },
-        logging.WARNING if end.startswith("too-many") else logging.INFO,
-    )

@@ -214,8 +214,10 @@ class SelfService:
         accounts: AccountService,
         clock: Callable[[], float] = time.time,
         screen: Screen | None = None,
+        recorder: audit.Recorder | None = None,
     ) -> None:
         self.cfg = cfg
+        self.recorder = recorder or audit.Recorder()
         self.screen = screen
         self.auth = authenticator
         self.certificates = certificates
@@ -273,7 +275,9 @@ class SelfService:
             lingering_time=LINGER,
         )
         await runner.setup()
-        site = GuardedSite(runner, endpoint, context, self.cfg.selfservice, self.screen)
+        site = GuardedSite(
+            runner, endpoint, context, self.cfg.selfservice, self.screen, self.recorder
+        )
         try:
             await site.start()
         except BaseException:
@@ -481,7 +485,7 @@ class SelfService:
             else:
                 found = await self.limiter.login(email.encode("utf-8", "replace"), ip, verify)
         except Refusal as err:
-            audit.auth_event(
+            self.recorder.auth_event(
                 session="web",
                 client=ip,
                 mechanism=mechanism,
@@ -494,7 +498,7 @@ class SelfService:
                     raise WebError(400, UNUSABLE_TEXT) from err
                 raise refused from err
             raise web_error(err) from err
-        audit.auth_event(
+        self.recorder.auth_event(
             session="web", client=ip, mechanism=mechanism, user=found.record.email, ok=True
         )
         return found
@@ -522,7 +526,7 @@ class SelfService:
         ip = _client_ip(request)
         if cert is None or not certificate_alone_allowed(cert.auth_policy):
             # As on SMTP: a certificate alone identifies only users whose policy takes it.
-            audit.auth_event(
+            self.recorder.auth_event(
                 session="web",
                 client=ip,
                 mechanism="selfservice-certificate",
@@ -541,7 +545,7 @@ class SelfService:
             or not certificate_alone_allowed(record.auth_policy)
         ):
             raise WebError(401, "No valid client certificate was presented")
-        audit.auth_event(
+        self.recorder.auth_event(
             session="web", client=ip, mechanism="selfservice-certificate", user=cert.user, ok=True
         )
         session = self.sessions.create(cert.user, "certificate", record.password_changed_at, cert)

@@ -21,6 +21,7 @@ import pytest
 from submitgw.errors import AuthFailed, LoginLocked, PasswordExpired, TooManyLogins
 from submitgw.services.audit import (
     JsonFormatter,
+    Recorder,
     SessionTrail,
     TextFormatter,
     escape_text,
@@ -197,7 +198,7 @@ def test_gateway_text_log_keeps_typed_sign_in_names_on_their_lines(gateway_facto
 def test_session_trail_tags_every_event_and_names_why_a_login_failed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    trail = SessionTrail("s1", "submission", "192.0.2.7")
+    trail = SessionTrail(Recorder(), "s1", "submission", "192.0.2.7")
     with caplog.at_level(logging.INFO, logger="submitgw.audit"):
         trail.login_refused("PLAIN", "a@example.org", LoginLocked(0.0))
         trail.login_refused("PLAIN", "a@example.org", TooManyLogins())
@@ -220,3 +221,32 @@ def test_session_trail_tags_every_event_and_names_why_a_login_failed(
         "reply": "550 no",
     }
     assert events[6]["listener"] == "submission" and events[6]["seconds"] == 1.235
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def record(self, event: Any) -> None:
+        self.events.append(dict(event))
+
+
+class _Broken:
+    def record(self, event: Any) -> None:
+        raise RuntimeError("sink down")
+
+
+def test_every_sink_sees_each_logged_event_and_a_broken_sink_stops_none(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    collected = _Collect()
+    recorder = Recorder([_Broken(), collected])
+    trail = SessionTrail(recorder, "s2", "submissions", "192.0.2.8")
+    with caplog.at_level(logging.INFO, logger="submitgw.audit"):
+        trail.login("PLAIN", Identity("a@example.org", "PLAIN"))
+        recorder.connection_refused(listener="submission", client="192.0.2.9", reason="cap")
+        trail.tls_failed("alert")
+    logged = [r.event for r in caplog.records if hasattr(r, "event")]  # type: ignore[attr-defined]
+    assert collected.events == logged
+    assert [e["event"] for e in collected.events] == ["auth", "connection", "tls"]
+    assert sum("an event sink failed" in r.getMessage() for r in caplog.records) == 3

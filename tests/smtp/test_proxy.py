@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from submitgw.services.audit import Recorder
 from submitgw.smtp.connections import Connection, ConnectionTable
 
 
@@ -12,7 +13,7 @@ def connection(table: ConnectionTable, ip: str) -> Connection:
     def no_session(_: Connection) -> Any:
         raise AssertionError("no session in these tests")
 
-    c = Connection(table, "submission", no_session, greet_refusals=True)
+    c = Connection(table, "submission", no_session, greet_refusals=True, recorder=Recorder())
     c.client_ip = ip
     return c
 

@@ -35,6 +35,7 @@ from OpenSSL import SSL
 
 import pki
 from submitgw.config import TlsConfig
+from submitgw.services.audit import Recorder
 from submitgw.smtp.connections import Connection, ConnectionTable
 from submitgw.smtp.tlslayer import TlsError, TlsLayer, server_context
 from submitgw.tls import server_context as stdlib_server_context
@@ -227,7 +228,9 @@ class Server:
     async def running(self) -> AsyncIterator[Server]:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: Connection(self.table, "test", self._front, greet_refusals=False),
+            lambda: Connection(
+                self.table, "test", self._front, greet_refusals=False, recorder=Recorder()
+            ),
             "127.0.0.1",
             0,
         )
