@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import pki  # noqa: E402
 from submitgw.config import TlsConfig  # noqa: E402
+from submitgw.services.audit import Recorder  # noqa: E402
 from submitgw.smtp.connections import Connection, ConnectionTable  # noqa: E402
 from submitgw.smtp.tlslayer import TlsLayer, server_context  # noqa: E402
 from submitgw.tls import server_context as stdlib_server_context  # noqa: E402
@@ -168,7 +169,9 @@ async def serve_and_measure(args: argparse.Namespace, folder: Path) -> dict[str,
     table = ConnectionTable(max_total=1000, max_per_client=1000)
     context = server_context(tls)
     layer_server = await loop.create_server(
-        lambda: Connection(table, "bench", lambda c: Front(c, context), greet_refusals=False),
+        lambda: Connection(
+            table, "bench", lambda c: Front(c, context), greet_refusals=False, recorder=Recorder()
+        ),
         "127.0.0.1",
         0,
     )
