@@ -152,7 +152,7 @@ class CaptureHandler:
             await asyncio.sleep(self.behaviour.data_delay)
         if self.behaviour.drop_after_data:
             LOG.info("dropping the connection from %s without a reply", session.peer)
-            if server.transport is not None:
+            if isinstance(server.transport, asyncio.Transport):
                 server.transport.abort()
             # aiosmtpd's own reply is swallowed by the aborted transport.
             return "421 4.3.0 Connection dropped by test"

@@ -678,7 +678,7 @@ class Attack:
 
     async def frombomb(self) -> None:
         sender = self.attacker.email
-        addresses = []
+        addresses: list[str] = []
         size = 0
         while size < FROM_BOMB_BYTES:
             address = f"<user{len(addresses)}@{DOMAIN}>"

@@ -104,7 +104,7 @@ run_mypy() {
     local out
     if ! out="$("$VENV/bin/python" -m mypy 2>&1)"; then
         printf '%s\n' "$out" >&2
-        echo "ERROR: mypy --strict failed on submitgw and pki; see [tool.mypy] in pyproject.toml" >&2
+        echo "ERROR: mypy --strict failed on submitgw, pki and scripts; see [tool.mypy] in pyproject.toml" >&2
         exit 1
     fi
 }

@@ -92,7 +92,7 @@ class CapturedMessage:
 
     @property
     def message(self) -> EmailMessage:
-        return cast(EmailMessage, email.message_from_bytes(self.raw, policy=email.policy.default))
+        return email.message_from_bytes(self.raw, policy=email.policy.default)
 
 
 def behaviour_args(behaviour: dict[str, Any]) -> list[str]:
@@ -175,8 +175,9 @@ class CaptureSmarthost:
                 raise RuntimeError(f"capture smarthost exited at start:\n{self.log_text()}")
             time.sleep(POLL_INTERVAL)
         self.stop()
-        log = self.log_text()
-        raise RuntimeError(f"capture smarthost did not start in {START_TIMEOUT}s:\n{log}")
+        raise RuntimeError(
+            f"capture smarthost did not start in {START_TIMEOUT}s:\n{self.log_text()}"
+        )
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL if it will not go; returns the exit status."""
