@@ -100,7 +100,13 @@ def pg_migrated_url(pg_migrated: str) -> str:
     Creating and dropping a database costs about a second each on a busy machine;
     emptying the tables of one migrated database costs milliseconds.
     """
-    engine = create_engine(pg_migrated, poolclass=NullPool)
+    empty_database(pg_migrated)
+    return pg_migrated
+
+
+def empty_database(url: str) -> None:
+    """Every table but Alembic's emptied, identities restarted."""
+    engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.begin() as connection:
             tables = [
@@ -115,7 +121,6 @@ def pg_migrated_url(pg_migrated: str) -> str:
                 connection.exec_driver_sql(f"TRUNCATE {listed} RESTART IDENTITY CASCADE")
     finally:
         engine.dispose()
-    return pg_migrated
 
 
 @pytest.fixture(scope="session")
