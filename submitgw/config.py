@@ -253,6 +253,10 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
+    def listeners(self) -> dict[str, ListenerConfig]:
+        """The SMTP listeners' sections by name, on or off."""
+        return {"submission": self.submission, "submissions": self.submissions}
+
 
 _SMARTHOST_KEYS = {f.name for f in dataclasses.fields(SmarthostServer)} - {"host", "port"}
 # The TOML types of the [smarthost] options (paths are strings there). Checked
@@ -516,6 +520,28 @@ def _selfservice(values: dict[str, Any]) -> SelfServiceConfig:
     return cfg
 
 
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """`section.key` of every setting that differs between two configurations, in the
+    order of the file (a live reload reports and applies by these names)."""
+    changed = []
+    for section in dataclasses.fields(Config):
+        if section.name == "path":
+            continue
+        before, after = getattr(old, section.name), getattr(new, section.name)
+        for key in dataclasses.fields(before):
+            if getattr(before, key.name) != getattr(after, key.name):
+                changed.append(f"{section.name}.{key.name}")
+    return changed
+
+
+def certificates_needed(cfg: Config) -> bool:
+    """Whether any listener asks for client certificates, so the CA must be loaded."""
+    listeners = cfg.listeners().values()
+    on_smtp = any(s.listen is not None and s.client_certificates != "off" for s in listeners)
+    on_site = cfg.selfservice.listen is not None and cfg.selfservice.client_certificates != "off"
+    return on_smtp or on_site
+
+
 def selfservice_url(cfg: Config) -> str | None:
     """Where users change their password, or None when the site is off."""
     site = cfg.selfservice
@@ -539,6 +565,8 @@ def config_path(explicit: str | None, env: dict[str, str]) -> Path:
 DEFAULT_TEMPLATE = """\
 # submitgw configuration. Every key is listed with its default value.
 # Relative paths are relative to this file's folder.
+# `systemctl reload submitgw` (SIGHUP) applies a change to new connections; the listen
+# addresses, [database] url, [auth] workers and [selfservice] idle_timeout need a restart.
 
 [server]
 # Name used in the greeting, EHLO reply and Received: header.

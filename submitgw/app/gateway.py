@@ -2,7 +2,8 @@
 
 `submitgw serve` and the tests build the gateway here, so what a test runs is what
 production runs. `App` owns the listeners and knows nothing of
-processes; `serve` adds what a process needs (signals, the exit code).
+processes; `serve` adds what a process needs (signals, the exit code, the log line
+and the systemd notifications of a reload).
 """
 
 from __future__ import annotations
@@ -13,13 +14,27 @@ import logging
 import resource
 import signal
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from cryptography import x509
+from OpenSSL import SSL
 
 import pki
+from submitgw import config as config_mod
 from submitgw.app import Stores
-from submitgw.config import Config, Endpoint, ListenerConfig, selfservice_url
+from submitgw.app.reload import Prepared, prepare, read_tls_files
+from submitgw.config import (
+    Config,
+    ConfigError,
+    Endpoint,
+    ListenerConfig,
+    certificates_needed,
+    selfservice_url,
+)
+from submitgw.services import audit
 from submitgw.services.audit import Recorder
 from submitgw.services.authn import CertificateAuthenticator, PasswordAuthenticator
 from submitgw.services.dns import ReverseDns
@@ -48,6 +63,7 @@ class Services:
     authenticator: PasswordAuthenticator
     certificates: CertificateAuthenticator | None
     screen: ClientScreen
+    dns: ReverseDns
     limiter: Limiter
     senders: Senders
     # Every event's way out: the log, then the sinks added here.
@@ -57,14 +73,8 @@ class Services:
         self.authenticator.close()
 
 
-def _certificates_needed(cfg: Config) -> bool:
-    listeners = (cfg.submission, cfg.submissions)
-    on_smtp = any(s.listen is not None and s.client_certificates != "off" for s in listeners)
-    on_site = cfg.selfservice.listen is not None and cfg.selfservice.client_certificates != "off"
-    return on_smtp or on_site
-
-
-def build_services(cfg: Config, db: Database) -> Services:
+def build_services(cfg: Config, db: Database, ca: x509.Certificate | None) -> Services:
+    """`ca`: the bundled CA, needed when a listener asks for client certificates."""
     recorder = Recorder()
     stores = Stores(db, cfg, recorder)
     authenticator = PasswordAuthenticator(
@@ -76,16 +86,16 @@ def build_services(cfg: Config, db: Database) -> Services:
         selfservice_url(cfg),
     )
     certificates = None
-    if _certificates_needed(cfg):
-        certificates = CertificateAuthenticator(
-            stores.certificates, pki.load_certificate(cfg.tls.ca_cert), stores.networks
-        )
+    if ca is not None:
+        certificates = CertificateAuthenticator(stores.certificates, ca, stores.networks)
+    dns = ReverseDns(cfg.dns)
     return Services(
         cfg=cfg,
         stores=stores,
         authenticator=authenticator,
         certificates=certificates,
-        screen=ClientScreen(stores.access_rules, ReverseDns(cfg.dns), cfg.policy, recorder),
+        screen=ClientScreen(stores.access_rules, dns, cfg.policy, recorder),
+        dns=dns,
         limiter=Limiter(cfg.limits, stores.counters, describe=replies.line, recorder=recorder),
         senders=Senders(stores.senders),
         recorder=recorder,
@@ -128,12 +138,23 @@ def _log_listening(name: str, endpoint: Endpoint, tls: str, certs: str, **more: 
     log.info(what, endpoint, extra={"event": event})
 
 
+def _listener(name: str, settings: ListenerConfig, context: SSL.Context) -> Listener:
+    """`submissions` is the implicit-TLS listener (RFC 8314), `submission` STARTTLS."""
+    return Listener(name, name == "submissions", context, settings)
+
+
 class App:
-    """The gateway's listeners over one set of services; start, then stop, once each."""
+    """The gateway's listeners over one set of services; start, then stop, once each.
+
+    While it runs, `reload` reads the configuration and the TLS files again and
+    applies them to the connections that come after (see `app.reload`).
+    """
 
     def __init__(self, cfg: Config, db: Database) -> None:
         self.cfg = cfg
-        self.services = build_services(cfg, db)
+        # A ConfigError here names an unreadable file or a key that is not the certificate's.
+        self.tls_files = read_tls_files(cfg.tls, need_ca=certificates_needed(cfg))
+        self.services = build_services(cfg, db, self.tls_files.ca)
         s = self.services
         self.gateway = Gateway(
             cfg,
@@ -148,23 +169,22 @@ class App:
         self.bound: dict[str, Endpoint] = {}
         self._servers: list[asyncio.Server] = []
         self._site: web.AppRunner | None = None
+        self._selfservice: SelfService | None = None
         self._trimming: asyncio.Task[None] | None = None
+        self._reloading = asyncio.Lock()
 
     def _listeners(self) -> list[tuple[Listener, Endpoint]]:
-        cfg = self.cfg
-        chosen: list[tuple[str, ListenerConfig, bool]] = [
-            ("submission", cfg.submission, False),
-            ("submissions", cfg.submissions, True),
-        ]
         return [
             (
-                Listener(
-                    name, implicit, tlslayer.server_context(cfg.tls, s.client_certificates), s
+                _listener(
+                    name,
+                    settings,
+                    tlslayer.server_context(self.cfg.tls, settings.client_certificates),
                 ),
-                s.listen,
+                settings.listen,
             )
-            for name, s, implicit in chosen
-            if s.listen is not None
+            for name, settings in self.cfg.listeners().items()
+            if settings.listen is not None
         ]
 
     async def _listen(self, listener: Listener, endpoint: Endpoint) -> None:
@@ -188,6 +208,13 @@ class App:
             listener.settings.client_certificates,
         )
 
+    def _site_url(self, cfg: Config) -> str | None:
+        """Where the password-expired reply sends users; a port 0 is the one bound."""
+        bound = self.bound.get("selfservice")
+        if bound is not None and not cfg.selfservice.url:
+            cfg = cfg.replace(selfservice=dataclasses.replace(cfg.selfservice, listen=bound))
+        return selfservice_url(cfg)
+
     async def _listen_site(self, endpoint: Endpoint) -> None:
         cfg, s = self.cfg, self.services
         site = SelfService(
@@ -203,12 +230,10 @@ class App:
         )
         context = server_context(cfg.tls, cfg.selfservice.client_certificates)
         self._site, sockets = await site.start(endpoint, context)
+        self._selfservice = site
         bound = _bound(sockets, endpoint)
         self.bound["selfservice"] = bound
-        if endpoint.port == 0 and not cfg.selfservice.url:
-            # The password-expired reply names the site; only now is its port known.
-            bound_cfg = cfg.replace(selfservice=dataclasses.replace(cfg.selfservice, listen=bound))
-            s.authenticator.selfservice_url = selfservice_url(bound_cfg)
+        s.authenticator.selfservice_url = self._site_url(cfg)
         _log_listening(
             "selfservice",
             bound,
@@ -230,11 +255,53 @@ class App:
         except BaseException:
             await self._close_listeners()
             raise
+        self._start_trimming()
+
+    def _start_trimming(self) -> None:
+        if self._trimming is not None:
+            self._trimming.cancel()
         self._trimming = asyncio.create_task(
             trim_after_churn(
                 lambda: self.gateway.connections.released, self.cfg.server.memory_trim_interval
             )
         )
+
+    async def reload(self, load: Callable[[], Config]) -> Prepared:
+        """Read the configuration (`load`) and the TLS files again and apply them to the
+        connections that come next; raises ConfigError, changing nothing, when anything
+        is unusable. One at a time: a second waits for the first, then reads again."""
+        async with self._reloading:
+            prepared = await asyncio.to_thread(prepare, load, self.cfg, self.tls_files)
+            self._apply(prepared)
+            return prepared
+
+    def _apply(self, ready: Prepared) -> None:
+        """Everything at once, without an await: a new connection sees all of it or none."""
+        cfg, s = ready.cfg, self.services
+        self.cfg = s.cfg = s.stores.config = cfg
+        self.tls_files = ready.files
+        if ready.files.ca is not None:
+            if s.certificates is None:
+                s.certificates = CertificateAuthenticator(
+                    s.stores.certificates, ready.files.ca, s.stores.networks
+                )
+            else:
+                s.certificates.reconfigure(ready.files.ca)
+        listeners = [
+            _listener(name, cfg.listeners()[name], context)
+            for name, context in ready.contexts.items()
+        ]
+        self.gateway.reconfigure(cfg, listeners, s.certificates)
+        s.limiter.reconfigure(cfg.limits)
+        s.screen.reconfigure(cfg.policy)
+        if ready.resolver is not None:
+            s.dns.reconfigure(cfg.dns, ready.resolver)
+        s.authenticator.reconfigure(cfg.auth, cfg.passwords, self._site_url(cfg), ready.hashing)
+        s.stores.accounts.reconfigure(cfg.auth, cfg.passwords)
+        if self._selfservice is not None and ready.site_context is not None:
+            self._selfservice.reconfigure(cfg, ready.site_context, s.certificates)
+        if "server.memory_trim_interval" in ready.changed and self._trimming is not None:
+            self._start_trimming()
 
     async def _close_listeners(self) -> None:
         for server in self._servers:
@@ -260,27 +327,86 @@ class App:
         self.services.close()
         log.info("stopped")
 
-    def report_status(self) -> None:
-        """SIGHUP: until configuration can be reloaded live, say so instead of dying."""
-        gw = self.gateway
-        log.warning(
-            "SIGHUP: live reload is not supported; restart to apply configuration changes",
-            extra={
-                "event": {
-                    "event": "status",
-                    "signal": "SIGHUP",
-                    "reload": "unsupported",
-                    "connections": gw.connections.total,
-                    "sessions": len(gw.sessions),
-                }
-            },
+
+def _from_file(cfg: Config) -> Callable[[], Config]:
+    def load() -> Config:
+        if cfg.path is None:
+            raise ConfigError("the configuration came from no file; there is nothing to re-read")
+        return config_mod.load(cfg.path)
+
+    return load
+
+
+def _counts(app: App) -> dict[str, int]:
+    return {
+        "connections": app.gateway.connections.total,
+        "sessions": len(app.gateway.sessions),
+    }
+
+
+def _monotonic_usec() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+async def _reload(app: App, load: Callable[[], Config]) -> None:
+    """SIGHUP: reload, and say in one log line what came of it."""
+    notify(f"RELOADING=1\nMONOTONIC_USEC={_monotonic_usec()}")
+    try:
+        done = await app.reload(load)
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+        event = {"event": "reload", "result": "refused", "reason": reason, **_counts(app)}
+        log.error(
+            "reload refused, still serving the previous configuration: %s",
+            reason,
+            exc_info=not isinstance(exc, ConfigError),
+            extra={"event": event},
         )
+    else:
+        if any(key.startswith("log.") for key in done.changed):
+            audit.setup_logging(app.cfg.log)
+        cert = done.files.cert
+        event = {
+            "event": "reload",
+            "result": "ok",
+            "changed": done.changed,
+            "needs_restart": done.needs_restart,
+            "cert_serial": pki.format_serial(cert.serial_number),
+            "cert_not_after": cert.not_valid_after_utc.isoformat(),
+            **_counts(app),
+        }
+        if done.needs_restart:
+            log.warning(
+                "configuration reloaded; restart to apply %s",
+                ", ".join(done.needs_restart),
+                extra={"event": event},
+            )
+        else:
+            log.info(
+                "configuration reloaded; changed: %s",
+                ", ".join(done.changed) or "nothing",
+                extra={"event": event},
+            )
+    finally:
+        notify(f"READY=1\nSTATUS={_status(app)}")
 
 
-async def serve(cfg: Config, db: Database) -> int:
-    """Run until SIGTERM/SIGINT; returns the process exit code."""
+def _status(app: App) -> str:
+    return "listening: " + ", ".join(f"{name} {endpoint}" for name, endpoint in app.bound.items())
+
+
+async def serve(cfg: Config, db: Database, load: Callable[[], Config] | None = None) -> int:
+    """Run until SIGTERM/SIGINT; returns the process exit code.
+
+    SIGHUP reloads: `load` reads the configuration again as `serve` was given it (the
+    command line's flags over the file); by default, the file `cfg` came from.
+    """
     raise_fd_limit()
-    app = App(cfg, db)
+    try:
+        app = App(cfg, db)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 1
     try:
         await app.start()
     except ValueError as exc:
@@ -295,11 +421,20 @@ async def serve(cfg: Config, db: Database) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app.report_status)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def hangup() -> None:
+        task = asyncio.create_task(_reload(app, load or _from_file(cfg)))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     # Only now, with every listener bound, may systemd (Type=notify) start what needs us.
-    listening = ", ".join(f"{name} {endpoint}" for name, endpoint in app.bound.items())
-    notify(f"READY=1\nSTATUS=listening: {listening}")
+    notify(f"READY=1\nSTATUS={_status(app)}")
     await stop.wait()
     notify("STOPPING=1")
+    loop.remove_signal_handler(signal.SIGHUP)
+    for task in reloads:
+        task.cancel()
     await app.stop()
     return 0

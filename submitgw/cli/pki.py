@@ -465,7 +465,11 @@ def server_cert(ctx: Context, hostnames: tuple[str, ...], out: Path, days: int) 
     click.echo(f"not_after: {_stamp(issued.cert.not_valid_after_utc)}")
     for path in paths:
         click.echo(f"wrote {path}")
-    click.echo("point [tls] cert and key at them and restart the gateway")
+    click.echo(
+        "point [tls] cert and key at them (or move them over the files those name), then "
+        "reload: 'systemctl reload submitgw' or 'kill -HUP' the serve process; "
+        "sessions under way keep the old certificate"
+    )
 
 
 def register(group: click.Group) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from submitgw import config as config_mod
 from submitgw.cli.context import Context, pass_context
 from submitgw.config import Config, ConfigError, make_smarthost, parse_listen
 from submitgw.services import audit
@@ -20,38 +21,50 @@ def apply_flags(
     smarthosts: tuple[str, ...],
     listen_selfservice: str | None = None,
 ) -> Config:
-    """Flags override the file; a flag smarthost takes the file's shared [smarthost] options."""
+    """`override`, for the command line: a bad value is a one-line error."""
     try:
-        if listen is not None:
-            cfg = cfg.replace(
-                submission=dataclasses.replace(
-                    cfg.submission, listen=parse_listen(listen, "--listen")
-                )
-            )
-        if listen_tls is not None:
-            cfg = cfg.replace(
-                submissions=dataclasses.replace(
-                    cfg.submissions, listen=parse_listen(listen_tls, "--listen-tls")
-                )
-            )
-        if listen_selfservice is not None:
-            cfg = cfg.replace(
-                selfservice=dataclasses.replace(
-                    cfg.selfservice,
-                    listen=parse_listen(listen_selfservice, "--listen-selfservice"),
-                )
-            )
-        if smarthosts:
-            template = cfg.smarthost.servers[0]
-            shared = {
-                f.name: getattr(template, f.name)
-                for f in dataclasses.fields(template)
-                if f.name not in {"host", "port"}
-            }
-            servers = tuple(make_smarthost(a, shared, Path.cwd()) for a in smarthosts)
-            cfg = cfg.replace(smarthost=dataclasses.replace(cfg.smarthost, servers=servers))
+        return override(cfg, listen, listen_tls, smarthosts, listen_selfservice)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def override(
+    cfg: Config,
+    listen: str | None,
+    listen_tls: str | None,
+    smarthosts: tuple[str, ...],
+    listen_selfservice: str | None = None,
+) -> Config:
+    """Flags override the file; a flag smarthost takes the file's shared [smarthost] options.
+
+    Also applied again on every reload, so a flag keeps winning over the file.
+    """
+    if listen is not None:
+        cfg = cfg.replace(
+            submission=dataclasses.replace(cfg.submission, listen=parse_listen(listen, "--listen"))
+        )
+    if listen_tls is not None:
+        cfg = cfg.replace(
+            submissions=dataclasses.replace(
+                cfg.submissions, listen=parse_listen(listen_tls, "--listen-tls")
+            )
+        )
+    if listen_selfservice is not None:
+        cfg = cfg.replace(
+            selfservice=dataclasses.replace(
+                cfg.selfservice,
+                listen=parse_listen(listen_selfservice, "--listen-selfservice"),
+            )
+        )
+    if smarthosts:
+        template = cfg.smarthost.servers[0]
+        shared = {
+            f.name: getattr(template, f.name)
+            for f in dataclasses.fields(template)
+            if f.name not in {"host", "port"}
+        }
+        servers = tuple(make_smarthost(a, shared, Path.cwd()) for a in smarthosts)
+        cfg = cfg.replace(smarthost=dataclasses.replace(cfg.smarthost, servers=servers))
     return cfg
 
 
@@ -70,8 +83,14 @@ def serve_command(
     smarthosts: tuple[str, ...],
     listen_selfservice: str | None,
 ) -> None:
-    """Run the gateway until SIGTERM or SIGINT."""
+    """Run the gateway until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
     cfg = apply_flags(ctx.config, listen, listen_tls, smarthosts, listen_selfservice)
+    source = ctx.config.path or ctx.path
+
+    def reread() -> Config:
+        """On SIGHUP: the same file, the same flags over it."""
+        return override(config_mod.load(source), listen, listen_tls, smarthosts, listen_selfservice)
+
     for path in (cfg.tls.cert, cfg.tls.key):
         if not path.is_file():
             raise click.ClickException(f"TLS file {path} not found (see [tls] in {ctx.path})")
@@ -81,7 +100,7 @@ def serve_command(
 
     with ctx.services() as s:
         audit.setup_logging(cfg.log)
-        code = asyncio.run(gateway.serve(cfg, s.db))
+        code = asyncio.run(gateway.serve(cfg, s.db, reread))
     raise SystemExit(code)
 
 

@@ -50,6 +50,12 @@ class AccountService:
         self.cfg = passwords
         self.hasher = hasher or make_hasher(auth)
 
+    def reconfigure(self, auth: AuthConfig, passwords: PasswordsConfig) -> None:
+        """Live reload: later changes follow these password rules and hash with these
+        argon2 parameters."""
+        self.cfg = passwords
+        self.hasher = make_hasher(auth)
+
     def _trail(self, email: str, action: str, actor: Actor, detail: str = "") -> None:
         email = normalise_email(email)
         self.credentials.record(email, action, actor.who, actor.source, detail)

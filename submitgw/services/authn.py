@@ -72,6 +72,21 @@ def make_hasher(cfg: AuthConfig) -> argon2.PasswordHasher:
     )
 
 
+@dataclass(frozen=True)
+class Hashing:
+    """The hasher and the dummy hash that unknown logins are checked against, made with the
+    same parameters so that an unknown login costs what a known one does."""
+
+    hasher: argon2.PasswordHasher
+    dummy_hash: str
+
+    @classmethod
+    def make(cls, cfg: AuthConfig) -> Hashing:
+        """Blocking: hashes once (~0.1 s with the defaults); not on the event loop."""
+        hasher = make_hasher(cfg)
+        return cls(hasher, hasher.hash("not a password of anybody's"))
+
+
 def decode_sasl(blob: str) -> bytes:
     """Base64 as RFC 4954 wants it; `=` is an empty response, anything invalid is 501."""
     blob = blob.strip()
@@ -109,8 +124,7 @@ class PasswordAuthenticator:
         self._credentials = credentials
         self._passwords = passwords or PasswordsConfig()
         self.selfservice_url = selfservice_url
-        self._hasher = make_hasher(cfg)
-        self._dummy_hash = self._hasher.hash("not a password of anybody's")
+        self._hashing = Hashing.make(cfg)
         self._pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="argon2")
         self.shares = PoolShares(
             cfg.workers + cfg.max_pending, cfg.max_pending_per_ip, cfg.max_pending_per_account
@@ -118,7 +132,25 @@ class PasswordAuthenticator:
 
     @property
     def hasher(self) -> argon2.PasswordHasher:
-        return self._hasher
+        return self._hashing.hasher
+
+    def reconfigure(
+        self,
+        cfg: AuthConfig,
+        passwords: PasswordsConfig,
+        selfservice_url: str | None,
+        hashing: Hashing | None = None,
+    ) -> None:
+        """Live reload, for the logins that start from now on: the pool's waiting places and
+        shares, the password rules and, when the argon2 parameters changed, `hashing` (made
+        off the event loop). The number of workers stays: the pool is never rebuilt."""
+        self.shares.resize(
+            cfg.workers + cfg.max_pending, cfg.max_pending_per_ip, cfg.max_pending_per_account
+        )
+        self._passwords = passwords
+        self.selfservice_url = selfservice_url
+        if hashing is not None:
+            self._hashing = hashing
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run argon2 work in the bounded pool; AuthBusy when it is full, Unavailable when the
@@ -200,6 +232,7 @@ class PasswordAuthenticator:
         password its first group selects, if the user has one; otherwise, like
         every other password, against the account's hash.
         """
+        hashing = self._hashing
         try:
             login = normalise_login(authcid.decode("utf-8"))
             wanted = authzid.decode("utf-8").strip().lower()
@@ -215,9 +248,9 @@ class PasswordAuthenticator:
         if app is not None and form is not None:
             stored, secret = app.password_hash, form[1].encode()
         else:
-            stored, secret = (record.password_hash if record else self._dummy_hash), password
+            stored, secret = (record.password_hash if record else hashing.dummy_hash), password
         try:
-            good: bool = self._hasher.verify(stored, secret)
+            good: bool = hashing.hasher.verify(stored, secret)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             good = False
         if not good or record is None or not record.enabled:
@@ -234,8 +267,8 @@ class PasswordAuthenticator:
             self._users.record_login(record.email)
         elif not expired:
             new_hash = None
-            if self._hasher.check_needs_rehash(stored):
-                new_hash = self._hasher.hash(password)
+            if hashing.hasher.check_needs_rehash(stored):
+                new_hash = hashing.hasher.hash(password)
             self._users.record_login(record.email, new_hash)
         return Verified(record, app, expired)
 
@@ -264,6 +297,10 @@ class CertificateAuthenticator:
         self._ca = ca_cert
         self._networks = networks
         self._clock = clock
+
+    def reconfigure(self, ca_cert: x509.Certificate) -> None:
+        """Live reload: certificates judged from now on must come from `ca_cert`."""
+        self._ca = ca_cert
 
     async def judge(
         self, cert: x509.Certificate | bytes, client_ip: str | None = None

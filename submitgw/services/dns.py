@@ -117,6 +117,14 @@ class ReverseDns:
         self._cache: OrderedDict[IpAddress, tuple[float, ClientName]] = OrderedDict()
         self._pending: dict[IpAddress, asyncio.Future[ClientName]] = {}
 
+    def reconfigure(self, cfg: DnsConfig, resolver: dns.asyncresolver.Resolver) -> None:
+        """Live reload: later lookups ask `resolver` (made by `make_resolver(cfg)`, which
+        reads resolv.conf, so off the event loop); the names cached so far are forgotten.
+        Lookups under way are not interrupted."""
+        self._resolver = resolver
+        self._timeout = cfg.timeout
+        self._cache.clear()
+
     async def lookup(self, client_ip: str) -> ClientName:
         """The client's forward-confirmed name(s), from the cache when still fresh."""
         address = client_address(client_ip)

@@ -96,6 +96,16 @@ class Limiter:
         self._batch: asyncio.Future[None] | None = None
         self._writer: asyncio.Future[None] | None = None
 
+    def reconfigure(self, cfg: LimitsConfig) -> None:
+        """Live reload: every check from now on, in running sessions too, counts with `cfg`.
+
+        The stored buckets are named by their start, so they read the same under a
+        new window.
+        """
+        self.cfg = cfg
+        self.rates = Window(cfg.rate_window)
+        self.logins = Window(cfg.auth_window)
+
     async def _off_loop(
         self, what: Need, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
     ) -> T:

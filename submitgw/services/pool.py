@@ -46,6 +46,13 @@ class PoolShares:
         self._accounts: Counter[str] = Counter()
         self._lock = threading.Lock()
 
+    def resize(self, capacity: int, per_client: int, per_account: int) -> None:
+        """New caps for later claims; places already held stay until released."""
+        with self._lock:
+            self.capacity = capacity
+            self.per_client = per_client
+            self.per_account = per_account
+
     def claim(self, client: str | None = None, account: str | None = None) -> Share | None:
         """A place for `client` and `account` (None: not counted), or None when refused."""
         with self._lock:

@@ -49,6 +49,10 @@ class ClientScreen:
         self._dns = dns
         self._policy = policy
 
+    def reconfigure(self, policy: PolicyConfig) -> None:
+        """Live reload: the default decision and denial text for the next connections."""
+        self._policy = policy
+
     async def verdict(self, client_ip: str, *, always_resolve: bool = False) -> Verdict:
         """Decide for one client; `always_resolve` looks the name up even when not needed.
 

@@ -84,8 +84,21 @@ class Transaction:
     quota: Quota | None = None
 
 
+@dataclass(frozen=True)
+class _Door:
+    """What a listener's new connections take: its settings and its PROXY intake."""
+
+    listener: Listener
+    intake: Intake | None
+
+
 class Gateway:
-    """State shared by all sessions: configuration, services, and the live-session set."""
+    """State shared by all sessions: configuration, services, and the live-session set.
+
+    `cfg` and the listeners are what new connections take; a session keeps the
+    configuration and listener (TLS context included) it was made with, so a live
+    reload (`reconfigure`) never changes a conversation under way.
+    """
 
     def __init__(
         self,
@@ -111,6 +124,7 @@ class Gateway:
         self.connections = ConnectionTable(
             cfg.limits.max_connections, cfg.limits.max_connections_per_ip
         )
+        self._doors: dict[str, _Door] = {}
         self.stopping = False
         self._background: set[asyncio.Task[None]] = set()
 
@@ -120,8 +134,7 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def connection_factory(self, listener: Listener) -> Callable[[], Connection]:
-        """Each accepted socket is counted (and maybe refused) before any TLS work."""
+    def _door(self, listener: Listener) -> _Door:
         settings = listener.settings
         intake = (
             Intake(
@@ -131,14 +144,41 @@ class Gateway:
             if settings.proxy_protocol
             else None
         )
-        return lambda: Connection(
+        return _Door(listener, intake)
+
+    def connection_factory(self, listener: Listener) -> Callable[[], Connection]:
+        """Each accepted socket is counted (and maybe refused) before any TLS work."""
+        self._doors[listener.name] = self._door(listener)
+        return lambda: self._accept(listener.name)
+
+    def _accept(self, name: str) -> Connection:
+        """The listener's settings and the configuration of this moment, for the session's
+        whole life (it is made later, after a PROXY header)."""
+        door, cfg = self._doors[name], self.cfg
+        return Connection(
             self.connections,
-            listener.name,
-            lambda connection: Session(self, listener, connection),
-            greet_refusals=not listener.implicit_tls,
-            intake=intake,
+            name,
+            lambda connection: Session(self, door.listener, connection, cfg),
+            greet_refusals=not door.listener.implicit_tls,
+            intake=door.intake,
             recorder=self.recorder,
         )
+
+    def reconfigure(
+        self,
+        cfg: Config,
+        listeners: list[Listener],
+        certificates: CertificateAuthenticator | None,
+    ) -> None:
+        """Live reload: connections accepted from now on take `cfg` and these listeners
+        (new TLS contexts, certificate and PROXY settings); the connection caps apply at
+        once. Sessions under way keep what they were made with."""
+        self.cfg = cfg
+        self.certificates = certificates
+        self.connections.max_total = cfg.limits.max_connections
+        self.connections.max_per_client = cfg.limits.max_connections_per_ip
+        for listener in listeners:
+            self._doors[listener.name] = self._door(listener)
 
     async def drain(self, grace: float) -> None:
         """Shutdown: idle sessions get 421 now, busy ones may finish within `grace`."""
@@ -163,8 +203,9 @@ class Session(asyncio.Protocol):
     `StreamReader` so that command lines and DATA blocks can be awaited.
     """
 
-    def __init__(self, gateway: Gateway, listener: Listener, connection: Connection) -> None:
-        cfg = gateway.cfg
+    def __init__(
+        self, gateway: Gateway, listener: Listener, connection: Connection, cfg: Config
+    ) -> None:
         self.line_length_limit = max(cfg.limits.max_auth_length, DATA_LINE_LIMIT) + 2
         self.hostname = cfg.server.hostname
         self.loop = asyncio.get_running_loop()

@@ -70,6 +70,8 @@ class SiteConnection(asyncio.Protocol):
         self, site: GuardedSite, inner: asyncio.Protocol, client_ip: str, key: str
     ) -> None:
         self.site = site
+        # The site's settings when the connection came: a live reload changes later ones.
+        self.cfg = site.cfg
         self.inner = inner
         self.id = secrets.token_hex(6)
         self.client_ip = client_ip
@@ -91,13 +93,13 @@ class SiteConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.made = True
         self._transport = transport
-        self._arm(self.site.cfg.header_timeout, "header-timeout")
+        self._arm(self.cfg.header_timeout, "header-timeout")
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if self._state == _IDLE:
             self._state = _HEAD
-            self._arm(self.site.cfg.header_timeout, "header-timeout")
+            self._arm(self.cfg.header_timeout, "header-timeout")
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -122,12 +124,12 @@ class SiteConnection(asyncio.Protocol):
         self.requests += 1
         if self._state != _CLOSING:
             self._state = _BUSY
-            self._arm(self.site.cfg.body_timeout + ANSWER_GRACE, "body-timeout")
+            self._arm(self.cfg.body_timeout + ANSWER_GRACE, "body-timeout")
 
     def request_finished(self) -> None:
         if self._state != _CLOSING:
             self._state = _IDLE
-            self._arm(self.site.cfg.idle_timeout, "idle-timeout")
+            self._arm(self.cfg.idle_timeout, "idle-timeout")
 
     # --- clocks -------------------------------------------------------------------------
 
@@ -160,7 +162,11 @@ class SiteConnection(asyncio.Protocol):
 
 
 class GuardedSite(web.BaseSite):
-    """An aiohttp site over TLS that accepts its own sockets (see the module docstring)."""
+    """An aiohttp site over TLS that accepts its own sockets (see the module docstring).
+
+    `context` and `cfg` are read for each new connection, so a live reload replaces
+    them (`reconfigure`) without touching the connections already open.
+    """
 
     def __init__(
         self,
@@ -187,6 +193,10 @@ class GuardedSite(web.BaseSite):
     @property
     def name(self) -> str:
         return f"https://{self.endpoint}/"
+
+    def reconfigure(self, cfg: SelfServiceConfig, context: ssl.SSLContext) -> None:
+        self.cfg = cfg
+        self.context = context
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -284,7 +294,7 @@ class GuardedSite(web.BaseSite):
                 lambda: conn,
                 sock,
                 ssl=self.context,
-                ssl_handshake_timeout=self.cfg.handshake_timeout,
+                ssl_handshake_timeout=conn.cfg.handshake_timeout,
                 ssl_shutdown_timeout=CLOSE_GRACE,
             )
         except (OSError, ssl.SSLError, EOFError) as exc:
@@ -309,7 +319,7 @@ class GuardedSite(web.BaseSite):
         assert self.screen is not None
         try:
             return await asyncio.wait_for(
-                self.screen(conn.client_ip, conn.id), self.cfg.handshake_timeout
+                self.screen(conn.client_ip, conn.id), conn.cfg.handshake_timeout
             )
         except TimeoutError:
             log.error("access rules took too long for %s; refusing", conn.client_ip)

@@ -229,6 +229,22 @@ class SelfService:
         self.sessions = SessionTable(
             site.session_idle_minutes * 60.0, site.session_max_minutes * 60.0, clock
         )
+        self.site: GuardedSite | None = None
+
+    def reconfigure(
+        self,
+        cfg: Config,
+        context: ssl.SSLContext,
+        certificates: CertificateAuthenticator | None,
+    ) -> None:
+        """Live reload: new connections take `context` and the site's caps and clocks;
+        signed-in sessions are timed by the new lengths from their next request."""
+        self.cfg = cfg
+        self.certificates = certificates
+        self.sessions.idle = cfg.selfservice.session_idle_minutes * 60.0
+        self.sessions.maximum = cfg.selfservice.session_max_minutes * 60.0
+        if self.site is not None:
+            self.site.reconfigure(cfg.selfservice, context)
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -283,6 +299,7 @@ class SelfService:
         except BaseException:
             await runner.cleanup()
             raise
+        self.site = site
         return runner, site.sockets
 
     @web.middleware

@@ -574,6 +574,8 @@ def test_server_cert_writes_a_verifiable_pair_and_never_overwrites(
     cert = pki.load_certificate(crt)
     assert pki.load_private_key(key).public_key() == cert.public_key()
     assert fields(output)["serial"] == pki.format_serial(cert.serial_number)
+    # A running gateway takes the new pair on a reload; no restart, no dropped session.
+    assert "systemctl reload submitgw" in output and "restart" not in output
     checked = openssl(
         "verify",
         "-CAfile",

@@ -1,7 +1,8 @@
 """Readiness for systemd's Type=notify, over a real unix datagram socket.
 
 Rules proven here: `serve` sends READY=1 only once every listener is bound (its STATUS
-names the ports the kernel gave), STOPPING=1 on SIGTERM; without $NOTIFY_SOCKET nothing
+names the ports the kernel gave), RELOADING=1 then READY=1 around a SIGHUP's reload,
+STOPPING=1 on SIGTERM; without $NOTIFY_SOCKET nothing
 is sent, and a manager that cannot be reached never stops the gateway.
 """
 
@@ -86,6 +87,13 @@ def test_serve_is_ready_after_binding_and_says_stopping(
     assert f"submission 127.0.0.1:{gw.port}" in ready["STATUS"]
     assert f"submissions 127.0.0.1:{gw.tls_port}" in ready["STATUS"]
     socket.create_connection(("127.0.0.1", gw.port), timeout=5).close()
+
+    # `systemctl reload`: systemd hears that it started, and that it is over.
+    gw.proc.send_signal(signal.SIGHUP)
+    reloading = fields(sock.recv(4096))
+    assert reloading["RELOADING"] == "1" and int(reloading["MONOTONIC_USEC"]) > 0
+    assert fields(sock.recv(4096)) == ready
+    assert gw.log_events("reload")[-1]["result"] == "ok"
 
     assert gw.stop(signal.SIGTERM) == 0
     assert sock.recv(4096) == b"STOPPING=1"
