@@ -192,13 +192,13 @@ class Session(asyncio.Protocol):
         self.identity: Identity | None = None
         self.allowed_senders: list[str] | None = None
         self.txn: Transaction | None = None
-        self.smarthost = Smarthost(cfg.smarthost.servers, self.hostname)
         self.messages = 0
         self.errors = 0
         self.junk = 0
         # The connection learnt the peer's address before it made the session.
         self.client_ip = connection.client_ip
         self.trail = audit.SessionTrail(gateway.recorder, self.id, listener.name, self.client_ip)
+        self.smarthost = Smarthost(cfg.smarthost.servers, self.hostname, self.trail.smarthost)
         self.started = time.monotonic()
         self.deadline = self.started + cfg.limits.max_session_seconds
         self.login_deadline = self.started + cfg.limits.login_timeout

@@ -291,7 +291,10 @@ class GuardedSite(web.BaseSite):
             conn.end = "tls-failed"
             reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
             self.recorder.tls_failure(
-                session=conn.id, client=conn.client_ip, reason=str(reason or type(exc).__name__)
+                session=conn.id,
+                client=conn.client_ip,
+                reason=str(reason or type(exc).__name__),
+                listener="selfservice",
             )
         except asyncio.CancelledError:
             conn.end = "shutdown"
