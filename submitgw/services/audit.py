@@ -173,7 +173,11 @@ class Recorder:
         size: int,
         smarthost: str | None,
         reply: str,
+        smarthost_seconds: float | None = None,
     ) -> None:
+        """`smarthost_seconds`: how long the smarthost took over the message (DATA to its
+        answer); None when the gateway refused it before it went there."""
+        seconds = None if smarthost_seconds is None else round(smarthost_seconds, 3)
         self.emit(
             {
                 "event": "message",
@@ -189,6 +193,7 @@ class Recorder:
                 "size": size,
                 "smarthost": smarthost,
                 "reply": reply,
+                "smarthost_seconds": seconds,
             }
         )
 
@@ -380,6 +385,7 @@ class SessionTrail:
         size: int,
         smarthost: str | None,
         reply: str,
+        smarthost_seconds: float | None = None,
     ) -> None:
         self.recorder.message_event(
             session=self.session,
@@ -394,6 +400,7 @@ class SessionTrail:
             size=size,
             smarthost=smarthost,
             reply=reply,
+            smarthost_seconds=smarthost_seconds,
         )
 
     def ended(
