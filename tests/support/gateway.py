@@ -236,6 +236,8 @@ class GatewayProcess(_Gateway):
     def start(self, *extra: str) -> None:
         args = [*SUBMITGW, "--config", str(self.config), "serve", *self.serve_args(*extra)]
         listeners = 3 if self.selfservice else 2
+        if config_mod.load(self.config).metrics.listen is not None:
+            listeners += 1
         offset = len(self._listening())
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
