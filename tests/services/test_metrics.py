@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -239,3 +240,26 @@ def test_a_blocked_event_loop_shows_as_lag(metrics: Metrics) -> None:
     assert m("submitgw_event_loop_lag_seconds_bucket", le="0.1") < m(
         "submitgw_event_loop_lag_seconds_count"
     )
+
+
+SUFFIXES = ("", "_total", "_info")
+
+
+def test_every_metric_is_in_the_readme(metrics: Metrics) -> None:
+    metrics.watch_connections(dict, dict)
+    metrics.watch_pool(PoolShares(1, 1, 1), workers=1)
+    asyncio.run(_one_lag_reading(metrics))
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    names = {
+        family.name for family in metrics.registry.collect() if family.name.startswith("submitgw_")
+    }
+
+    assert len(names) > 20
+    missing = sorted(n for n in names if not any(f"`{n}{x}`" in readme for x in SUFFIXES))
+    assert not missing
+
+
+async def _one_lag_reading(metrics: Metrics) -> None:
+    watching = asyncio.create_task(metrics.watch_loop(interval=0.01))
+    await asyncio.sleep(0.03)
+    watching.cancel()
