@@ -152,6 +152,20 @@ class SelfServiceConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The plain-HTTP admin port: Prometheus metrics, liveness and readiness."""
+
+    listen: Endpoint | None = None
+    # Seconds a readiness verdict is reused, so health checks cannot hammer the
+    # database and the smarthost; and seconds each of its probes may take.
+    readiness_cache_seconds: float = 5.0
+    readiness_timeout: float = 2.0
+    # Connections at once, in all and from one client address (IPv6: one /64).
+    max_connections: int = 20
+    max_connections_per_ip: int = 10
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     max_message_size: int = 26214400
     max_recipients: int = 100
@@ -244,6 +258,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     passwords: PasswordsConfig = field(default_factory=PasswordsConfig)
     selfservice: SelfServiceConfig = field(default_factory=SelfServiceConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     smarthost: SmarthostConfig = field(default_factory=SmarthostConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -388,6 +403,7 @@ def load(path: Path) -> Config:
 def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Config:
     known = {"server", "submission", "submissions", "tls", "database", "auth", "limits"}
     known |= {"smarthost", "policy", "dns", "log", "passwords", "selfservice"}
+    known |= {"metrics"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
@@ -455,6 +471,7 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
     if passwords.history < 1 or passwords.max_age_days < 0:
         raise ConfigError("[passwords] history must be >= 1 and max_age_days >= 0")
     selfservice = _selfservice(_section(data, "selfservice"))
+    metrics = _metrics(_section(data, "metrics"))
     server = _build(ServerConfig, _section(data, "server"), "server")
     if server.memory_trim_interval < 0:
         raise ConfigError("[server] memory_trim_interval must be >= 0 (0: off)")
@@ -469,6 +486,7 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
         auth=auth,
         passwords=passwords,
         selfservice=selfservice,
+        metrics=metrics,
         limits=limits,
         smarthost=_smarthost(_section(data, "smarthost"), base),
         policy=policy,
@@ -540,6 +558,20 @@ def certificates_needed(cfg: Config) -> bool:
     on_smtp = any(s.listen is not None and s.client_certificates != "off" for s in listeners)
     on_site = cfg.selfservice.listen is not None and cfg.selfservice.client_certificates != "off"
     return on_smtp or on_site
+
+
+def _metrics(values: dict[str, Any]) -> MetricsConfig:
+    values = dict(values)
+    listen = values.pop("listen", "off")
+    if not isinstance(listen, str):
+        raise ConfigError('[metrics] listen must be "HOST:PORT" or "off"')
+    cfg: MetricsConfig = _build(MetricsConfig, values, "metrics")
+    for key in ("readiness_timeout", "max_connections", "max_connections_per_ip"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"[metrics] {key} must be positive")
+    if cfg.readiness_cache_seconds < 0:
+        raise ConfigError("[metrics] readiness_cache_seconds must be >= 0")
+    return dataclasses.replace(cfg, listen=parse_listen(listen, "metrics"))
 
 
 def selfservice_url(cfg: Config) -> str | None:
@@ -670,6 +702,19 @@ handshake_timeout = 10.0
 header_timeout = 10.0
 body_timeout = 30.0
 idle_timeout = 15.0
+
+[metrics]
+# Plain-HTTP admin port with /metrics (Prometheus), /healthz and /readyz, "HOST:PORT"
+# or "off". No TLS and no login: bind it to loopback or a management network.
+listen = "off"
+# Seconds a /readyz verdict (database and smarthost probes) is reused, and seconds
+# each probe may take before it counts as failed.
+readiness_cache_seconds = 5.0
+readiness_timeout = 2.0
+# Connections at once, in all and from one client IP (IPv6: one /64); beyond them a
+# new connection is closed at once.
+max_connections = 20
+max_connections_per_ip = 10
 
 [limits]
 # Largest message in bytes, advertised as SIZE; larger gets "552 5.3.4".

@@ -26,6 +26,7 @@ from submitgw.config import (
     LimitsConfig,
     ListenerConfig,
     LogConfig,
+    MetricsConfig,
     PasswordsConfig,
     PolicyConfig,
     SelfServiceConfig,
@@ -54,6 +55,7 @@ SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "passwords": PasswordsConfig,
     "selfservice": SelfServiceConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -257,6 +259,12 @@ def test_integers_are_accepted_where_seconds_are_floats() -> None:
         ({"submissions": {"trusted_proxies": "10.0.0.1"}}, "trusted_proxies"),
         ({"submissions": {"trusted_proxies": ["lb.example.net"]}}, "lb.example.net"),
         ({"submissions": {"trusted_proxies": ["10.0.0.1/8"]}}, "10.0.0.1/8"),
+        ({"metrics": {"listen": 9587}}, "[metrics] listen"),
+        ({"metrics": {"listen": "localhost"}}, "metrics"),
+        ({"metrics": {"readiness_timeout": 0}}, "readiness_timeout"),
+        ({"metrics": {"readiness_cache_seconds": -1}}, "readiness_cache_seconds"),
+        ({"metrics": {"max_connections": 0}}, "max_connections"),
+        ({"metrics": {"scrape": True}}, "scrape"),
     ],
 )
 def test_bad_values_are_errors_naming_what_is_wrong(data: dict[str, Any], named: str) -> None:
@@ -461,6 +469,14 @@ def test_listen_off_disables_a_listener(word: str) -> None:
 
     assert cfg.submissions.listen is None
     assert cfg.submission.listen == Endpoint("0.0.0.0", 587)
+
+
+def test_metrics_are_off_unless_asked_for() -> None:
+    assert Config().metrics.listen is None
+    assert from_dict({}, BASE).metrics.listen is None
+    cfg = from_dict({"metrics": {"listen": "127.0.0.1:9587"}}, BASE)
+
+    assert cfg.metrics.listen == Endpoint("127.0.0.1", 9587)
 
 
 def test_listen_addresses_from_the_file() -> None:

@@ -40,7 +40,9 @@ from submitgw.services.authn import CertificateAuthenticator, PasswordAuthentica
 from submitgw.services.dns import ReverseDns
 from submitgw.services.limiter import Limiter
 from submitgw.services.memory import trim_after_churn
+from submitgw.services.metrics import Metrics
 from submitgw.services.notify import notify
+from submitgw.services.readiness import Readiness
 from submitgw.services.screening import ClientScreen
 from submitgw.services.senders import Senders
 from submitgw.smtp import replies, tlslayer
@@ -49,6 +51,7 @@ from submitgw.store import (
     Database,
 )
 from submitgw.tls import server_context
+from submitgw.web.metrics import AdminSite
 from submitgw.web.site import SelfService
 
 log = logging.getLogger(__name__)
@@ -172,6 +175,27 @@ class App:
         self._selfservice: SelfService | None = None
         self._trimming: asyncio.Task[None] | None = None
         self._reloading = asyncio.Lock()
+        self._admin: web.AppRunner | None = None
+        self._lag: asyncio.Task[None] | None = None
+        # Only with the admin port on: metrics cost nothing when nobody reads them.
+        self.metrics: Metrics | None = None
+        self.readiness: Readiness | None = None
+        if cfg.metrics.listen is not None:
+            self._watch(db)
+
+    def _watch(self, db: Database) -> None:
+        """Metrics as one more sink of the gateway's events, and the readiness probes."""
+        cfg, table = self.cfg, self.gateway.connections
+        metrics = self.metrics = Metrics()
+        self.services.recorder.sinks.append(metrics)
+        metrics.watch_connections(table.open_per_listener, lambda: table.admitted)
+        metrics.watch_pool(self.services.authenticator.shares, cfg.auth.workers)
+        self.readiness = Readiness(
+            db.ping,
+            cfg.smarthost.servers,
+            cache_seconds=cfg.metrics.readiness_cache_seconds,
+            timeout=cfg.metrics.readiness_timeout,
+        )
 
     def _listeners(self) -> list[tuple[Listener, Endpoint]]:
         return [
@@ -242,6 +266,15 @@ class App:
             url=s.authenticator.selfservice_url,
         )
 
+    async def _listen_admin(self, endpoint: Endpoint) -> None:
+        assert self.metrics is not None and self.readiness is not None
+        admin = AdminSite(self.metrics.registry, self.readiness.verdict, self.cfg.metrics)
+        self._admin, sockets = await admin.start(endpoint)
+        bound = _bound(sockets, endpoint)
+        self.bound["metrics"] = bound
+        _log_listening("metrics", bound, "none", "off", url=f"http://{bound}/metrics")
+        self._lag = asyncio.create_task(self.metrics.watch_loop())
+
     async def start(self) -> None:
         """Bind every configured listener; on failure nothing stays bound (OSError)."""
         listeners = self._listeners()
@@ -252,8 +285,11 @@ class App:
                 await self._listen(listener, endpoint)
             if self.cfg.selfservice.listen is not None:
                 await self._listen_site(self.cfg.selfservice.listen)
+            if self.cfg.metrics.listen is not None:
+                await self._listen_admin(self.cfg.metrics.listen)
         except BaseException:
             await self._close_listeners()
+            await self._close_admin()
             raise
         self._start_trimming()
 
@@ -300,6 +336,12 @@ class App:
         s.stores.accounts.reconfigure(cfg.auth, cfg.passwords)
         if self._selfservice is not None and ready.site_context is not None:
             self._selfservice.reconfigure(cfg, ready.site_context, s.certificates)
+        if self.readiness is not None:
+            self.readiness.reconfigure(
+                cfg.smarthost.servers,
+                cache_seconds=cfg.metrics.readiness_cache_seconds,
+                timeout=cfg.metrics.readiness_timeout,
+            )
         if "server.memory_trim_interval" in ready.changed and self._trimming is not None:
             self._start_trimming()
 
@@ -310,9 +352,20 @@ class App:
             await self._site.cleanup()
             self._site = None
 
+    async def _close_admin(self) -> None:
+        if self._lag is not None:
+            self._lag.cancel()
+            self._lag = None
+        if self._admin is not None:
+            await self._admin.cleanup()
+            self._admin = None
+
     async def stop(self, grace: float | None = None) -> None:
         """No new connections; sessions get `grace` (default `shutdown_grace`) to finish,
-        then services close."""
+        then services close. Not ready from the first moment (a balancer drains us), the
+        admin port answers until the last."""
+        if self.readiness is not None:
+            self.readiness.stop()
         if self._trimming is not None:
             self._trimming.cancel()
         log.info(
@@ -325,6 +378,7 @@ class App:
             await server.wait_closed()
         self._servers.clear()
         self.services.close()
+        await self._close_admin()
         log.info("stopped")
 
 

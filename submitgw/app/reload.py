@@ -43,6 +43,9 @@ RESTART_KEYS = (
     "selfservice.idle_timeout",
     "database.url",
     "auth.workers",
+    "metrics.listen",
+    "metrics.max_connections",
+    "metrics.max_connections_per_ip",
 )
 _ARGON2 = ("auth.argon2_time_cost", "auth.argon2_memory_kib", "auth.argon2_parallelism")
 
@@ -112,6 +115,12 @@ def keep_restart_settings(old: Config, new: Config) -> Config:
         ),
         database=old.database,
         auth=dataclasses.replace(new.auth, workers=old.auth.workers),
+        metrics=dataclasses.replace(
+            new.metrics,
+            listen=old.metrics.listen,
+            max_connections=old.metrics.max_connections,
+            max_connections_per_ip=old.metrics.max_connections_per_ip,
+        ),
     )
 
 

@@ -173,7 +173,11 @@ class Recorder:
         size: int,
         smarthost: str | None,
         reply: str,
+        smarthost_seconds: float | None = None,
     ) -> None:
+        """`smarthost_seconds`: how long the smarthost took over the message (DATA to its
+        answer); None when the gateway refused it before it went there."""
+        seconds = None if smarthost_seconds is None else round(smarthost_seconds, 3)
         self.emit(
             {
                 "event": "message",
@@ -189,6 +193,7 @@ class Recorder:
                 "size": size,
                 "smarthost": smarthost,
                 "reply": reply,
+                "smarthost_seconds": seconds,
             }
         )
 
@@ -234,16 +239,34 @@ class Recorder:
             logging.INFO if ok else logging.WARNING,
         )
 
-    def tls_failure(self, *, session: str, client: str, reason: str) -> None:
+    def tls_failure(self, *, session: str, client: str, reason: str, listener: str) -> None:
         self.emit(
             {
                 "event": "tls",
                 "session": session,
+                "listener": listener,
                 "client": client,
                 "result": "failed",
                 "reason": reason,
             },
             logging.WARNING,
+        )
+
+    def smarthost_trouble(
+        self, *, session: str, client: str, server: str, step: str, error: str, detail: str
+    ) -> None:
+        """A smarthost that could not be reached, went silent or away, or refused a step."""
+        self.emit(
+            {
+                "event": "smarthost",
+                "session": session,
+                "client": client,
+                "server": server,
+                "step": step,
+                "error": error,
+                "detail": detail,
+            },
+            logging.INFO if error in ("4xx", "5xx") else logging.WARNING,
         )
 
     def certificate_event(self, *, session: str, client: str, verdict: CertificateVerdict) -> None:
@@ -296,7 +319,20 @@ class SessionTrail:
     client: str
 
     def tls_failed(self, reason: str) -> None:
-        self.recorder.tls_failure(session=self.session, client=self.client, reason=reason)
+        self.recorder.tls_failure(
+            session=self.session, client=self.client, reason=reason, listener=self.listener
+        )
+
+    def smarthost(self, server: str, step: str, error: str, detail: str) -> None:
+        """Trouble the relay reports (see `smtp.relay.Trouble`)."""
+        self.recorder.smarthost_trouble(
+            session=self.session,
+            client=self.client,
+            server=server,
+            step=step,
+            error=error,
+            detail=detail,
+        )
 
     def certificate(self, verdict: CertificateVerdict) -> None:
         self.recorder.certificate_event(session=self.session, client=self.client, verdict=verdict)
@@ -349,6 +385,7 @@ class SessionTrail:
         size: int,
         smarthost: str | None,
         reply: str,
+        smarthost_seconds: float | None = None,
     ) -> None:
         self.recorder.message_event(
             session=self.session,
@@ -363,6 +400,7 @@ class SessionTrail:
             size=size,
             smarthost=smarthost,
             reply=reply,
+            smarthost_seconds=smarthost_seconds,
         )
 
     def ended(

@@ -68,10 +68,17 @@ class ConnectionTable:
         self.closed = False
         self.evicted = 0
         self.released = 0
+        # Connections admitted so far (counted at accept, or once a balancer named the
+        # client), per listener.
+        self.admitted: Counter[str] = Counter()
 
     @property
     def total(self) -> int:
         return len(self.live)
+
+    def open_per_listener(self) -> Counter[str]:
+        """Live connections per listener (read for metrics, a walk over the table)."""
+        return Counter(connection.listener for connection in self.live)
 
     def admit(self, connection: Connection, *, client_known: bool = True) -> str | None:
         """Count a new connection; or say why it is refused (and count nothing).
@@ -89,6 +96,7 @@ class ConnectionTable:
         self.live[connection] = key
         if key is not None:
             self.per_client[key] += 1
+            self.admitted[connection.listener] += 1
         return None
 
     def settle(self, connection: Connection) -> str | None:
@@ -102,6 +110,7 @@ class ConnectionTable:
             return "too-many-connections-from-client"
         self.live[connection] = key
         self.per_client[key] += 1
+        self.admitted[connection.listener] += 1
         return None
 
     def release(self, connection: Connection) -> None:

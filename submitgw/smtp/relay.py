@@ -4,12 +4,17 @@ The smarthost session opens at MAIL FROM, sees each RCPT as the client sends it
 and receives the message before the client is told anything about it, so the
 client's 250 is always the smarthost's 250 (nothing lost, nothing faked).
 Commands are sent with the exact addresses the gateway checked.
+
+Trouble with a smarthost (unreachable, silent, gone, or refusing) is reported
+through a `Trouble` callback as it happens, so the session can log it as an
+event of its own and metrics can count it by kind.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -27,6 +32,28 @@ _TRANSIENT = (
     TimeoutError,
     OSError,
 )
+
+
+# (server, step, error, detail): step is "connect", "mail", "rcpt" or "data"; error is
+# "connect", "timeout", "lost", "4xx" or "5xx"; detail is the exception or the reply.
+Trouble = Callable[[str, str, str, str], None]
+
+
+def log_trouble(server: str, step: str, error: str, detail: str) -> None:
+    """The report when nobody listens for it: a plain log line."""
+    log.warning("smarthost %s: %s at %s: %s", server, error, step, detail)
+
+
+def _exception_error(exc: BaseException, step: str) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 400:
+        return f"{exc.code // 100}xx"
+    return "connect" if step == "connect" else "lost"
+
+
+def _described(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -79,12 +106,17 @@ def wire_form(content: bytes) -> bytes:
 class Upstream:
     """An open smarthost connection in the middle of a transaction."""
 
-    def __init__(self, client: aiosmtplib.SMTP, server: SmarthostServer) -> None:
+    def __init__(
+        self, client: aiosmtplib.SMTP, server: SmarthostServer, trouble: Trouble = log_trouble
+    ) -> None:
         self._client = client
         self.server = server
+        self._trouble = trouble
 
     @classmethod
-    async def connect(cls, servers: tuple[SmarthostServer, ...], helo_name: str) -> Upstream:
+    async def connect(
+        cls, servers: tuple[SmarthostServer, ...], helo_name: str, trouble: Trouble = log_trouble
+    ) -> Upstream:
         """Try each smarthost in order; only connection-level failures move to the next."""
         last = "no smarthost configured"
         for server in servers:
@@ -105,30 +137,39 @@ class Upstream:
                 if server.username:
                     await client.login(server.username, _password(server) or "")
             except (*_TRANSIENT, aiosmtplib.SMTPException) as exc:
-                last = f"{server}: {type(exc).__name__}: {exc}"
-                log.warning("smarthost %s unusable: %s", server, last)
+                last = f"{server}: {_described(exc)}"
+                trouble(str(server), "connect", _exception_error(exc, "connect"), _described(exc))
                 client.close()
                 continue
-            return cls(client, server)
+            return cls(client, server, trouble)
         log.error("no smarthost reachable (%s)", last)
         raise RelayError(Kind.SMARTHOST_UNAVAILABLE)
 
-    async def _command(self, *args: bytes) -> UpstreamReply:
+    def _refused(self, step: str, reply: UpstreamReply) -> UpstreamReply:
+        """Report a 4xx or 5xx reply; hand back any reply."""
+        if reply.code >= 400:
+            self._trouble(str(self.server), step, f"{reply.code // 100}xx", reply.line)
+        return reply
+
+    async def _command(self, step: str, *args: bytes, kept: bool = False) -> UpstreamReply:
+        """`kept`: a connection kept from an earlier message, which the smarthost may
+        have closed meanwhile; losing it is not trouble (the caller retries)."""
         try:
             response = await self._client.execute_command(*args)
         except _TRANSIENT as exc:
-            log.warning("smarthost %s lost: %s", self.server, type(exc).__name__)
+            if not kept:
+                self._trouble(str(self.server), step, _exception_error(exc, step), _described(exc))
             self.close()
             raise RelayError(Kind.SMARTHOST_UNAVAILABLE) from exc
-        return UpstreamReply(response.code, response.message)
+        return self._refused(step, UpstreamReply(response.code, response.message))
 
-    async def mail(self, sender: str, options: list[str]) -> UpstreamReply:
+    async def mail(self, sender: str, options: list[str], *, kept: bool = False) -> UpstreamReply:
         args = [b"MAIL", b"FROM:<" + sender.encode("utf-8") + b">"]
         args += [o.encode("ascii") for o in options]
-        return await self._command(*args)
+        return await self._command("mail", *args, kept=kept)
 
     async def rcpt(self, recipient: str) -> UpstreamReply:
-        return await self._command(b"RCPT", b"TO:<" + recipient.encode("utf-8") + b">")
+        return await self._command("rcpt", b"RCPT", b"TO:<" + recipient.encode("utf-8") + b">")
 
     async def data(self, message: bytes) -> UpstreamReply:
         """Send the message; a lost or silent smarthost after the dot is reported as such.
@@ -141,21 +182,22 @@ class Upstream:
         try:
             start = await self._client.execute_command(b"DATA", timeout=timeout)
             if start.code != 354:
-                return UpstreamReply(start.code, start.message)
+                return self._refused("data", UpstreamReply(start.code, start.message))
             protocol = self._client.protocol
             if protocol is None:
                 raise aiosmtplib.SMTPServerDisconnected("Connection lost")
             protocol.write(wire_form(message))
             response = await protocol.read_response(timeout=timeout)
         except _TRANSIENT as exc:
-            log.error(
-                "smarthost %s: %s during DATA; it may or may not have queued the message",
-                self.server,
-                type(exc).__name__,
+            self._trouble(
+                str(self.server),
+                "data",
+                _exception_error(exc, "data"),
+                f"{type(exc).__name__} after the message; it may or may not have queued it",
             )
             self.close()
             raise RelayError(Kind.SMARTHOST_UNCONFIRMED) from exc
-        return UpstreamReply(response.code, response.message)
+        return self._refused("data", UpstreamReply(response.code, response.message))
 
     async def reset(self) -> None:
         """Abandon the current transaction upstream (client RSET, EHLO, or a failed MAIL)."""
@@ -187,21 +229,27 @@ class Smarthost:
     that fails is a failure.
     """
 
-    def __init__(self, servers: tuple[SmarthostServer, ...], helo_name: str) -> None:
+    def __init__(
+        self,
+        servers: tuple[SmarthostServer, ...],
+        helo_name: str,
+        trouble: Trouble = log_trouble,
+    ) -> None:
         self._servers = servers
         self._helo_name = helo_name
+        self._trouble = trouble
         self.upstream: Upstream | None = None
 
     async def mail(self, sender: str, options: list[str]) -> UpstreamReply:
         reused = self.upstream is not None and self.upstream.usable
         if self.upstream is None or not reused:
-            self.upstream = await Upstream.connect(self._servers, self._helo_name)
+            self.upstream = await Upstream.connect(self._servers, self._helo_name, self._trouble)
         try:
-            return await self.upstream.mail(sender, options)
+            return await self.upstream.mail(sender, options, kept=reused)
         except RelayError:
             if not reused:
                 raise
-        self.upstream = await Upstream.connect(self._servers, self._helo_name)
+        self.upstream = await Upstream.connect(self._servers, self._helo_name, self._trouble)
         return await self.upstream.mail(sender, options)
 
     def release(self) -> Upstream | None:

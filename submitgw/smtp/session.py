@@ -233,13 +233,13 @@ class Session(asyncio.Protocol):
         self.identity: Identity | None = None
         self.allowed_senders: list[str] | None = None
         self.txn: Transaction | None = None
-        self.smarthost = Smarthost(cfg.smarthost.servers, self.hostname)
         self.messages = 0
         self.errors = 0
         self.junk = 0
         # The connection learnt the peer's address before it made the session.
         self.client_ip = connection.client_ip
         self.trail = audit.SessionTrail(gateway.recorder, self.id, listener.name, self.client_ip)
+        self.smarthost = Smarthost(cfg.smarthost.servers, self.hostname, self.trail.smarthost)
         self.started = time.monotonic()
         self.deadline = self.started + cfg.limits.max_session_seconds
         self.login_deadline = self.started + cfg.limits.login_timeout
@@ -706,13 +706,16 @@ class Session(asyncio.Protocol):
         )
         assert txn is not None and upstream is not None
         await self.push(replies.START_DATA)
+        size = 0
         try:
             data = await self._read_data()
+            size = len(data)
             content = message.normalise(data, eight_bit_declared=txn.params.body == "8BITMIME")
             if self.cfg.policy.check_header_from:
                 await self._check_header_from(content)
-        except Refusal:
+        except Refusal as err:
             await self._reset_transaction()
+            self._log_message(txn, size, replies.line(err), relayed=None)
             raise
         trace = message.Trace(
             helo=self.helo or "unknown",
@@ -725,10 +728,11 @@ class Session(asyncio.Protocol):
             recipient=txn.recipients[0] if len(txn.recipients) == 1 else None,
         )
         self.txn = None
+        started = time.monotonic()
         try:
             result = await upstream.data(message.prepare(content, trace))
         except RelayError as err:
-            self._log_message(txn, len(content), replies.line(err))
+            self._log_message(txn, len(content), replies.line(err), started)
             raise
         if 200 <= result.code < 300:
             self.messages += 1
@@ -736,10 +740,10 @@ class Session(asyncio.Protocol):
                 await self.gw.limiter.count_message(
                     self.identity.user, self.client_ip, len(txn.recipients)
                 )
-            self._log_message(txn, len(content), result.line)
+            self._log_message(txn, len(content), result.line, started)
             await self.push(replies.accepted(result.line))
             return
-        self._log_message(txn, len(content), result.line)
+        self._log_message(txn, len(content), result.line, started)
         raise as_client_reply(result, "5.6.0")
 
     async def _read_data(self) -> bytes:
@@ -787,8 +791,10 @@ class Session(asyncio.Protocol):
             raise _Closed("eof") from exc
         return decoder.result()
 
-    def _log_message(self, txn: Transaction, size: int, reply: str) -> None:
-        upstream = self.smarthost.upstream
+    def _log_message(self, txn: Transaction, size: int, reply: str, relayed: float | None) -> None:
+        """`relayed`: when the message went to the smarthost; None if the gateway refused it
+        before (`size` is 0 when it was refused while being received)."""
+        upstream = self.smarthost.upstream if relayed is not None else None
         self.trail.message(
             self.identity,
             sender=txn.sender,
@@ -796,6 +802,7 @@ class Session(asyncio.Protocol):
             size=size,
             smarthost=str(upstream.server) if upstream else None,
             reply=reply,
+            smarthost_seconds=None if relayed is None else time.monotonic() - relayed,
         )
 
     async def _allowed_senders(self, identity: Identity) -> list[str]:

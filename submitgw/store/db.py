@@ -16,7 +16,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, create_engine, event
+from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 import migrations
@@ -130,6 +130,14 @@ class Database:
         raise MigrationRequired(
             f"database is at revision {current} but this version needs {head}: {UPGRADE_HINT}"
         )
+
+    def ping(self) -> None:
+        """One small query that needs this database's schema (raises if it cannot answer).
+
+        SQLite answers `SELECT 1` without reading its file, so the query reads a table.
+        """
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT version_num FROM alembic_version")).all()
 
     def dispose(self) -> None:
         """Close pooled connections (at shutdown, and in tests before dropping a database)."""

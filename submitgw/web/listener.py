@@ -15,6 +15,8 @@ Once the handshake is done a clock always runs until the connection is gone:
 `body_timeout` (plus a grace for the answer) while a request is being handled, and
 `idle_timeout` between requests. A closed connection that cannot be flushed (a peer that
 does not read) is aborted after a grace.
+
+The metrics port reuses the same caps and clocks over plain HTTP (no TLS context).
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import web
 
-from submitgw.config import Endpoint, SelfServiceConfig
+from submitgw.config import Endpoint
 from submitgw.errors import Need, Refusal, Unavailable
 from submitgw.rules.limits import client_key
 from submitgw.services import audit
@@ -49,6 +52,23 @@ ACCEPT_PAUSE = 1.0
 Screen = Callable[[str, str], Awaitable[Refusal | None]]
 
 _IDLE, _HEAD, _BUSY, _CLOSING = "idle", "head", "busy", "closing"
+
+
+class SiteLimits(Protocol):
+    """The caps and clocks a guarded site applies (`[selfservice]` has them all)."""
+
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def max_connections_per_ip(self) -> int: ...
+    @property
+    def handshake_timeout(self) -> float: ...
+    @property
+    def header_timeout(self) -> float: ...
+    @property
+    def body_timeout(self) -> float: ...
+    @property
+    def idle_timeout(self) -> float: ...
 
 
 def peer_address(addr: object) -> str:
@@ -162,23 +182,33 @@ class SiteConnection(asyncio.Protocol):
 
 
 class GuardedSite(web.BaseSite):
-    """An aiohttp site over TLS that accepts its own sockets (see the module docstring).
+    """An aiohttp site that accepts its own sockets (see the module docstring); over TLS
+    unless `context` is None.
 
     `context` and `cfg` are read for each new connection, so a live reload replaces
-    them (`reconfigure`) without touching the connections already open.
+    them (`reconfigure`) without touching the connections already open. Each
+    connection ends in an `event` (`site-connection`) at INFO; a `quiet` site logs
+    only the connections it refused (at WARNING), the rest at DEBUG.
     """
 
     def __init__(
         self,
         runner: web.BaseRunner,
         endpoint: Endpoint,
-        context: ssl.SSLContext,
-        cfg: SelfServiceConfig,
+        context: ssl.SSLContext | None,
+        cfg: SiteLimits,
         screen: Screen | None = None,
         recorder: audit.Recorder | None = None,
+        *,
+        listener: str = "selfservice",
+        event: str = "site-connection",
+        quiet: bool = False,
     ) -> None:
         super().__init__(runner, ssl_context=context)
         self.recorder = recorder or audit.Recorder()
+        self.listener = listener
+        self.event = event
+        self.quiet = quiet
         self.app_runner = runner
         self.endpoint = endpoint
         self.context = context
@@ -192,9 +222,9 @@ class GuardedSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return f"https://{self.endpoint}/"
+        return f"{'https' if self.context else 'http'}://{self.endpoint}/"
 
-    def reconfigure(self, cfg: SelfServiceConfig, context: ssl.SSLContext) -> None:
+    def reconfigure(self, cfg: SiteLimits, context: ssl.SSLContext | None) -> None:
         self.cfg = cfg
         self.context = context
 
@@ -290,18 +320,27 @@ class GuardedSite(web.BaseSite):
             if self.screen is not None:
                 conn.refusal = await self._screen(conn)
             handed = True
-            await loop.connect_accepted_socket(
-                lambda: conn,
-                sock,
-                ssl=self.context,
-                ssl_handshake_timeout=conn.cfg.handshake_timeout,
-                ssl_shutdown_timeout=CLOSE_GRACE,
-            )
+            if self.context is None:
+                await loop.connect_accepted_socket(lambda: conn, sock)
+            else:
+                await loop.connect_accepted_socket(
+                    lambda: conn,
+                    sock,
+                    ssl=self.context,
+                    ssl_handshake_timeout=conn.cfg.handshake_timeout,
+                    ssl_shutdown_timeout=CLOSE_GRACE,
+                )
         except (OSError, ssl.SSLError, EOFError) as exc:
+            if self.context is None:
+                conn.end = "disconnect"
+                return
             conn.end = "tls-failed"
             reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
             self.recorder.tls_failure(
-                session=conn.id, client=conn.client_ip, reason=str(reason or type(exc).__name__)
+                session=conn.id,
+                client=conn.client_ip,
+                reason=str(reason or type(exc).__name__),
+                listener=self.listener,
             )
         except asyncio.CancelledError:
             conn.end = "shutdown"
@@ -343,16 +382,17 @@ class GuardedSite(web.BaseSite):
     def _connection_event(
         self, session: str | None, client: str, requests: int, seconds: float, end: str
     ) -> None:
+        refused = end.startswith("too-many")
         self.recorder.emit(
             {
-                "event": "site-connection",
+                "event": self.event,
                 "session": session,
                 "client": client,
                 "requests": requests,
                 "seconds": round(seconds, 3),
                 "end": end,
             },
-            logging.WARNING if end.startswith("too-many") else logging.INFO,
+            logging.WARNING if refused else logging.DEBUG if self.quiet else logging.INFO,
         )
 
 

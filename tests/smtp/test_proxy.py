@@ -89,3 +89,20 @@ def test_a_header_not_yet_read_is_not_evicted_for_a_newcomer() -> None:
     assert table.admit(connection(table, "192.0.2.9")) == "too-many-connections"
     assert evicted == [stranger]
     assert list(table.live) == [pending]
+
+
+def test_a_balancers_connection_is_admitted_once_its_client_is_known() -> None:
+    """Metrics read `admitted`: a connection refused at its header was never admitted."""
+    table = ConnectionTable(max_total=10, max_per_client=1)
+    first, second = connection(table, "10.0.0.1"), connection(table, "10.0.0.1")
+    table.admit(first, client_known=False)
+    table.admit(second, client_known=False)
+    assert (dict(table.admitted), dict(table.open_per_listener())) == ({}, {"submission": 2})
+
+    first.client_ip = second.client_ip = "192.0.2.7"
+    table.settle(first)
+    table.settle(second)  # over the client's cap
+
+    assert dict(table.admitted) == {"submission": 1}
+    table.release(second)
+    assert dict(table.open_per_listener()) == {"submission": 1}

@@ -402,6 +402,8 @@ def test_message_log_line(gateway: GatewayProcess, smarthost: CaptureSmarthost) 
     assert event["user"] == USER and event["sender"] == USER
     assert event["recipients"] == 2 and event["size"] == len(MSG)
     assert event["client"] == "127.0.0.1" and event["reply"].startswith("250")
+    assert event["smarthost"] == smarthost.address
+    assert 0 < event["smarthost_seconds"] < 5
     (session,) = gateway.log_events("session")
     assert session["user"] == USER and session["messages"] == 1 and session["end"] == "quit"
 
@@ -412,6 +414,10 @@ def test_smarthost_down_gives_4xx(gateway_factory: Any, smarthost: CaptureSmarth
     reply = d.cmd("MAIL FROM:<alice@example.org>")
     assert reply.code == 451 and reply.status == "4.4.1"
     assert d.cmd("NOOP").code == 250
+    (trouble,) = gw.log_events("smarthost")
+    assert (trouble["step"], trouble["error"]) == ("connect", "connect")
+    assert trouble["level"] == "warning"
+    assert trouble["server"] == gw.smarthost and trouble["session"]
 
 
 def test_smarthost_failover(gateway_factory: Any, smarthost: CaptureSmarthost) -> None:
@@ -433,6 +439,9 @@ def test_smarthost_rejects_one_recipient(gateway_factory: Any, smarthost_factory
     assert refused["nobody@example.net"][0] == 550
     (msg,) = sink.wait_for_messages(1)
     assert msg.envelope["rcpt_tos"] == ["bob@example.net", "eve@x.net"]
+    (trouble,) = gw.log_events("smarthost")
+    assert (trouble["step"], trouble["error"]) == ("rcpt", "5xx")
+    assert trouble["detail"].startswith("550 ")
 
 
 def test_smarthost_rejects_data(gateway_factory: Any, smarthost_factory: Any) -> None:
@@ -453,6 +462,13 @@ def test_smarthost_lost_after_data_is_never_250(
     assert reply.code == 451 and reply.status == "4.4.2"
     assert "may or may not" in reply.text
     assert d.cmd("NOOP").code == 250
+    (trouble,) = gw.log_events("smarthost")
+    expected = "lost" if behaviour == "drop_after_data" else "timeout"
+    assert (trouble["step"], trouble["error"]) == ("data", expected)
+    assert "may or may not have queued it" in trouble["detail"]
+    (message,) = gw.log_events("message")
+    assert message["reply"].startswith("451 4.4.2") and message["smarthost"] == sink.address
+    assert message["smarthost_seconds"] is not None
 
 
 def test_hundred_recipients_then_452(gateway: GatewayProcess, smarthost: CaptureSmarthost) -> None:
@@ -478,6 +494,10 @@ def test_oversize_gets_552(gateway_factory: Any, smarthost: CaptureSmarthost) ->
     assert d.cmd("NOOP").code == 250
     time.sleep(0.3)
     assert smarthost.messages() == []
+    # Refused after DATA: logged, as not having gone to the smarthost.
+    (message,) = gw.log_events("message")
+    assert message["reply"].startswith("552 5.3.4") and message["sender"] == USER
+    assert (message["smarthost"], message["smarthost_seconds"]) == (None, None)
 
 
 def test_overlong_data_line(gateway: GatewayProcess, smarthost: CaptureSmarthost) -> None:

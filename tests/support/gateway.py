@@ -126,6 +126,8 @@ class _Gateway:
         self.port = 0
         self.tls_port = 0
         self.web_port = 0
+        # The admin port ([metrics] listen), 0 when off.
+        self.metrics_port = 0
         # True: `start` also runs the self-service site.
         self.selfservice = False
         self.log_path = setup / "gateway.log"
@@ -167,6 +169,7 @@ class _Gateway:
         self.port = ports.get("submission", self.port)
         self.tls_port = ports.get("submissions", self.tls_port)
         self.web_port = ports.get("selfservice", self.web_port)
+        self.metrics_port = ports.get("metrics", self.metrics_port)
 
     def start(self, *extra: str) -> None:
         raise NotImplementedError
@@ -233,6 +236,8 @@ class GatewayProcess(_Gateway):
     def start(self, *extra: str) -> None:
         args = [*SUBMITGW, "--config", str(self.config), "serve", *self.serve_args(*extra)]
         listeners = 3 if self.selfservice else 2
+        if config_mod.load(self.config).metrics.listen is not None:
+            listeners += 1
         offset = len(self._listening())
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
@@ -340,6 +345,7 @@ class InProcessGateway(_Gateway):
         self.port = bound["submission"].port if "submission" in bound else 0
         self.tls_port = bound["submissions"].port if "submissions" in bound else 0
         self.web_port = bound["selfservice"].port if "selfservice" in bound else 0
+        self.metrics_port = bound["metrics"].port if "metrics" in bound else 0
 
     def _run(self, cfg: Config) -> None:
         _OWNER.set(self)
