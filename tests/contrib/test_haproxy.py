@@ -198,6 +198,8 @@ def running_cluster(
                     **OPTIONS,
                     "server": {"hostname": f"{name}.test", "shutdown_grace": GRACE},
                     "database": {"url": pg_migrated},
+                    # HAProxy's health checks ask each gateway's /readyz here.
+                    "metrics": {"listen": "127.0.0.1:0", "readiness_cache_seconds": 0.5},
                 }
             )
             gateways[name] = gw
@@ -207,7 +209,11 @@ def running_cluster(
             for name, gw in gateways.items()
             for backend in ("submission", "submissions")
         }
-        with Haproxy(base / "haproxy").start(servers) as balancer:
+        for gw in gateways.values():
+            # A gateway started again must answer HAProxy's checks where it did before.
+            gw.configure({"metrics": {"listen": f"127.0.0.1:{gw.metrics_port}"}})
+        checks = {("submission", name): gw.metrics_port for name, gw in gateways.items()}
+        with Haproxy(base / "haproxy").start(servers, checks) as balancer:
             tls = gateways["gw1"].ssl_context()
             yield Cluster(gateways, balancer, tls)
     finally:

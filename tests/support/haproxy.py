@@ -67,9 +67,11 @@ def render(
     admin_socket: Path,
     binds: Mapping[str, str],
     servers: Mapping[tuple[str, str], str],
+    check_ports: Mapping[tuple[str, str], int],
 ) -> str:
-    """The template with the test's global section, `binds` (frontend -> "HOST:PORT") and
-    `servers` ((backend, server) -> "HOST:PORT"); nothing else changes.
+    """The template with the test's global section, `binds` (frontend -> "HOST:PORT"),
+    `servers` ((backend, server) -> "HOST:PORT") and the health checks' `port N`
+    ((backend, server) -> the instance's admin port); nothing else changes.
 
     Every frontend and server of the template must be mapped, and every mapping used, so a
     changed template fails here instead of testing something else than it ships.
@@ -98,11 +100,12 @@ def render(
             if key not in servers:
                 raise ValueError(f"backend {name}: server {words[1]} not mapped by the test")
             used_servers.add(key)
-            # TODO(readyz): once the gateway serves /readyz on `[metrics] listen` and the
-            # shipped server lines say `check port 9100`, map that port here to each
-            # instance's metrics port (servers -> address and metrics port), so haproxy's
-            # health checks ask the instance's readiness instead of its SMTP port.
             line = line.replace(words[2], servers[key], 1)
+            if "port" in words:
+                if key not in check_ports:
+                    raise ValueError(f"backend {name}: no admin port for server {words[1]}")
+                checked = words[words.index("port") + 1]
+                line = line.replace(f" port {checked} ", f" port {check_ports[key]} ", 1)
         out.append(line)
     if used_binds != set(binds) or used_servers != set(servers):
         raise ValueError(
@@ -131,15 +134,20 @@ class Haproxy:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, servers: Mapping[tuple[str, str], str]) -> Haproxy:
-        """Start in front of `servers`; returns once every frontend listens and every
-        server is UP. A port taken between choosing and binding means new ports."""
+    def start(
+        self,
+        servers: Mapping[tuple[str, str], str],
+        check_ports: Mapping[tuple[str, str], int],
+    ) -> Haproxy:
+        """Start in front of `servers`, health-checked on `check_ports`; returns once every
+        frontend listens and every server is UP. A port taken between choosing and binding
+        means new ports."""
         self._binary = require_haproxy()
         self.base.mkdir(parents=True, exist_ok=True)
         names = frontends(self.template.read_text(encoding="utf-8"))
         for attempt in range(1, BIND_ATTEMPTS + 1):
             ports = {name: free_port(self.host) for name in names}
-            self._write(ports, servers)
+            self._write(ports, servers, check_ports)
             if self._run():
                 self.ports = ports
                 self.wait_for(lambda states: all(s == "UP" for s in states.values()))
@@ -148,12 +156,18 @@ class Haproxy:
                 raise RuntimeError(f"haproxy did not start:\n{self.log_text()}")
         raise AssertionError("unreachable")
 
-    def _write(self, ports: Mapping[str, int], servers: Mapping[tuple[str, str], str]) -> None:
+    def _write(
+        self,
+        ports: Mapping[str, int],
+        servers: Mapping[tuple[str, str], str],
+        check_ports: Mapping[tuple[str, str], int],
+    ) -> None:
         text = render(
             self.template.read_text(encoding="utf-8"),
             admin_socket=self.admin_socket,
             binds={name: f"{self.host}:{port}" for name, port in ports.items()},
             servers=servers,
+            check_ports=check_ports,
         )
         self.config.write_text(text, encoding="utf-8")
         check = subprocess.run(
