@@ -677,7 +677,7 @@ argon2_memory_kib = 65536
 argon2_parallelism = 4
 # Successful password logins each gateway process remembers, so that a mail client
 # logging in for every message does not pay argon2 (~150 ms of CPU) each time: at most
-# this many (about 300 bytes each; 0 turns it off), each for at most this many seconds
+# this many (about 350 bytes each; 0 turns it off), each for at most this many seconds
 # after its password was verified. Only successes: a wrong password always costs
 # argon2. A change to the user's password, app passwords, policy, state or networks
 # voids them at once on every gateway sharing the database.
