@@ -159,11 +159,13 @@ class PasswordAuthenticator:
         hashing: Hashing | None = None,
     ) -> None:
         """Live reload, for the logins that start from now on: the pool's waiting places and
-        shares, the password rules and, when the argon2 parameters changed, `hashing` (made
-        off the event loop). The number of workers stays: the pool is never rebuilt."""
+        shares, the success cache's bounds, the password rules and, when the argon2
+        parameters changed, `hashing` (made off the event loop). The number of workers
+        stays: the pool is never rebuilt."""
         self.shares.resize(
             cfg.workers + cfg.max_pending, cfg.max_pending_per_ip, cfg.max_pending_per_account
         )
+        self.cache.resize(cfg.success_cache_entries, cfg.success_cache_seconds)
         self._passwords = passwords
         self.selfservice_url = selfservice_url
         if hashing is not None:

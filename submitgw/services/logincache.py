@@ -94,6 +94,13 @@ class LoginCache:
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
 
+    def resize(self, entries: int, seconds: float) -> None:
+        """New bounds (a live reload): the least recently used beyond them go at once."""
+        with self._lock:
+            self.capacity, self.seconds = entries, seconds
+            while len(self._entries) > entries:
+                self._entries.popitem(last=False)
+
     def hit(self) -> None:
         with self._lock:
             self.hits += 1

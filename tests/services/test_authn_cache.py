@@ -454,3 +454,25 @@ def test_a_hit_needs_no_place_in_the_argon2_pool(
     assert hit == Identity(ALICE, "PLAIN")
     assert refused is AuthBusy
     assert still_busy, f"the slow verification ended first ({took:.3f} s): the test proves nothing"
+
+
+def test_a_reload_applies_new_bounds_at_once(
+    make_setup: Callable[..., Setup], accounts: AccountService
+) -> None:
+    setup = make_setup()
+    accounts.create_user("carol@example.org", PASSWORD, "password", ADMIN)
+    for email in (ALICE, BOB, "carol@example.org"):
+        setup.run(email)
+
+    setup.auth.reconfigure(
+        dataclasses.replace(CHEAP, success_cache_entries=1), PasswordsConfig(), None
+    )
+    assert len(setup.auth.cache) == 1
+    assert setup.verifies("carol@example.org") == 0, "the most recently used stays"
+    assert setup.verifies(ALICE) == 1
+
+    setup.auth.reconfigure(
+        dataclasses.replace(CHEAP, success_cache_entries=0), PasswordsConfig(), None
+    )
+    assert len(setup.auth.cache) == 0
+    assert [setup.verifies(ALICE) for _ in range(2)] == [1, 1]
