@@ -116,6 +116,10 @@ class AuthConfig:
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
     argon2_parallelism: int = 4
+    # Successful password logins remembered per process (0: none) and for how many seconds,
+    # so that a client logging in for every message pays argon2 once per interval.
+    success_cache_entries: int = 10000
+    success_cache_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -465,6 +469,10 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
         raise ConfigError("[auth] workers must be >= 1 and max_pending >= 0")
     if auth.max_pending_per_ip < 1 or auth.max_pending_per_account < 1:
         raise ConfigError("[auth] max_pending_per_ip and max_pending_per_account must be >= 1")
+    if auth.success_cache_entries < 0 or auth.success_cache_seconds <= 0:
+        raise ConfigError(
+            "[auth] success_cache_entries must be >= 0 (0: off) and success_cache_seconds > 0"
+        )
     passwords = _build(PasswordsConfig, _section(data, "passwords"), "passwords")
     if not 1 <= passwords.min_length <= passwords.max_length:
         raise ConfigError("[passwords] need 1 <= min_length <= max_length")
@@ -667,6 +675,14 @@ max_pending_per_account = 3
 argon2_time_cost = 3
 argon2_memory_kib = 65536
 argon2_parallelism = 4
+# Successful password logins each gateway process remembers, so that a mail client
+# logging in for every message does not pay argon2 (~150 ms of CPU) each time: at most
+# this many (about 350 bytes each; 0 turns it off), each for at most this many seconds
+# after its password was verified. Only successes: a wrong password always costs
+# argon2. A change to the user's password, app passwords, policy, state or networks
+# voids them at once on every gateway sharing the database.
+success_cache_entries = 10000
+success_cache_seconds = 300.0
 
 [passwords]
 # Rules for every new password (self-service, 'user add', 'user passwd'): its length,

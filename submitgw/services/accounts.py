@@ -1,9 +1,10 @@
 """Account changes shared by the CLI and the self-service site.
 
 Each change applies the password rules, writes the database in one
-transaction and leaves a trail entry (who, from where, when) in the database
-and as an `account` log event. The gateway keeps no cache of credentials, so
-a change is in force at the next AUTH on every gateway sharing the database.
+transaction (which also moves the user's credential generation on, voiding the
+logins gateways remember) and leaves a trail entry (who, from where, when) in the
+database and as an `account` log event. A change is in force at the next AUTH on
+every gateway sharing the database.
 Synchronous: the site calls these from its argon2 worker pool.
 """
 

@@ -9,6 +9,13 @@ place is given back when the work is over, not when the client stops waiting:
 a client that hangs up mid-verify still holds it while argon2 runs.
 Every failure path verifies a hash, so unknown, disabled and wrong-password
 logins all cost the same time and get the same `535 5.7.8`.
+
+A correct SMTP password is remembered for a few minutes (`logincache`): the next
+login with it reads the account's row, off the loop but outside the argon2 pool
+(it needs no place there and waits behind no verification), and skips argon2 if
+the row still carries the credential generation the password was verified under.
+Every other check runs as for any login. Anything short of such a success goes the
+full way through argon2, so no failure is ever answered faster than before.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import base64
 import binascii
 import functools
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,10 +44,10 @@ from submitgw.rules.certificates import judge
 from submitgw.rules.limits import account_key, client_key
 from submitgw.rules.passwords import app_password_form, is_expired
 from submitgw.rules.policy import password_allowed
+from submitgw.services.logincache import LoginCache, Remembered
 from submitgw.services.offload import offload
 from submitgw.services.pool import PoolShares
 from submitgw.store import (
-    AppPasswordHash,
     CertificateStore,
     CredentialStore,
     UserNetworkStore,
@@ -55,11 +63,17 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class AppPasswordUsed:
+    id: int
+    label: str
+
+
+@dataclass(frozen=True)
 class Verified:
     """A password that checked out: the account, and the app password if one was used."""
 
     record: UserRecord
-    app: AppPasswordHash | None
+    app: AppPasswordUsed | None
     expired: bool
 
 
@@ -118,13 +132,16 @@ class PasswordAuthenticator:
         credentials: CredentialStore | None = None,
         passwords: PasswordsConfig | None = None,
         selfservice_url: str | None = None,
+        hashing: Hashing | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._users = users
         self._networks = networks
         self._credentials = credentials
         self._passwords = passwords or PasswordsConfig()
         self.selfservice_url = selfservice_url
-        self._hashing = Hashing.make(cfg)
+        self._hashing = hashing or Hashing.make(cfg)
+        self.cache = LoginCache(cfg.success_cache_entries, cfg.success_cache_seconds, clock)
         self._pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="argon2")
         self.shares = PoolShares(
             cfg.workers + cfg.max_pending, cfg.max_pending_per_ip, cfg.max_pending_per_account
@@ -142,11 +159,13 @@ class PasswordAuthenticator:
         hashing: Hashing | None = None,
     ) -> None:
         """Live reload, for the logins that start from now on: the pool's waiting places and
-        shares, the password rules and, when the argon2 parameters changed, `hashing` (made
-        off the event loop). The number of workers stays: the pool is never rebuilt."""
+        shares, the success cache's bounds, the password rules and, when the argon2
+        parameters changed, `hashing` (made off the event loop). The number of workers
+        stays: the pool is never rebuilt."""
         self.shares.resize(
             cfg.workers + cfg.max_pending, cfg.max_pending_per_ip, cfg.max_pending_per_account
         )
+        self.cache.resize(cfg.success_cache_entries, cfg.success_cache_seconds)
         self._passwords = passwords
         self.selfservice_url = selfservice_url
         if hashing is not None:
@@ -190,10 +209,21 @@ class PasswordAuthenticator:
     ) -> Identity:
         """SMTP AUTH: the password or an app password; raises AuthFailed, PasswordExpired,
         AuthBusy or Unavailable."""
-        check = functools.partial(
-            self._check, authcid, password, authzid, cert, client_ip, allow_app=True
-        )
-        found = await self._run(client_ip, authcid, check)
+        key = self._cache_key(authcid, password)
+        remembered = self.cache.get(key) if key is not None else None
+        found = None
+        if remembered is not None:
+            recall = functools.partial(self._recall, remembered, authcid, authzid, cert, client_ip)
+            found = await offload(recall, Need.LOGIN)
+            if found is not None:
+                self.cache.hit()
+        if found is None:
+            check = functools.partial(
+                self._check, authcid, password, authzid, cert, client_ip, allow_app=True
+            )
+            found = await self._run(client_ip, authcid, check)
+            if key is not None:
+                self._remember(key, found)
         if found is None:
             raise AuthFailed()
         if found.app is None and found.expired:
@@ -217,6 +247,32 @@ class PasswordAuthenticator:
             raise AuthFailed()
         return found
 
+    def _cache_key(self, authcid: bytes, password: bytes) -> bytes | None:
+        """Where a success of this login would be remembered; None when none may be."""
+        if not self.cache.enabled:
+            return None
+        try:
+            login = normalise_login(authcid.decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+        return self.cache.key(login, password) if login else None
+
+    def _remember(self, key: bytes, found: Verified | None) -> None:
+        """After argon2: remember a success under the generation read *before* the
+        verification, so a change committed meanwhile voids it at the next login."""
+        if found is None:
+            self.cache.drop(key)
+            return
+        app_id, label = (found.app.id, found.app.label) if found.app else (None, "")
+        self.cache.put(key, found.record.id, found.record.credential_generation, app_id, label)
+
+    @staticmethod
+    def _names(authcid: bytes, authzid: bytes) -> tuple[str | None, str]:
+        try:
+            return normalise_login(authcid.decode("utf-8")), authzid.decode("utf-8").strip().lower()
+        except UnicodeDecodeError:
+            return None, ""
+
     def _check(
         self,
         authcid: bytes,
@@ -230,14 +286,12 @@ class PasswordAuthenticator:
 
         A password shaped like an app password is checked against the app
         password its first group selects, if the user has one; otherwise, like
-        every other password, against the account's hash.
+        every other password, against the account's hash. The account's row is
+        read before the app password, so that the generation a success carries
+        is never newer than the app password it vouches for.
         """
         hashing = self._hashing
-        try:
-            login = normalise_login(authcid.decode("utf-8"))
-            wanted = authzid.decode("utf-8").strip().lower()
-        except UnicodeDecodeError:
-            login, wanted = None, ""
+        login, wanted = self._names(authcid, authzid)
         record = self._users.get(login) if login else None
         # Read for every attempt, known user or not, so the queries reveal nothing.
         networks = self._networks.get(login) if self._networks and login else []
@@ -253,7 +307,55 @@ class PasswordAuthenticator:
             good: bool = hashing.hasher.verify(stored, secret)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             good = False
-        if not good or record is None or not record.enabled:
+        if not good or record is None:
+            return None
+        used = AppPasswordUsed(app.id, app.label) if app is not None else None
+        found = self._admit(record, networks, used, wanted, cert, client_ip)
+        if found is None:
+            return None
+        new_hash = None
+        if used is None and not found.expired and hashing.hasher.check_needs_rehash(stored):
+            new_hash = hashing.hasher.hash(password)
+        self._note(found, new_hash)
+        return found
+
+    def _recall(
+        self,
+        remembered: Remembered,
+        authcid: bytes,
+        authzid: bytes,
+        cert: CertificateUser | None,
+        client_ip: str,
+    ) -> Verified | None:
+        """Runs in a worker thread: a remembered password, without argon2, if the account
+        has not changed since it was verified and may log in now; else None, and the
+        login goes the full way (so that a refusal costs what it always did)."""
+        login, wanted = self._names(authcid, authzid)
+        record = self._users.get(login) if login else None
+        if record is None:
+            return None
+        if (record.id, record.credential_generation) != (remembered.user_id, remembered.generation):
+            return None
+        networks = self._networks.get(login) if self._networks and login else []
+        used = None
+        if remembered.app_id is not None:
+            used = AppPasswordUsed(remembered.app_id, remembered.app_label)
+        found = self._admit(record, networks, used, wanted, cert, client_ip)
+        if found is not None:
+            self._note(found, None)
+        return found
+
+    def _admit(
+        self,
+        record: UserRecord,
+        networks: list[str],
+        app: AppPasswordUsed | None,
+        wanted: str,
+        cert: CertificateUser | None,
+        client_ip: str,
+    ) -> Verified | None:
+        """The right password: whether its account may log in, here and now."""
+        if not record.enabled:
             return None
         if wanted and wanted != record.email:
             return None
@@ -262,15 +364,16 @@ class PasswordAuthenticator:
         if not source_allowed(networks, client_ip):
             return None
         expired = is_expired(record.password_changed_at, record.password_expired, self._passwords)
-        if app is not None and self._credentials is not None:
-            self._credentials.app_password_used(app.id)
-            self._users.record_login(record.email)
-        elif not expired:
-            new_hash = None
-            if hashing.hasher.check_needs_rehash(stored):
-                new_hash = hashing.hasher.hash(password)
-            self._users.record_login(record.email, new_hash)
         return Verified(record, app, expired)
+
+    def _note(self, found: Verified, new_hash: str | None) -> None:
+        """Record the login (and the app password's use); an expired password is not a
+        login yet."""
+        if found.app is not None and self._credentials is not None:
+            self._credentials.app_password_used(found.app.id)
+            self._users.record_login(found.record.email)
+        elif not found.expired:
+            self._users.record_login(found.record.email, new_hash)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

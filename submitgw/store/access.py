@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from submitgw.store.db import Database
 from submitgw.store.errors import Exists, NotFound
 from submitgw.store.models import AccessRuleRow, User, UserNetworkRow, utcnow
-from submitgw.store.users import UserNotFound, normalise_email
+from submitgw.store.users import UserNotFound, next_generation, normalise_email
 from submitgw.types import ACTIONS, Rule
 
 
@@ -131,6 +131,7 @@ class UserNetworkStore:
                 raise UserNotFound(email)
             session.execute(delete(UserNetworkRow).where(UserNetworkRow.user_id == user_id))
             session.add_all(UserNetworkRow(user_id=user_id, cidr=cidr) for cidr in cidrs)
+            next_generation(session, user_id)
         return cidrs
 
     def get(self, email: str) -> builtins.list[str]:

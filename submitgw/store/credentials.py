@@ -19,7 +19,13 @@ from sqlalchemy.orm import Session
 from submitgw.store.db import Database
 from submitgw.store.errors import NotFound
 from submitgw.store.models import AccountEvent, AppPassword, PasswordHistory, User, utcnow
-from submitgw.store.users import UserNotFound, _rowcount, normalise_email
+from submitgw.store.users import (
+    NEXT_GENERATION,
+    UserNotFound,
+    _rowcount,
+    next_generation,
+    normalise_email,
+)
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,7 @@ class CredentialStore:
             user.password_changed_at = now
             user.password_expired = False
             user.updated_at = now
+            user.credential_generation = User.credential_generation + 1
             session.flush()
             stale = session.scalars(
                 select(PasswordHistory.id)
@@ -118,7 +125,7 @@ class CredentialStore:
             statement = (
                 update(User)
                 .where(User.email == email)
-                .values(password_expired=True, updated_at=utcnow())
+                .values(password_expired=True, updated_at=utcnow(), **NEXT_GENERATION)
             )
             if _rowcount(session, statement) == 0:
                 raise UserNotFound(email)
@@ -130,8 +137,9 @@ class CredentialStore:
     ) -> AppPasswordRecord:
         """Raises ValueError if the selector is taken (the caller draws another)."""
         with self._db.session() as session:
+            user_id = _user_id(session, email)
             row = AppPassword(
-                user_id=_user_id(session, email),
+                user_id=user_id,
                 label=label,
                 selector=selector,
                 password_hash=password_hash,
@@ -142,6 +150,7 @@ class CredentialStore:
                 session.flush()
             except IntegrityError as exc:
                 raise ValueError("selector already in use") from exc
+            next_generation(session, user_id)
             return AppPasswordRecord(row.id, row.label, row.created_at, None)
 
     def app_passwords(self, email: str) -> builtins.list[AppPasswordRecord]:
@@ -171,15 +180,15 @@ class CredentialStore:
     def revoke_app_password(self, email: str, app_id: int) -> str:
         """Delete it (the trail keeps the record); returns its label."""
         with self._db.session() as session:
+            user_id = _user_id(session, email)
             row = session.scalars(
-                select(AppPassword).where(
-                    AppPassword.id == app_id, AppPassword.user_id == _user_id(session, email)
-                )
+                select(AppPassword).where(AppPassword.id == app_id, AppPassword.user_id == user_id)
             ).first()
             if row is None:
                 raise AppPasswordNotFound(normalise_email(email), app_id)
             label = row.label
             session.delete(row)
+            next_generation(session, user_id)
             return label
 
     # --- trail --------------------------------------------------------------------------

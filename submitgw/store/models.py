@@ -6,6 +6,7 @@ import their tables from here; nothing here imports them.
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -42,6 +43,13 @@ KEY_LENGTH = 400
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def new_generation() -> int:
+    """Where a new user's `credential_generation` starts: a random number, so that a user
+    deleted and added again (SQLite may even give the new row the old id) never carries
+    a generation a gateway remembers for the old one."""
+    return secrets.randbits(62)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -103,6 +111,12 @@ class User(Base):
     # whether an admin forced a change ('user passwd --expire').
     password_changed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     password_expired: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Moved on (+1) in the same transaction as every change to the user's password, app
+    # passwords, policy, state or networks: a gateway trusts a login it remembers only
+    # while the row still carries the generation the password was verified under.
+    credential_generation: Mapped[int] = mapped_column(
+        BigInteger, default=new_generation, server_default="0"
+    )
 
 
 class Certificate(Base):

@@ -46,6 +46,8 @@ class UserRecord:
     password_changed_at: datetime | None = None
     # An admin forced a change: only self-service accepts the password, to set a new one.
     password_expired: bool = False
+    # Changes with every change to how the user may log in (see `models.User`).
+    credential_generation: int = 0
 
 
 def _record(user: User) -> UserRecord:
@@ -60,6 +62,7 @@ def _record(user: User) -> UserRecord:
         last_login_at=user.last_login_at,
         password_changed_at=user.password_changed_at,
         password_expired=user.password_expired,
+        credential_generation=user.credential_generation,
     )
 
 
@@ -75,6 +78,16 @@ def check_auth_policy(policy: str) -> str:
 def normalise_email(email: str) -> str:
     """Addresses are compared case-insensitively, so they are stored in one case."""
     return email.lower()
+
+
+# The values that move a user's credential generation on, for an UPDATE of its row.
+NEXT_GENERATION = {"credential_generation": User.credential_generation + 1}
+
+
+def next_generation(session: Session, user_id: int) -> None:
+    """Move the user's credential generation on, in `session`'s transaction: part of every
+    change to the user's app passwords or networks, which live in other tables."""
+    session.execute(update(User).where(User.id == user_id).values(**NEXT_GENERATION))
 
 
 class UserStore:
@@ -110,17 +123,19 @@ class UserStore:
             return _record(user) if user is not None else None
 
     def set_enabled(self, email: str, enabled: bool) -> None:
-        self._update(email, enabled=enabled, updated_at=utcnow())
+        self._update(email, enabled=enabled, updated_at=utcnow(), **NEXT_GENERATION)
 
     def set_auth_policy(self, email: str, policy: str) -> None:
-        """Takes effect at the user's next login or TLS session: nothing caches it."""
-        self._update(email, auth_policy=check_auth_policy(policy), updated_at=utcnow())
+        """Takes effect at the user's next login or TLS session, on every gateway: the new
+        generation voids the logins they remember."""
+        policy = check_auth_policy(policy)
+        self._update(email, auth_policy=policy, updated_at=utcnow(), **NEXT_GENERATION)
 
     def record_login(self, email: str, new_hash: str | None = None) -> None:
         """Note a successful login; `new_hash` replaces a hash made with outdated parameters.
 
         A rehash keeps the same password, so it is not an account change and
-        leaves `updated_at` alone.
+        leaves `updated_at` and the credential generation alone.
         """
         values: dict[str, Any] = {"last_login_at": utcnow()}
         if new_hash is not None:

@@ -162,6 +162,8 @@ def test_successful_logins_are_limited_per_account_and_per_address(
 def test_logins_over_the_success_limit_cost_no_password_check(gateway_factory: Any) -> None:
     """Production argon2 settings: a checked password costs far more CPU than a refusal."""
     production = {"argon2_time_cost": 3, "argon2_memory_kib": 65536, "argon2_parallelism": 4}
+    # Without the success cache, so that both allowed logins are checked with argon2.
+    production["success_cache_entries"] = 0
     # The user is added after configuring, so its hash has the production settings too.
     gw = gateway_factory(
         {"auth": production, "limits": {"auth_successes_per_account": 2}}, process=True

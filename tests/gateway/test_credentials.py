@@ -2,11 +2,11 @@
 
 Every test runs real gateway processes (STARTTLS or implicit TLS, checked against the
 gateway's CA) and changes credentials the way an admin does, with `submitgw user …`
-commands, while the gateway keeps running: nothing is restarted, because the gateway
-keeps no credential cache and a change must hold at the next AUTH. The shared-database
-cases start two gateways on one PostgreSQL database and make the change through one of
-them. The only thing faked is the age of a password: `users.password_changed_at` is
-moved into the past.
+commands, while the gateway keeps running: nothing is restarted, because a change must
+hold at the next AUTH, whatever logins the gateway remembers (see test_login_cache.py).
+The shared-database cases start two gateways on one PostgreSQL database and make the
+change through one of them. The only thing faked is the age of a password:
+`users.password_changed_at` is moved into the past.
 
 How a self-service user sees the same rules (and that the site never takes an app
 password) is in tests/web/test_site.py.

@@ -41,6 +41,7 @@ ROWS: dict[str, list[dict[str, Any]]] = {
             "auth_policy": "password",
             "password_changed_at": T0,
             "password_expired": False,
+            "credential_generation": 2**62 + 5,
         },
         {
             "id": 9,
@@ -53,6 +54,7 @@ ROWS: dict[str, list[dict[str, Any]]] = {
             "auth_policy": "certificate",
             "password_changed_at": None,
             "password_expired": True,
+            "credential_generation": 0,
         },
     ],
     "certificates": [

@@ -50,8 +50,8 @@ def test_upgrade_on_empty_database_reaches_head(db: Database) -> None:
 
     db.upgrade()
 
-    assert db.head_revision() == "0007"
-    assert db.current_revision() == "0007"
+    assert db.head_revision() == "0008"
+    assert db.current_revision() == "0008"
     assert {"users", "certificates"} <= table_names(db)
     db.check_current()
 
@@ -152,7 +152,7 @@ def test_stamp_absent_revision_is_reported_without_suggesting_upgrade(db: Databa
 
     message = str(raised.value)
     assert message.startswith("database is at revision 9999")
-    assert "needs 0007" in message
+    assert "needs 0008" in message
     assert "db upgrade" not in message
 
 
@@ -162,12 +162,12 @@ def test_revision_template_renders_formatted_python(tmp_path: Path) -> None:
     config = Config()
     config.set_main_option("script_location", str(scripts))
 
-    command.revision(config, message="add widgets", rev_id="0008")
+    command.revision(config, message="add widgets", rev_id="0009")
 
-    (rendered,) = (scripts / "versions").glob("0008_*.py")
+    (rendered,) = (scripts / "versions").glob("0009_*.py")
     text = rendered.read_text()
-    assert 'revision = "0008"' in text
-    assert 'down_revision = "0007"' in text
+    assert 'revision = "0009"' in text
+    assert 'down_revision = "0008"' in text
     compile(text, str(rendered), "exec")
     # Imports stay unused until the author writes the upgrade, so F401 is expected here.
     config_file = str(PROJECT_ROOT / "pyproject.toml")
@@ -296,6 +296,7 @@ def test_0007_new_users_get_password_or_certificate(db: Database) -> None:
             "INSERT INTO users (email, password_hash, enabled, created_at, updated_at) "
             f"VALUES ('raw@example.org', 'hash', true, {STAMP}, {STAMP})"
         )
+    db.upgrade()  # the models are those of the head revision
     store = UserStore(db)
     store.add("new@example.org", "hash")
 
@@ -311,7 +312,7 @@ def test_0007_new_users_get_password_or_certificate(db: Database) -> None:
 
 def test_0007_downgrade_makes_password_or_certificate_users_password_users(db: Database) -> None:
     users_at_0006(db, OLD_POLICIES)
-    alembic_command(db, "upgrade", "0007")
+    db.upgrade()  # the models are those of the head revision
     UserStore(db).add("new@example.org", "hash")
 
     alembic_command(db, "downgrade", "0006")
@@ -330,3 +331,31 @@ def test_0007_downgrade_makes_password_or_certificate_users_password_users(db: D
             "UPDATE users SET auth_policy = 'password-or-certificate' "
             "WHERE email = 'raw@example.org'"
         )
+
+
+# --- 0008: the credential generation --------------------------------------------------------
+
+
+def test_0008_gives_existing_users_a_generation_and_keeps_their_rows(db: Database) -> None:
+    users_at_0006(db, OLD_POLICIES)
+    alembic_command(db, "upgrade", "0007")
+
+    alembic_command(db, "upgrade", "0008")
+
+    records = UserStore(db).list()
+    assert {r.email: r.credential_generation for r in records} == dict.fromkeys(OLD_POLICIES, 0)
+    assert policies(db) == OLD_POLICIES
+    assert user_rows(db) == dict.fromkeys(USER_ROWS, 1)
+
+
+def test_0008_downgrade_drops_the_column_and_keeps_every_row(db: Database) -> None:
+    users_at_0006(db, OLD_POLICIES)
+    db.upgrade()
+    UserStore(db).set_enabled("pw@example.org", False)
+
+    alembic_command(db, "downgrade", "0007")
+
+    columns = {c["name"] for c in inspect(db.engine).get_columns("users")}
+    assert "credential_generation" not in columns
+    assert policies(db) == OLD_POLICIES
+    assert user_rows(db) == dict.fromkeys(USER_ROWS, 1)
