@@ -66,6 +66,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -91,6 +92,7 @@ BIND_ATTEMPTS = 3
 POSTFIX_QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
 SINK_USER = "nobody"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+FREE_PORT_RANGE = (12000, 32000)
 
 MASTER_CF = """\
 # service type  private unpriv  chroot  wakeup  maxproc command
@@ -131,10 +133,20 @@ class MissingTool(PeerError):
 
 
 def free_port(host: str = HOST) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port that was free a moment ago, for servers that cannot report the port they bound
+    themselves (Postfix, Dovecot, smtp-sink); their start retries on a clash."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # Below the kernel's ephemeral range (32768-60999 here): a port the kernel hands out
+    # for port 0 can be taken by any outgoing connection before the server binds it.
+    for _ in range(200):
+        port = random.randint(*FREE_PORT_RANGE)
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise PeerError(f"no free port in {FREE_PORT_RANGE} on {host}")
 
 
 def find_tool(name: str) -> str:
@@ -220,6 +232,24 @@ def _banner(host: str, port: int) -> bytes:
             return banner
     except OSError:
         return b""
+
+
+def _version_output(args: list[str]) -> str:
+    try:
+        result = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
+    except OSError:
+        return ""
+    return result.stdout.strip()
+
+
+def postfix_version() -> str:
+    """As `postconf mail_version` says, "?" if it cannot be asked."""
+    text = _version_output([find_tool("postconf"), "-d", "-h", "mail_version"])
+    return text or "?"
+
+
+def dovecot_version() -> str:
+    return _version_output([find_tool("dovecot"), "--version"]).split(" ")[0] or "?"
 
 
 # --- Postfix ----------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ locally and fails it in CI.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Self
@@ -17,7 +16,7 @@ from typing import Self
 import pytest
 
 from scripts.peers import PostfixInstance
-from tests.support.smarthost import CaptureSmarthost, require_tool
+from tests.support.smarthost import CaptureSmarthost, require_root, require_tool
 
 
 class PostfixSmarthost(PostfixInstance):
@@ -29,11 +28,7 @@ class PostfixSmarthost(PostfixInstance):
 
     def start(self, extra_config: Mapping[str, str] | None = None) -> Self:
         require_tool("postfix")
-        if os.geteuid() != 0:
-            message = "a private Postfix instance must be started by root"
-            if os.environ.get("CI") == "true":
-                pytest.fail(message, pytrace=False)
-            pytest.skip(message)
+        require_root("a private Postfix instance")
         self.relay_host, self.relay_port = self.relay.host, self.relay.port  # known once started
         return super().start(extra_config)
 
