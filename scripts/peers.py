@@ -42,14 +42,15 @@ Dovecot 2.3 (Debian 12), as Postfix's SASL server:
   ``smtpd_sasl_path = inet:HOST:PORT``.
 * It verifies argon2-cffi's ``$argon2id$v=19$m=65536,t=3,p=4$...`` strings stored with the
   ``{ARGON2ID}`` prefix (through libsodium, one thread per verification), and refuses a wrong
-  password: DovecotAuth.authenticate() checks both at start.
+  password; bench.py checks both with DovecotAuth.authenticate() before any run.
 * A ``passwd-file`` passdb verifies every password inside the one auth process, and it has no
   cache key, so ``auth_cache_verify_password_with_worker`` never applies: argon2 would use one
   core. An SQL passdb (SQLite, package dovecot-sqlite) looks up and verifies in auth-worker
   processes; ``auth_worker_max_count`` and the service's ``process_limit`` are both set to the
   number of cores (with only the latter raised, the auth process queues requests for seconds).
-* ``auth_failure_delay`` (2 s by default) is set to 0: only start()'s wrong-password check
-  fails, and it need not wait.
+* ``auth_failure_delay`` (2 s by default) is set to 0: only such checks fail, and they need
+  not wait. Failures still raise Dovecot's auth penalty (seconds of delay, growing) for
+  requests without a remote IP, as authenticate() sends them; Postfix sends one.
 
 Postfix's smtp-sink: run by root it needs ``-u USER``; with ``-d TEMPLATE`` it writes each
 message to a file of its own named by strftime(TEMPLATE) plus a random 32-bit hex number, as
