@@ -23,6 +23,14 @@ PYTHONPATH=PATH and this interpreter. --compare OLD_SRC runs two builds side by 
 its own setup and smarthost, alternating new, old, new, old, ... so that load from elsewhere on
 the machine falls on both; it reports each build's medians and the ratios new/old.
 
+--peer (root only) compares the gateway with reference servers (scripts/peers.py), per kind of
+traffic: mail-client (a message per connection, STARTTLS + AUTH PLAIN) and persistent
+(--batch-size messages per connection) against Postfix + Dovecot (the same password as an
+{ARGON2ID} hash with the gateway's argon2 parameters), certificate (a message per connection,
+AUTH EXTERNAL) against a bare aiosmtpd that checks nothing and keeps nothing. Postfix's
+smtp-sink is the smarthost of the gateway and of Postfix; runs alternate submitgw, reference,
+submitgw, ..., and the report gives each side's medians and the ratio submitgw/reference.
+
 Every run stops after --messages or --max-seconds, whichever comes first. This is not a test:
 it prints figures; the exit status is 1 when a run had errors or the gateway stopped badly.
 Run it with the project's venv: `.venv/bin/python scripts/bench.py [--cheap-argon2]`.
@@ -42,7 +50,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -50,15 +57,16 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import argon2
+import peers  # scripts/peers.py: this folder is on sys.path when a script here runs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SINK_SCRIPT = REPO_ROOT / "scripts" / "capture_smarthost.py"
@@ -77,6 +85,7 @@ CANCEL_MARGIN = 5.0  # a run is cancelled this long after --max-seconds
 MAX_ERRORS_SHOWN = 5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH_HEADER = re.compile(rb"^X-Bench: (\S+) (\d+)\r?$", re.MULTILINE)
+NO_SINK = "none (discards)"  # the check of a server that keeps nothing
 
 
 class SmtpFailure(Exception):
@@ -84,13 +93,6 @@ class SmtpFailure(Exception):
 
 
 # --- processes --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def cpu_seconds(pid: int) -> float:
@@ -211,6 +213,21 @@ class Sink:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def take_messages(self) -> list[bytes]:
+        """Every message stored so far (empty for a record without its message); the files
+        are deleted."""
+        messages = []
+        for meta in self.directory.glob("*.json"):
+            eml = meta.with_suffix(".eml")
+            messages.append(eml.read_bytes() if eml.exists() else b"")
+            meta.unlink()
+            eml.unlink(missing_ok=True)
+        return messages
+
     def stop(self) -> int | None:
         if self.proc is None:
             return None
@@ -247,7 +264,7 @@ class Gateway:
     def start(self, attempts: int = 3) -> None:
         """Start on two free ports; another attempt if a port was taken in between."""
         for attempt in range(1, attempts + 1):
-            self.port, self.tls_port = free_port(), free_port()
+            self.port, self.tls_port = peers.free_port(), peers.free_port()
             args = [sys.executable, "-P", "-m", "submitgw", "--config", str(self.config)]
             args += ["serve"]
             args += ["--listen", f"{HOST}:{self.port}", "--listen-tls", f"{HOST}:{self.tls_port}"]
@@ -414,13 +431,14 @@ class RunResult:
     gateway_peak_rss_kib: int = 0
     sink_stored: int = 0
     sink_check: str = ""
+    after_s: float = 0.0
     timed_out: bool = False
     errors: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
         return (
-            self.ok == self.planned and not self.failed and self.sink_check == "ok"
+            self.ok == self.planned and not self.failed and self.sink_check in ("ok", NO_SINK)
         ) and not self.timed_out
 
 
@@ -496,20 +514,20 @@ async def drive(load: Load, concurrency: int, hard_limit: float) -> bool:
     return not pending
 
 
-def check_sink(sink_dir: Path, run_id: str, ok: set[int]) -> tuple[int, str]:
-    """Compare what the sink stored with what got 250, then delete the run's files."""
+def check_sink(messages: Iterable[bytes], run_id: str, ok: set[int]) -> tuple[int, str]:
+    """Compare what the sink stored (each message found by its X-Bench header) with what got
+    250."""
     seen: dict[int, int] = {}
     strays = 0
-    for meta in sink_dir.glob("*.json"):
-        eml = meta.with_suffix(".eml")
-        match = BENCH_HEADER.search(eml.read_bytes()) if eml.exists() else None
-        if match and match.group(1).decode() == run_id:
-            index = int(match.group(2))
-            seen[index] = seen.get(index, 0) + 1
-        else:
-            strays += 1
-        meta.unlink()
-        eml.unlink(missing_ok=True)
+    for raw in messages:
+        matches = list(BENCH_HEADER.finditer(raw))  # more than one: two messages in one file
+        strays += not matches
+        for match in matches:
+            if match.group(1).decode() == run_id:
+                index = int(match.group(2))
+                seen[index] = seen.get(index, 0) + 1
+            else:
+                strays += 1
     stored = sum(seen.values())
     problems = []
     if missing := ok - set(seen):
@@ -523,50 +541,81 @@ def check_sink(sink_dir: Path, run_id: str, ok: set[int]) -> tuple[int, str]:
     return stored, "; ".join(problems) or "ok"
 
 
+class Target(Protocol):
+    """What a run drives: a gateway build, or a reference server, with the sink behind it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def tls(self) -> ssl.SSLContext | None: ...
+
+    @property
+    def password(self) -> str | None: ...  # None: log in with the client certificate
+
+    def server_cpu(self) -> float: ...
+
+    def sink_cpu(self) -> float: ...
+
+    def peak_rss_kib(self) -> int: ...
+
+    def collect(self, run_id: str, ok: set[int], unsettled: bool) -> Collected: ...
+
+
+@dataclass
+class Collected:
+    """What the sink holds after a run, compared with what got 250."""
+
+    stored: int
+    check: str
+    after_s: float = 0.0  # how long the server took to hand everything on after the run
+
+
 def run_once(
-    scenario: str, run: int, count: int, args: argparse.Namespace, build: Build
+    scenario: str,
+    run: int,
+    count: int,
+    args: argparse.Namespace,
+    target: Target,
+    label: str | None = None,
 ) -> RunResult:
-    gateway, sink, setup = build.gateway, build.sink, build.setup
-    assert gateway is not None and gateway.proc is not None
-    assert sink is not None and sink.proc is not None
-    assert setup is not None and build.tls is not None
+    """One run of `scenario` against `target`, reported under `label` (default: scenario)."""
+    assert target.tls is not None
     batch = 1 if scenario == "per-connection" else args.batch_size
     run_id = secrets.token_hex(4)
     start = time.monotonic()
     load = Load(
         scenario=scenario,
         run_id=run_id,
-        gateway_port=gateway.port,
-        tls=build.tls,
-        password=setup.password,
+        gateway_port=target.port,
+        tls=target.tls,
+        password=target.password,
         body=make_body(args.size),
         batches=batches_of(count, batch),
         deadline=start + args.max_seconds,
         io_timeout=args.io_timeout,
     )
-    gw_cpu, sink_cpu, own_cpu = (
-        cpu_seconds(gateway.proc.pid),
-        cpu_seconds(sink.proc.pid),
-        own_cpu_seconds(),
-    )
+    server_cpu, sink_cpu, own_cpu = target.server_cpu(), target.sink_cpu(), own_cpu_seconds()
     t0 = time.perf_counter()
     finished = asyncio.run(drive(load, args.concurrency, args.max_seconds + CANCEL_MARGIN))
     elapsed = time.perf_counter() - t0
-    gw_cpu = cpu_seconds(gateway.proc.pid) - gw_cpu
-    sink_cpu = cpu_seconds(sink.proc.pid) - sink_cpu
     own_cpu = own_cpu_seconds() - own_cpu
-    if load.failed or not finished:
-        time.sleep(1.0)  # let a message the gateway was still relaying land in the sink
-    stored, sink_check = check_sink(sink.directory, run_id, load.ok)
+    collected = target.collect(run_id, load.ok, unsettled=bool(load.failed) or not finished)
+    # After collect: a server that queues spends CPU on handing the run's messages on too.
+    server_cpu = target.server_cpu() - server_cpu
+    sink_cpu = target.sink_cpu() - sink_cpu
 
     ok = len(load.ok)
     per_msg = 1000.0 / ok if ok else 0.0
     lat = sorted(load.latencies)
     result = RunResult(
-        scenario=scenario,
+        scenario=label or scenario,
         run=run,
         planned=count,
-        build=build.name,
+        build=target.name,
         ok=ok,
         failed=len(load.failed),
         not_sent=count - ok - len(load.failed),
@@ -575,13 +624,14 @@ def run_once(
         msgs_per_s=ok / elapsed if elapsed > 0 else 0.0,
         p50_ms=1000 * lat[len(lat) // 2] if lat else 0.0,
         p95_ms=1000 * lat[min(len(lat) - 1, int(len(lat) * 0.95))] if lat else 0.0,
-        gateway_cpu_ms_per_msg=gw_cpu * per_msg,
+        gateway_cpu_ms_per_msg=server_cpu * per_msg,
         sink_cpu_ms_per_msg=sink_cpu * per_msg,
         client_cpu_ms_per_msg=own_cpu * per_msg,
-        gateway_cpu_s=gw_cpu,
-        gateway_peak_rss_kib=status_kib(gateway.proc.pid, "VmHWM"),
-        sink_stored=stored,
-        sink_check=sink_check,
+        gateway_cpu_s=server_cpu,
+        gateway_peak_rss_kib=target.peak_rss_kib(),
+        sink_stored=collected.stored,
+        sink_check=collected.check,
+        after_s=collected.after_s,
         timed_out=not finished
         or (ok + len(load.failed) < count and time.monotonic() >= load.deadline),
     )
@@ -655,14 +705,15 @@ def prepare_setup(src: Path, base: Path, args: argparse.Namespace) -> Setup:
     run_cli("init", "--dir", str(setup), "--hostname", "bench.test", src=src)
     config = setup / "submitgw.toml"
     # One user on one address sends every message: lift the limits out of the way (the
-    # counters still run, so their cost is part of the figures). That includes the
-    # successful logins per 15 minutes: a connection per message logs in per message.
-    limits = ("messages_per_user", "recipients_per_user", "messages_per_ip", "recipients_per_ip")
+    # counters still run, so their cost is part of the figures).
+    limits = ["messages_per_user", "recipients_per_user", "messages_per_ip", "recipients_per_ip"]
+    # And the successful logins: one per message, every run, all within one auth_window.
+    # Older builds have no such keys.
+    present = tomllib.loads(config.read_text())["limits"]
     logins = ("auth_successes_per_account", "auth_successes_per_ip")
+    limits += [key for key in logins if key in present]
     config.write_text(
-        set_toml_keys(
-            config.read_text(), "limits", dict.fromkeys(limits + logins, args.sending_limit)
-        )
+        set_toml_keys(config.read_text(), "limits", dict.fromkeys(limits, args.sending_limit))
     )
     # Every session logs in as the same user from the same address: let --concurrency logins
     # wait at once (the login limiter still runs).
@@ -707,8 +758,9 @@ class Build:
     name: str
     src: Path
     base: Path
+    smtp_sink: bool = False  # Postfix's smtp-sink as the smarthost, not the capture sink
     setup: Setup | None = None
-    sink: Sink | None = None
+    sink: Sink | peers.SmtpSink | None = None
     gateway: Gateway | None = None
     tls: ssl.SSLContext | None = None
     stats: dict[str, Any] = field(
@@ -731,8 +783,11 @@ class Build:
                 f"--batch-size {args.batch_size} exceeds [limits] max_messages_per_session "
                 f"{limits['max_messages_per_session']}"
             )
-        self.sink = Sink(self.base / "mail", self.base / "sink.log")
-        self.sink.start()
+        if self.smtp_sink:
+            self.sink = peers.SmtpSink(keep_in=self.base).start()
+        else:
+            self.sink = Sink(self.base / "mail", self.base / "sink.log")
+            self.sink.start()
         smarthost = f"{HOST}:{self.sink.port}"
         self.gateway = Gateway(
             self.setup.directory, smarthost, self.base / "gateway.log", src=self.src
@@ -743,13 +798,38 @@ class Build:
             f"{label}gateway pid {self.gateway.proc.pid} on {HOST}:{self.gateway.port}, "
             f"sink on {self.sink.port}"
         )
-        self.tls = ssl.create_default_context(cafile=str(self.gateway.ca_file))
-        if self.setup.client_cert is not None:
-            self.tls.load_cert_chain(*self.setup.client_cert)
-        if args.warmup:
-            warm = run_once("per-connection", 0, args.warmup, args, self)
-            if not warm.clean:
-                raise RuntimeError(f"{label}warm-up failed: {warm.errors or warm.sink_check}")
+        self.tls = client_tls(self.gateway.ca_file, self.setup)
+        warm_up(self, args, label)
+
+    @property
+    def port(self) -> int:
+        assert self.gateway is not None
+        return self.gateway.port
+
+    @property
+    def password(self) -> str | None:
+        assert self.setup is not None
+        return self.setup.password
+
+    def server_cpu(self) -> float:
+        assert self.gateway is not None and self.gateway.proc is not None
+        return cpu_seconds(self.gateway.proc.pid)
+
+    def sink_cpu(self) -> float:
+        assert self.sink is not None and self.sink.pid is not None
+        return cpu_seconds(self.sink.pid)
+
+    def peak_rss_kib(self) -> int:
+        assert self.gateway is not None and self.gateway.proc is not None
+        return status_kib(self.gateway.proc.pid, "VmHWM")
+
+    def collect(self, run_id: str, ok: set[int], unsettled: bool) -> Collected:
+        """The gateway says 250 only after the smarthost did: the sink has every message
+        at once, unless a run was cut short while the gateway was still relaying."""
+        assert self.sink is not None
+        if unsettled:
+            time.sleep(1.0)
+        return Collected(*check_sink(self.sink.take_messages(), run_id, ok))
 
     def measure(self) -> None:
         assert self.gateway is not None and self.gateway.proc is not None
@@ -768,6 +848,168 @@ class Build:
                 say(self.gateway.log_text()[-2000:])
         if self.sink is not None:
             self.sink.stop()
+
+
+# --- reference servers (--peer) -------------------------------------------------------------
+
+PEER_KINDS = ("mail-client", "persistent", "certificate")
+KIND_SCENARIO = {
+    "mail-client": "per-connection",
+    "persistent": "batched",
+    "certificate": "per-connection",
+}
+DEFAULT_PEER_MESSAGES = {"mail-client": 100, "persistent": 2000, "certificate": 500}
+DRAIN_TIMEOUT = 120.0  # seconds Postfix may take to hand a run's messages to its sink
+
+
+def client_tls(ca_file: Path, setup: Setup) -> ssl.SSLContext:
+    """The client side: trust the gateway's CA, present the user's certificate if it has one."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    if setup.client_cert is not None:
+        context.load_cert_chain(*setup.client_cert)
+    return context
+
+
+def server_files(setup: Setup) -> tuple[Path, Path, Path]:
+    """The gateway's server certificate, key and CA certificate, for a reference server."""
+    tls = setup.settings["tls"]
+    folder = setup.directory
+    return folder / tls["cert"], folder / tls["key"], folder / tls["ca_cert"]
+
+
+@dataclass
+class PostfixPeer:
+    """Postfix for submission (STARTTLS, AUTH through Dovecot, relay only after AUTH) with
+    Dovecot's auth service holding the bench user's password as an {ARGON2ID} hash made with
+    the gateway's argon2 parameters, relaying to its own smtp-sink."""
+
+    base: Path
+    name: str = "postfix+dovecot"
+    tls: ssl.SSLContext | None = None
+    password: str | None = None
+    dovecot: peers.DovecotAuth | None = None
+    postfix: peers.PostfixInstance | None = None
+    sink: peers.SmtpSink | None = None
+    detail: str = ""
+
+    def start(self, setup: Setup, args: argparse.Namespace, label: str) -> None:
+        assert setup.password is not None
+        auth = setup.settings["auth"]
+        hasher = argon2.PasswordHasher(
+            time_cost=auth["argon2_time_cost"],
+            memory_cost=auth["argon2_memory_kib"],
+            parallelism=auth["argon2_parallelism"],
+            type=argon2.Type.ID,
+        )
+        self.password = setup.password
+        self.dovecot = peers.DovecotAuth({USER: "{ARGON2ID}" + hasher.hash(self.password)})
+        self.dovecot.start()
+        if not self.dovecot.authenticate(USER, self.password) or self.dovecot.authenticate(
+            USER, self.password + "-wrong"
+        ):
+            raise RuntimeError(f"{label}Dovecot does not verify the {{ARGON2ID}} hash as it should")
+        self.sink = peers.SmtpSink(keep_in=self.base).start()
+        cert, key, ca = server_files(setup)
+        self.postfix = peers.PostfixInstance(HOST, self.sink.port, myhostname="peer.bench.test")
+        self.postfix.start(peers.submission_settings(cert, key, self.dovecot.port))
+        self.tls = client_tls(ca, setup)
+        self.detail = (
+            f"Postfix {peers.postfix_version()}, Dovecot {peers.dovecot_version()} (SQL passdb, "
+            f"{{ARGON2ID}} t={auth['argon2_time_cost']} m={auth['argon2_memory_kib']} "
+            f"p={auth['argon2_parallelism']}, {self.dovecot.workers} auth workers, no auth "
+            "cache), smtp-sink"
+        )
+        say(f"{label}{self.detail}: Postfix on {HOST}:{self.port}, smtp-sink on {self.sink.port}")
+        warm_up(self, args, label)
+
+    @property
+    def port(self) -> int:
+        assert self.postfix is not None
+        return self.postfix.port
+
+    def server_cpu(self) -> float:
+        assert self.postfix is not None and self.dovecot is not None
+        assert self.postfix.pid is not None and self.dovecot.pid is not None
+        return peers.tree_cpu_seconds(self.postfix.pid) + peers.tree_cpu_seconds(self.dovecot.pid)
+
+    def sink_cpu(self) -> float:
+        assert self.sink is not None and self.sink.pid is not None
+        return peers.tree_cpu_seconds(self.sink.pid)
+
+    def peak_rss_kib(self) -> int:
+        return 0  # many processes, coming and going
+
+    def collect(self, run_id: str, ok: set[int], unsettled: bool) -> Collected:
+        """Postfix says 250 once the message is in its queue; wait (bounded) until the queue
+        is empty, then check what reached the sink."""
+        assert self.postfix is not None and self.sink is not None
+        start = time.monotonic()
+        held = self.postfix.wait_until_delivered(DRAIN_TIMEOUT)
+        after = time.monotonic() - start
+        stored, check = check_sink(self.sink.take_messages(), run_id, ok)
+        if held:
+            check = f"{held} still queued after {DRAIN_TIMEOUT:g} s; {check}"
+        return Collected(stored, check, after)
+
+    def stop(self) -> None:
+        for part in (self.postfix, self.dovecot, self.sink):
+            if part is not None:
+                part.stop()
+
+
+@dataclass
+class BarePeer:
+    """The ceiling for certificate logins: aiosmtpd with STARTTLS (asking for and verifying a
+    client certificate of the gateway's CA in the handshake) that accepts any AUTH EXTERNAL
+    and every message and keeps nothing."""
+
+    base: Path
+    name: str = "bare aiosmtpd"
+    tls: ssl.SSLContext | None = None
+    password: str | None = None
+    server: peers.BareSmtpd | None = None
+    detail: str = ""
+
+    def start(self, setup: Setup, args: argparse.Namespace, label: str) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        cert, key, ca = server_files(setup)
+        self.server = peers.BareSmtpd(cert, key, ca, self.base / "bare.log").start()
+        self.tls = client_tls(ca, setup)
+        self.detail = f"aiosmtpd {version('aiosmtpd')}, STARTTLS, client certificate verified"
+        say(f"{label}{self.detail}, on {HOST}:{self.port}")
+        warm_up(self, args, label)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    def server_cpu(self) -> float:
+        assert self.server is not None and self.server.pid is not None
+        return peers.tree_cpu_seconds(self.server.pid)
+
+    def sink_cpu(self) -> float:
+        return 0.0
+
+    def peak_rss_kib(self) -> int:
+        assert self.server is not None and self.server.pid is not None
+        return status_kib(self.server.pid, "VmHWM")
+
+    def collect(self, run_id: str, ok: set[int], unsettled: bool) -> Collected:
+        return Collected(0, NO_SINK)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def warm_up(target: Target, args: argparse.Namespace, label: str) -> None:
+    """A few unreported messages: processes, caches and pools get started, and a server that
+    does not work fails here instead of in the first run."""
+    if args.warmup:
+        warm = run_once("per-connection", 0, args.warmup, args, target)
+        if not warm.clean:
+            raise RuntimeError(f"{label}warm-up failed: {warm.errors or warm.sink_check}")
 
 
 def format_table(rows: list[list[str]], header: list[str]) -> str:
@@ -855,14 +1097,20 @@ def print_header(report: dict[str, Any], out: Any) -> None:
             print(f"  {name + ':':<9} {b['src']} ({b['revision']})", file=out)
     for text in report.get("setting_differences", []):
         print(f"  differs:  {text}", file=out)
+    for kind, info in report.get("kinds", {}).items():
+        detail = info.get("reference_detail", "")
+        print(f"  {kind + ':':<12} submitgw vs {info['reference']} ({detail})", file=out)
     print(file=out)
 
 
 def print_runs(report: dict[str, Any], out: Any) -> None:
-    compare = len(report["builds"]) > 1
-    header = ["build"] if compare else []
-    header += ["scenario", "run", "ok", "not ok", "conns", "seconds", "msgs/s", "p50 ms"]
-    header += ["p95 ms", "gw cpu ms/msg", "sink cpu", "client cpu", "gw VmHWM", "sink check"]
+    peer = "kinds" in report
+    compare = len(report["builds"]) > 1 or peer
+    header = (["server"] if peer else ["build"]) if compare else []
+    header += ["traffic" if peer else "scenario", "run", "ok", "not ok", "conns", "seconds"]
+    header += ["msgs/s", "p50 ms", "p95 ms", "server cpu ms/msg" if peer else "gw cpu ms/msg"]
+    header += ["sink cpu", "client cpu", "VmHWM" if peer else "gw VmHWM", "sink check"]
+    header += ["after s"] if peer else []
     rows = [
         ([r["build"]] if compare else [])
         + [
@@ -878,17 +1126,28 @@ def print_runs(report: dict[str, Any], out: Any) -> None:
             f"{r['gateway_cpu_ms_per_msg']:.2f}",
             f"{r['sink_cpu_ms_per_msg']:.2f}",
             f"{r['client_cpu_ms_per_msg']:.2f}",
-            f"{r['gateway_peak_rss_kib'] / 1024:.1f} MiB",
+            f"{r['gateway_peak_rss_kib'] / 1024:.1f} MiB" if r["gateway_peak_rss_kib"] else "-",
             r["sink_check"],
         ]
+        + ([f"{r['after_s']:.1f}"] if peer else [])
         for r in report["runs"]
     ]
     print(format_table(rows, header), file=out)
-    print(
-        "  p50/p95: per-connection from connect to the 250 after DATA, batched from MAIL to it;"
-        " cpu: ms per message; VmHWM: gateway peak RSS so far",
-        file=out,
-    )
+    if peer:
+        print(
+            "  p50/p95: a message per connection from connect to the 250 after DATA, persistent"
+            " from MAIL to it; cpu: ms per message (server: every process of it, Postfix and"
+            " Dovecot together; the reference servers' handing on after the run included);"
+            " VmHWM: peak RSS so far (-: many processes); after: seconds Postfix took after the"
+            " run to hand the last messages to its sink",
+            file=out,
+        )
+    else:
+        print(
+            "  p50/p95: per-connection from connect to the 250 after DATA, batched from MAIL to"
+            " it; cpu: ms per message; VmHWM: gateway peak RSS so far",
+            file=out,
+        )
     for r in report["runs"]:
         label = f"{r['build']} " if compare else ""
         for text in r["errors"][:MAX_ERRORS_SHOWN]:
@@ -924,6 +1183,70 @@ def print_report(report: dict[str, Any], out: Any) -> None:
     if summary.get("ratio_batched_per_connection") is not None:
         print(f"{'batched/per-conn':>15}: {summary['ratio_batched_per_connection']:.1f}x", file=out)
     print_gateway("gateway", report["gateway"], out)
+
+
+def peer_summary(results: list[RunResult], kinds: dict[str, Any]) -> dict[str, Any]:
+    """Per traffic kind, the medians of each server's runs and the ratio submitgw/reference of
+    the median throughputs (above 1: submitgw is faster)."""
+    summary: dict[str, Any] = {}
+    for kind, info in kinds.items():
+        sides: dict[str, dict[str, Any]] = {}
+        for role, name in (("submitgw", "submitgw"), ("reference", info["reference"])):
+            runs = [r for r in results if r.scenario == kind and r.build == name]
+            if not runs:
+                continue
+            sides[role] = {
+                "server": name,
+                "median_msgs_per_s": statistics.median(r.msgs_per_s for r in runs),
+                "min_msgs_per_s": min(r.msgs_per_s for r in runs),
+                "max_msgs_per_s": max(r.msgs_per_s for r in runs),
+                "median_p50_ms": statistics.median(r.p50_ms for r in runs),
+                "median_p95_ms": statistics.median(r.p95_ms for r in runs),
+                "median_server_cpu_ms_per_msg": statistics.median(
+                    r.gateway_cpu_ms_per_msg for r in runs
+                ),
+                "clean_runs": sum(r.clean for r in runs),
+                "runs": len(runs),
+            }
+        if len(sides) == 2:
+            reference = sides["reference"]["median_msgs_per_s"]
+            ratio = sides["submitgw"]["median_msgs_per_s"] / reference if reference else None
+            summary[kind] = {**sides, "ratio": ratio}
+    return summary
+
+
+def print_peer_report(report: dict[str, Any], out: Any) -> None:
+    print_header(report, out)
+    print_runs(report, out)
+    print(
+        "| traffic | submitgw msgs/s | reference | reference msgs/s | submitgw/reference "
+        "| submitgw p50 / p95 ms | reference p50 / p95 ms | server CPU ms/msg, submitgw / "
+        "reference | clean runs |",
+        file=out,
+    )
+    print("| --- " * 9 + "|", file=out)
+    for kind, x in report["summary"].items():
+        gw, ref = x["submitgw"], x["reference"]
+        ratio = "n/a" if x["ratio"] is None else f"{x['ratio']:.2f}"
+        print(
+            f"| {kind} | {gw['median_msgs_per_s']:.1f} | {ref['server']} "
+            f"| {ref['median_msgs_per_s']:.1f} | {ratio} "
+            f"| {gw['median_p50_ms']:.0f} / {gw['median_p95_ms']:.0f} "
+            f"| {ref['median_p50_ms']:.0f} / {ref['median_p95_ms']:.0f} "
+            f"| {gw['median_server_cpu_ms_per_msg']:.1f} / "
+            f"{ref['median_server_cpu_ms_per_msg']:.1f} "
+            f"| {gw['clean_runs'] + ref['clean_runs']}/{gw['runs'] + ref['runs']} |",
+            file=out,
+        )
+    print(
+        "  medians of each server's runs; submitgw/reference: of the median throughputs "
+        "(above 1: submitgw is faster)",
+        file=out,
+    )
+    print(file=out)
+    for kind, info in report["kinds"].items():
+        print_gateway(f"gateway {kind}", info["gateway"], out)
+    print(f"{'took':>15}: {report['seconds']:.0f} s in all", file=out)
 
 
 def print_comparison(report: dict[str, Any], out: Any) -> None:
@@ -963,7 +1286,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--messages",
         type=int,
-        help="messages per run and scenario (default: 200 per-connection, 2000 batched)",
+        help="messages per run and scenario (default: 200 per-connection, 2000 batched; with "
+        "--peer 100 mail-client, 2000 persistent, 500 certificate)",
     )
     p.add_argument("--batch-size", type=int, default=100, help="messages per batched session")
     p.add_argument("--repeats", type=int, default=3, help="runs per scenario (and build)")
@@ -1008,6 +1332,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "alternate new, old, new, old, ... and the report gives the ratios new/old of the "
         "medians",
     )
+    p.add_argument(
+        "--peer",
+        action="store_true",
+        help="compare with reference servers (root only): Postfix + Dovecot for password "
+        "logins, a bare aiosmtpd for certificate logins, each kind of traffic against a fresh "
+        "gateway; runs alternate submitgw, reference, submitgw, ...; smtp-sink is the "
+        "smarthost of both",
+    )
+    p.add_argument(
+        "--kinds",
+        default=",".join(PEER_KINDS),
+        help="with --peer: comma-separated traffic kinds: mail-client (a message per "
+        "connection, AUTH PLAIN), persistent (--batch-size messages per connection), "
+        "certificate (a message per connection, AUTH EXTERNAL)",
+    )
     p.add_argument("--warmup", type=int, default=4, help="unreported messages before the runs")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
@@ -1019,6 +1358,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--messages must be at least 1")
     if args.max_seconds <= 0 or args.io_timeout <= 0 or args.warmup < 0:
         p.error("--max-seconds and --io-timeout must be positive, --warmup not negative")
+    args.kinds = [k for k in args.kinds.split(",") if k]
+    unknown = sorted(set(args.kinds) - set(PEER_KINDS))
+    if unknown or not args.kinds:
+        known = ", ".join(PEER_KINDS)
+        p.error(f"--kinds: {', '.join(unknown) or 'none given'}; choose from {known}")
+    if args.peer and (args.compare or args.certificate or args.app_password):
+        p.error(
+            "--peer chooses the credential per kind; it goes without --compare, "
+            "--certificate and --app-password"
+        )
     for name in ("gateway_src", "compare"):
         src = getattr(args, name)
         if src is not None:
@@ -1115,6 +1464,51 @@ def benchmark(args: argparse.Namespace, base: Path, report: dict[str, Any]) -> N
             build.stop(f"{build.name}: " if compare else "")
 
 
+def benchmark_peers(args: argparse.Namespace, base: Path, report: dict[str, Any]) -> None:
+    """Per traffic kind: a gateway (its own setup, smtp-sink as its smarthost) and the
+    reference server, started together; runs alternate submitgw, reference, submitgw, ...;
+    both are stopped before the next kind starts."""
+    src = args.gateway_src or REPO_ROOT
+    results: list[RunResult] = []
+    report["runs"] = results
+    report["builds"] = {"new": {"src": str(src), "revision": revision(src)}}
+    report["kinds"] = {}
+    check_source(src)
+    for kind in args.kinds:
+        kind_args = argparse.Namespace(**{**vars(args), "certificate": kind == "certificate"})
+        gateway = Build("submitgw", src, base / kind / "submitgw", smtp_sink=True)
+        reference: PostfixPeer | BarePeer = (
+            BarePeer(base / kind / "reference")
+            if kind == "certificate"
+            else PostfixPeer(base / kind / "reference")
+        )
+        report["kinds"][kind] = {"reference": reference.name, "gateway": gateway.stats}
+        try:
+            gateway.start(kind_args, f"{kind} submitgw: ")
+            assert gateway.setup is not None
+            reference.start(gateway.setup, kind_args, f"{kind} {reference.name}: ")
+            report["kinds"][kind]["reference_detail"] = reference.detail
+            if "settings" not in report:
+                report["settings"] = describe_settings(args, gateway.setup.settings)
+                report["settings"]["credential"] = (
+                    "account password (mail-client, persistent) or client certificate (certificate)"
+                )
+            count = args.messages or DEFAULT_PEER_MESSAGES[kind]
+            for run in range(1, args.repeats + 1):
+                for target in (gateway, reference):
+                    say(f"{kind} run {run}/{args.repeats}, {target.name}: {count} messages")
+                    result = run_once(KIND_SCENARIO[kind], run, count, kind_args, target, kind)
+                    say(
+                        f"  {result.ok}/{count} ok in {result.seconds:.2f} s: "
+                        f"{result.msgs_per_s:.1f} msgs/s, sink {result.sink_check}"
+                    )
+                    results.append(result)
+            gateway.measure()
+        finally:
+            reference.stop()
+            gateway.stop(f"{kind} submitgw: ")
+
+
 def stop_on_sigterm(signum: int, frame: Any) -> None:
     """SIGTERM ends the benchmark like Ctrl-C does: through the `finally` that stops the
     gateway and the sink (Python's default would leave both running)."""
@@ -1128,7 +1522,10 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"machine": machine_context()}
     started = time.monotonic()
     try:
-        benchmark(args, base, report)
+        if args.peer:
+            benchmark_peers(args, base, report)
+        else:
+            benchmark(args, base, report)
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         say(f"error: {exc}")
         return 1
@@ -1144,15 +1541,21 @@ def main(argv: list[str] | None = None) -> int:
     results: list[RunResult] = report["runs"]
     report["runs"] = [asdict(r) for r in results]
     compare = args.compare is not None
-    report["summary"] = compare_summary(results) if compare else summarise(results)
+    if args.peer:
+        report["summary"] = peer_summary(results, report["kinds"])
+    else:
+        report["summary"] = compare_summary(results) if compare else summarise(results)
     report["seconds"] = time.monotonic() - started
     if args.json:
         print(json.dumps(report, indent=2))
+    elif args.peer:
+        print_peer_report(report, sys.stdout)
     elif compare:
         print_comparison(report, sys.stdout)
     else:
         print_report(report, sys.stdout)
-    gateways_ok = all(b["gateway"]["exit_code"] == 0 for b in report["builds"].values())
+    gateways = report["kinds"].values() if args.peer else report["builds"].values()
+    gateways_ok = all(g["gateway"]["exit_code"] == 0 for g in gateways)
     return 0 if gateways_ok and all(r.clean for r in results) else 1
 
 

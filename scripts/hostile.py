@@ -90,6 +90,7 @@ from bench import (
     set_toml_keys,
     status_kib,
 )
+from peers import PostfixInstance
 
 ATTACKS = ("handshake", "slow", "idle", "guess", "login", "frombomb", "shortlines")
 PHASES = ("baseline", *ATTACKS)
@@ -816,30 +817,7 @@ class Setup:
     foreign: Account
 
 
-POSTFIX_QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
 POSTFIX_DRAIN_SECONDS = 600.0
-
-
-def postfix_queued(postfix: Any) -> int:
-    """Messages Postfix still holds (accepted, not yet handed to the sink)."""
-    queue = Path(postfix.queue_dir)
-    return sum(
-        1
-        for name in POSTFIX_QUEUES
-        if (queue / name).is_dir()
-        for p in (queue / name).rglob("*")
-        if p.is_file()
-    )
-
-
-def wait_for_postfix(postfix: Any) -> int:
-    """Until Postfix has handed every message to the sink (bounded); what it still holds."""
-    deadline = time.monotonic() + POSTFIX_DRAIN_SECONDS
-    queued = postfix_queued(postfix)
-    while queued and time.monotonic() < deadline:
-        time.sleep(1.0)
-        queued = postfix_queued(postfix)
-    return queued
 
 
 def run_phase(
@@ -849,7 +827,7 @@ def run_phase(
     sink: Sink,
     run_id: str,
     smarthost: str,
-    postfix: Any = None,
+    postfix: PostfixInstance | None = None,
 ) -> Phase:
     phase = Phase(name, args.seconds)
     gateway = Gateway(setup.config.parent, smarthost, setup.base / f"gw-{name}.log")
@@ -924,7 +902,7 @@ def run_phase(
                 # Postfix said 250: the message is at the smarthost. Its delivery to the
                 # sink (slow with odd messages) is not the gateway's; wait for it, then
                 # check that every message really arrived.
-                held = wait_for_postfix(postfix)
+                held = postfix.wait_until_delivered(POSTFIX_DRAIN_SECONDS)
                 if held:
                     phase.problems.append(f"Postfix still held {held} file(s) in its queue")
             phase.stored, phase.lost = check_sink(sink.directory, legit_result.ok)
@@ -1203,14 +1181,9 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def start_postfix(sink: Sink) -> Any:
-    """The test suite's private Postfix instance, relaying to `sink` (it needs root)."""
-    from types import SimpleNamespace
-
-    from tests.support.postfix import PostfixSmarthost
-
-    relay: Any = SimpleNamespace(host=HOST, port=sink.port)
-    return PostfixSmarthost(relay).start()
+def start_postfix(sink: Sink) -> PostfixInstance:
+    """A private Postfix instance, relaying to `sink` (it needs root)."""
+    return PostfixInstance(HOST, sink.port).start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1219,7 +1192,7 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="submitgw-hostile-"))
     report: dict[str, Any] = {"machine": machine_context(), "phases": []}
     sink = Sink(base / "mail", base / "sink.log")
-    postfix: Any = None
+    postfix: PostfixInstance | None = None
     run_id = secrets.token_hex(4)
     try:
         say(f"setting up in {base}")

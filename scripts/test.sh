@@ -11,9 +11,11 @@ source scripts/lib.sh
 # libnet-ssleay-perl: swaks only recommends it, and without it swaks has no TLS.
 # systemd: only for systemd-analyze, which checks contrib/systemd/submitgw.service; nothing
 # is started (in a container systemd is not PID 1, and installing it starts no service).
+# dovecot-core, dovecot-sqlite: the auth service of scripts/bench.py --peer, run as a private
+# instance (with no protocol package installed, the system's Dovecot serves nothing).
 # haproxy: the tests run private instances from contrib/haproxy/haproxy.cfg.
-DEB_PACKAGES=(swaks libnet-ssleay-perl msmtp postfix curl openssl ca-certificates
-    chromium chromium-driver libnss3-tools systemd haproxy)
+DEB_PACKAGES=(swaks libnet-ssleay-perl msmtp postfix dovecot-core dovecot-sqlite curl openssl
+    ca-certificates chromium chromium-driver libnss3-tools systemd haproxy)
 PG_WAIT_SECONDS=30
 
 in_ci() { [ "${CI:-}" = "true" ]; }

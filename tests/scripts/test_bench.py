@@ -1,6 +1,6 @@
 """scripts/bench.py still runs end to end: a single run keeps its report, --certificate logs
-in with AUTH EXTERNAL, and --compare runs two builds and prints the ratios (tiny sizes here;
-this tree stands in for the other build)."""
+in with AUTH EXTERNAL, --compare runs two builds and prints the ratios (this tree stands in
+for the other build), and --peer compares with the reference servers (tiny sizes here)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.support.smarthost import require_root, require_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "bench.py"
@@ -55,3 +57,25 @@ def test_refuses_a_source_tree_without_the_gateway(tmp_path: Path) -> None:
     result = bench("--compare", str(tmp_path))
     assert result.returncode == 2
     assert "no submitgw/__main__.py" in result.stderr
+
+
+def test_peer_compares_with_postfix_dovecot_and_a_bare_server() -> None:
+    """Two of the three kinds keep it short; they cover both reference servers."""
+    for tool in ("postfix", "dovecot", "smtp-sink"):
+        require_tool(tool)
+    require_root("the reference servers (Postfix, Dovecot)")
+    result = bench("--peer", "--kinds", "mail-client,certificate")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for kind, reference in (("mail-client", "postfix+dovecot"), ("certificate", "bare aiosmtpd")):
+        assert re.search(
+            rf"^\| {kind} \| [\d.]+ \| {re.escape(reference)} \| [\d.]+ \| [\d.]+ \|"
+            r" \d+ / \d+ \| \d+ / \d+ \| [\d.]+ / [\d.]+ \| 2/2 \|$",
+            result.stdout,
+            re.M,
+        ), result.stdout
+        for server in ("submitgw", reference):
+            assert re.search(rf"^ *{re.escape(server)} +{kind} +1 +4/4 ", result.stdout, re.M)
+    # Every message Postfix and the gateway accepted was found at their smtp-sinks.
+    assert len(re.findall(r" 4/4 .* ok +[\d.]+$", result.stdout, re.M)) == 3, result.stdout
+    assert "postfix+dovecot (Postfix 3." in result.stdout
+    assert "{ARGON2ID} t=1 m=8192 p=1" in result.stdout  # --cheap-argon2: the gateway's

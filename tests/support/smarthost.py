@@ -11,11 +11,8 @@ import email
 import email.policy
 import json
 import os
-import random
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,14 +24,16 @@ from typing import Any, cast
 
 import pytest
 
+# The tests take free_port from here; it lives with the servers that need it.
+from scripts.peers import MissingTool, find_tool
+from scripts.peers import free_port as free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "capture_smarthost.py"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 POLL_INTERVAL = 0.05
 LISTENING = re.compile(rb"capture-smarthost listening on (\S+):(\d+)")
-# Debian keeps daemons such as postfix in sbin, which a non-login PATH may lack.
-SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 # Option name -> how it becomes command-line arguments.
 FLAGS = {"reject_data", "drop_after_data", "smtputf8", "verbose"}
@@ -42,33 +41,24 @@ REPEATED = {"reject_rcpt", "tempfail_rcpt"}
 VALUED = {"data_delay", "tls_cert", "tls_key", "auth", "hostname", "max_size"}
 
 
-FREE_PORT_RANGE = (12000, 32000)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago; only for servers that cannot report the port they
-    bound themselves (Postfix). The capture sink binds port 0 instead, which cannot race."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # Below the kernel's ephemeral range (32768-60999 here): a port the kernel hands out
-    # for port 0 can be taken by any outgoing connection before the server binds it.
-    for _ in range(200):
-        port = random.randint(FREE_PORT_RANGE[0], FREE_PORT_RANGE[1])
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {FREE_PORT_RANGE} on {host}")
-
-
 def require_tool(name: str) -> str:
     """Path of an external program; a missing one skips the test locally but fails it in CI,
     where scripts/test.sh must have installed everything."""
-    path = shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN_DIRS))
-    if path:
-        return path
-    message = f"{name} is not installed (scripts/test.sh installs it)"
+    try:
+        return find_tool(name)  # PATH, then the sbin folders
+    except MissingTool as exc:
+        missing = str(exc)
+    if os.environ.get("CI") == "true":
+        pytest.fail(missing, pytrace=False)
+    pytest.skip(missing)
+
+
+def require_root(what: str) -> None:
+    """Skip (locally) or fail (in CI, which runs as root) a test that must start `what` as
+    root."""
+    if os.geteuid() == 0:
+        return
+    message = f"{what} must be started by root"
     if os.environ.get("CI") == "true":
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
