@@ -147,6 +147,10 @@ class CaptureHandler:
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 Ok"
 
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        LOG.info("quit from %s", session.peer)
+        return "221 2.0.0 Bye"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.behaviour.data_delay > 0:
             await asyncio.sleep(self.behaviour.data_delay)
@@ -216,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reject-data", action="store_true")
     p.add_argument("--data-delay", type=float, default=0.0, metavar="SECONDS")
     p.add_argument("--drop-after-data", action="store_true")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="close a client silent this long (421, as MTAs do with idle clients)",
+    )
     p.add_argument("--tls-cert", type=Path)
     p.add_argument("--tls-key", type=Path)
     p.add_argument("--auth", type=parse_auth, metavar="USER:PASSWORD")
@@ -261,8 +272,10 @@ async def serve(args: argparse.Namespace) -> int:
             auth_required=args.auth is not None,
             auth_require_tls=tls is not None,
             authenticator=authenticator,
+            timeout=args.idle_timeout,
             loop=loop,
         )
+        LOG.info("connection accepted")
         sessions[:] = [s for s in sessions if s.transport is not None]
         sessions.append(smtp)
         return smtp

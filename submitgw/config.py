@@ -226,6 +226,11 @@ class SmarthostServer:
 @dataclass(frozen=True)
 class SmarthostConfig:
     servers: tuple[SmarthostServer, ...] = (SmarthostServer("127.0.0.1", 25),)
+    # Idle, greeted connections kept per server for the next session (0: none kept),
+    # seconds one may stay idle, and messages one carries before it is closed.
+    pool_size: int = 8
+    pool_idle_seconds: float = 30.0
+    pool_max_messages: int = 100
 
 
 @dataclass(frozen=True)
@@ -348,8 +353,19 @@ def _check_smarthost_types(values: dict[str, Any], where: str) -> None:
             )
 
 
+_POOL_KEYS = ("pool_size", "pool_idle_seconds", "pool_max_messages")
+
+
 def _smarthost(data: dict[str, Any], base: Path) -> SmarthostConfig:
-    shared = {k: v for k, v in data.items() if k != "servers"}
+    pool: SmarthostConfig = _build(
+        SmarthostConfig, {k: v for k, v in data.items() if k in _POOL_KEYS}, "smarthost"
+    )
+    if pool.pool_size < 0 or pool.pool_idle_seconds <= 0 or pool.pool_max_messages < 1:
+        raise ConfigError(
+            "[smarthost] pool_size must be >= 0 (0: off), pool_idle_seconds > 0 "
+            "and pool_max_messages >= 1"
+        )
+    shared = {k: v for k, v in data.items() if k != "servers" and k not in _POOL_KEYS}
     unknown = set(shared) - _SMARTHOST_KEYS
     if unknown:
         raise ConfigError(f"[smarthost]: unknown key(s) {', '.join(sorted(unknown))}")
@@ -374,7 +390,7 @@ def _smarthost(data: dict[str, Any], base: Path) -> SmarthostConfig:
             raise ConfigError(f"[smarthost] server {address}: unknown key(s) {sorted(bad)}")
         _check_smarthost_types(own, f"[smarthost] server {address}:")
         servers.append(make_smarthost(address, {**shared, **own}, base))
-    return SmarthostConfig(tuple(servers))
+    return dataclasses.replace(pool, servers=tuple(servers))
 
 
 def make_smarthost(address: str, options: dict[str, Any], base: Path) -> SmarthostServer:
@@ -811,6 +827,12 @@ password_file = ""
 connect_timeout = 10.0
 command_timeout = 60.0
 data_timeout = 300.0
+# Connections kept open between sessions, per server: a session takes an idle one at
+# MAIL FROM and gives it back after the message; 0 opens one per session instead.
+pool_size = 8
+# Seconds an unused kept connection stays open, and messages one carries before QUIT.
+pool_idle_seconds = 30.0
+pool_max_messages = 100
 
 [policy]
 # Clients matched by no access rule: "allow" or "deny" (see 'submitgw access').

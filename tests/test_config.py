@@ -31,6 +31,7 @@ from submitgw.config import (
     PolicyConfig,
     SelfServiceConfig,
     ServerConfig,
+    SmarthostConfig,
     SmarthostServer,
     TlsConfig,
     config_path,
@@ -127,7 +128,8 @@ def test_every_key_of_every_section_is_in_the_template(section: str, cls: type) 
     keys = template_keys(DEFAULT_TEMPLATE)
     expected = {f.name for f in dataclasses.fields(cls)}
     if cls is SmarthostServer:
-        expected = (expected - {"host", "port"}) | {"servers"}
+        pooling = {f.name for f in dataclasses.fields(SmarthostConfig)} - {"servers"}
+        expected = (expected - {"host", "port"}) | {"servers"} | pooling
 
     assert keys[section] == expected
 
@@ -256,6 +258,11 @@ def test_integers_are_accepted_where_seconds_are_floats() -> None:
         ({"smarthost": {"servers": [25]}}, "servers"),
         ({"smarthost": {"servers": [{"starttls": True}]}}, "address"),
         ({"smarthost": {"servers": ["nowhere"]}}, "nowhere"),
+        ({"smarthost": {"pool_size": -1}}, "pool_size"),
+        ({"smarthost": {"pool_size": "8"}}, "pool_size"),
+        ({"smarthost": {"pool_idle_seconds": 0}}, "pool_idle_seconds"),
+        ({"smarthost": {"pool_max_messages": 0}}, "pool_max_messages"),
+        ({"smarthost": {"servers": [{"address": "a:25", "pool_size": 2}]}}, "pool_size"),
         ({"submission": {"listen": "localhost"}}, "submission"),
         ({"submissions": {"listen": "0.0.0.0:99999"}}, "submissions"),
         ({"submission": {"proxy_protocol": True}}, "trusted_proxies"),

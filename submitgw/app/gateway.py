@@ -190,6 +190,10 @@ class App:
         self.services.recorder.sinks.append(metrics)
         metrics.watch_connections(table.open_per_listener, lambda: table.admitted)
         metrics.watch_pool(self.services.authenticator.shares, cfg.auth.workers)
+        gateway = self.gateway
+        metrics.watch_smarthost_pool(
+            lambda: (gateway.pool.idle, gateway.pool.counts.fresh, gateway.pool.counts.reused)
+        )
         self.readiness = Readiness(
             db.ping,
             cfg.smarthost.servers,

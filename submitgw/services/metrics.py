@@ -237,6 +237,7 @@ class Metrics:
         self._connections: Callable[[], Mapping[str, int]] | None = None
         self._admitted: Callable[[], Mapping[str, int]] | None = None
         self._pool: tuple[PoolShares, int] | None = None
+        self._smarthost_pool: Callable[[], tuple[int, int, int]] | None = None
         self._zero()
         r.register(_Readings(self._readings))
         self._handlers: dict[str, Callable[[Mapping[str, Any]], None]] = {
@@ -287,6 +288,10 @@ class Metrics:
     def watch_pool(self, shares: PoolShares, workers: int) -> None:
         self._pool = (shares, workers)
 
+    def watch_smarthost_pool(self, read: Callable[[], tuple[int, int, int]]) -> None:
+        """`read`: idle pooled smarthost connections now, connections opened, reused."""
+        self._smarthost_pool = read
+
     def _readings(self) -> Iterator[Metric]:
         if self._connections is not None and self._admitted is not None:
             opened = GaugeMetricFamily(
@@ -321,6 +326,21 @@ class Metrics:
                 "Places of the argon2 pool (workers + max_pending)",
                 value=shares.capacity,
             )
+        if self._smarthost_pool is not None:
+            idle, fresh, reused = self._smarthost_pool()
+            yield GaugeMetricFamily(
+                "submitgw_smarthost_pool_idle",
+                "Smarthost connections kept open, idle, for the next session",
+                value=idle,
+            )
+            taken = CounterMetricFamily(
+                "submitgw_smarthost_connections",
+                "Smarthost connections a transaction got: opened for it or taken from the pool",
+                labels=["how"],
+            )
+            taken.add_metric(["fresh"], fresh)
+            taken.add_metric(["reused"], reused)
+            yield taken
         if self._clock is not None:
             yield GaugeMetricFamily(
                 "submitgw_event_loop_lag_max_seconds",

@@ -12,14 +12,17 @@ event of its own and metrics can count it by kind.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiosmtplib
 
-from submitgw.config import SmarthostServer
+from submitgw.config import SmarthostConfig, SmarthostServer
 from submitgw.errors import Kind, Refusal, RelayError
 
 log = logging.getLogger(__name__)
@@ -111,7 +114,10 @@ class Upstream:
     ) -> None:
         self._client = client
         self.server = server
-        self._trouble = trouble
+        # Whom to tell of trouble: the session using the connection now.
+        self.trouble = trouble
+        # Messages sent over this connection (each DATA), for the pool's limit.
+        self.messages = 0
 
     @classmethod
     async def connect(
@@ -148,7 +154,7 @@ class Upstream:
     def _refused(self, step: str, reply: UpstreamReply) -> UpstreamReply:
         """Report a 4xx or 5xx reply; hand back any reply."""
         if reply.code >= 400:
-            self._trouble(str(self.server), step, f"{reply.code // 100}xx", reply.line)
+            self.trouble(str(self.server), step, f"{reply.code // 100}xx", reply.line)
         return reply
 
     async def _command(self, step: str, *args: bytes, kept: bool = False) -> UpstreamReply:
@@ -158,9 +164,13 @@ class Upstream:
             response = await self._client.execute_command(*args)
         except _TRANSIENT as exc:
             if not kept:
-                self._trouble(str(self.server), step, _exception_error(exc, step), _described(exc))
+                self.trouble(str(self.server), step, _exception_error(exc, step), _described(exc))
             self.close()
             raise RelayError(Kind.SMARTHOST_UNAVAILABLE) from exc
+        if kept and response.code == 421:
+            # The smarthost's own idle timeout ("421 ... timeout") met our command.
+            self.close()
+            raise RelayError(Kind.SMARTHOST_UNAVAILABLE)
         return self._refused(step, UpstreamReply(response.code, response.message))
 
     async def mail(self, sender: str, options: list[str], *, kept: bool = False) -> UpstreamReply:
@@ -179,6 +189,7 @@ class Upstream:
         ending, which for 4 MiB of empty lines cost ~200 MiB and 0.4 s of event loop.
         """
         timeout = self.server.data_timeout
+        self.messages += 1
         try:
             start = await self._client.execute_command(b"DATA", timeout=timeout)
             if start.code != 354:
@@ -189,7 +200,7 @@ class Upstream:
             protocol.write(wire_form(message))
             response = await protocol.read_response(timeout=timeout)
         except _TRANSIENT as exc:
-            self._trouble(
+            self.trouble(
                 str(self.server),
                 "data",
                 _exception_error(exc, "data"),
@@ -199,12 +210,18 @@ class Upstream:
             raise RelayError(Kind.SMARTHOST_UNCONFIRMED) from exc
         return self._refused("data", UpstreamReply(response.code, response.message))
 
-    async def reset(self) -> None:
-        """Abandon the current transaction upstream (client RSET, EHLO, or a failed MAIL)."""
+    async def reset(self) -> bool:
+        """Abandon the current transaction upstream (client RSET, EHLO, or a failed MAIL);
+        True when the smarthost said 250, so the connection is clean for another."""
         try:
-            await self._client.execute_command(b"RSET")
+            reply = await self._client.execute_command(b"RSET")
         except Exception:
             self.close()
+            return False
+        if reply.code != 250:
+            self.close()
+            return False
+        return True
 
     @property
     def usable(self) -> bool:
@@ -220,13 +237,117 @@ class Upstream:
             self._client.close()
 
 
-class Smarthost:
-    """A session's way to the smarthost: one connection, kept from message to message.
+@dataclass
+class PoolCounts:
+    """Connections a gateway's sessions got, fresh or reused; kept across reloads."""
 
-    Reusing the connection spares a connect, EHLO, STARTTLS and login per message.
-    A kept connection the smarthost has closed meanwhile is only noticed at the
-    next MAIL, so that MAIL is retried once on a fresh connection; a fresh one
-    that fails is a failure.
+    fresh: int = 0
+    reused: int = 0
+
+
+class ConnectionPool:
+    """Idle smarthost connections, greeted and logged in, shared by a gateway's sessions.
+
+    A session takes one at MAIL FROM and gives it back once the transaction ended
+    cleanly; up to `pool_size` per server wait for the next, each for at most
+    `pool_idle_seconds` and `pool_max_messages` messages, then they QUIT. A closed pool
+    (reload, shutdown) keeps nothing: what comes back is closed.
+    """
+
+    def __init__(
+        self, settings: SmarthostConfig, helo_name: str, counts: PoolCounts | None = None
+    ) -> None:
+        self.settings = settings
+        self.helo_name = helo_name
+        self.counts = counts or PoolCounts()
+        self.closed = settings.pool_size == 0
+        self._idle: dict[SmarthostServer, deque[tuple[Upstream, float]]] = {
+            server: deque() for server in settings.servers
+        }
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._quitting: set[asyncio.Task[None]] = set()
+
+    def serves(self, settings: SmarthostConfig, helo_name: str) -> bool:
+        return not self.closed and settings == self.settings and helo_name == self.helo_name
+
+    @property
+    def idle(self) -> int:
+        return sum(len(kept) for kept in self._idle.values())
+
+    def take(self) -> Upstream | None:
+        """The most recently used live connection, to the most preferred server."""
+        now = time.monotonic()
+        for kept in self._idle.values():
+            while kept:
+                upstream, since = kept.pop()
+                if upstream.usable and now - since < self.settings.pool_idle_seconds:
+                    self.counts.reused += 1
+                    return upstream
+                self._quit(upstream)
+        return None
+
+    def give_back(self, upstream: Upstream) -> None:
+        kept = self._idle.get(upstream.server)
+        if (
+            self.closed
+            or kept is None
+            or not upstream.usable
+            or upstream.messages >= self.settings.pool_max_messages
+            or len(kept) >= self.settings.pool_size
+        ):
+            self._quit(upstream)
+            return
+        upstream.trouble = log_trouble
+        kept.append((upstream, time.monotonic()))
+        if self._sweeper is None:
+            self._sweep_at(self.settings.pool_idle_seconds)
+
+    def _sweep_at(self, delay: float) -> None:
+        self._sweeper = asyncio.get_running_loop().call_later(delay, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections idle too long; come back when the next one will be."""
+        self._sweeper = None
+        now, limit = time.monotonic(), self.settings.pool_idle_seconds
+        oldest = None
+        for kept in self._idle.values():
+            while kept and now - kept[0][1] >= limit:
+                self._quit(kept.popleft()[0])
+            if kept and (oldest is None or kept[0][1] < oldest):
+                oldest = kept[0][1]
+        if oldest is not None:
+            self._sweep_at(oldest + limit - now)
+
+    def _quit(self, upstream: Upstream) -> None:
+        if not upstream.usable:
+            upstream.close()
+            return
+        task = asyncio.ensure_future(upstream.quit())
+        self._quitting.add(task)
+        task.add_done_callback(self._quitting.discard)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """QUIT every idle connection, within `timeout` seconds; keep none from now on."""
+        self.closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for kept in self._idle.values():
+            while kept:
+                self._quit(kept.pop()[0])
+        if self._quitting:
+            await asyncio.wait(set(self._quitting), timeout=timeout)
+
+
+class Smarthost:
+    """A session's way to the smarthost: one connection per transaction, reused.
+
+    Reusing a connection spares a connect, EHLO, STARTTLS and login per message.
+    With a pool, the connection comes from it at MAIL FROM and goes back when the
+    transaction ended cleanly; without, the session keeps its own from message to
+    message. A kept connection the smarthost has closed meanwhile is only noticed at
+    the next MAIL, so that MAIL is retried once on a fresh connection (nothing was
+    sent yet); a fresh one that fails is a failure.
     """
 
     def __init__(
@@ -234,23 +355,52 @@ class Smarthost:
         servers: tuple[SmarthostServer, ...],
         helo_name: str,
         trouble: Trouble = log_trouble,
+        pool: ConnectionPool | None = None,
     ) -> None:
         self._servers = servers
         self._helo_name = helo_name
         self._trouble = trouble
+        self._pool = pool
         self.upstream: Upstream | None = None
 
+    async def _connect(self) -> Upstream:
+        upstream = await Upstream.connect(self._servers, self._helo_name, self._trouble)
+        if self._pool is not None:
+            self._pool.counts.fresh += 1
+        return upstream
+
+    def _kept(self) -> Upstream | None:
+        if self.upstream is not None and self.upstream.usable:
+            return self.upstream
+        upstream = self._pool.take() if self._pool is not None else None
+        if upstream is not None:
+            upstream.trouble = self._trouble
+        return upstream
+
     async def mail(self, sender: str, options: list[str]) -> UpstreamReply:
-        reused = self.upstream is not None and self.upstream.usable
-        if self.upstream is None or not reused:
-            self.upstream = await Upstream.connect(self._servers, self._helo_name, self._trouble)
+        kept = self._kept()
+        self.upstream = upstream = kept or await self._connect()
         try:
-            return await self.upstream.mail(sender, options, kept=reused)
+            return await upstream.mail(sender, options, kept=kept is not None)
         except RelayError:
-            if not reused:
+            if kept is None:
                 raise
-        self.upstream = await Upstream.connect(self._servers, self._helo_name, self._trouble)
+        self.upstream = await self._connect()
         return await self.upstream.mail(sender, options)
+
+    def finished(self, *, clean: bool) -> None:
+        """The transaction is over: `clean` after a reply to the message or a 250 to
+        RSET. The connection goes back to the pool, or stays for the session's next
+        message; one in doubt is closed."""
+        upstream = self.upstream
+        if upstream is None:
+            return
+        if not clean:
+            self.upstream = None
+            upstream.close()
+        elif self._pool is not None:
+            self.upstream = None
+            self._pool.give_back(upstream)
 
     def release(self) -> Upstream | None:
         """Hand over the connection for a polite QUIT once the session is over."""

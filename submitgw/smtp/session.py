@@ -43,7 +43,7 @@ from submitgw.services.senders import Senders
 from submitgw.smtp import replies
 from submitgw.smtp.connections import CLOSE_GRACE, Connection, ConnectionTable, Intake
 from submitgw.smtp.dataread import DataDecoder
-from submitgw.smtp.relay import Smarthost, as_client_reply
+from submitgw.smtp.relay import ConnectionPool, PoolCounts, Smarthost, as_client_reply
 from submitgw.smtp.tlslayer import TlsLayer
 from submitgw.tls import describe
 from submitgw.types import CertificateUser, CertificateVerdict, Identity
@@ -127,6 +127,8 @@ class Gateway:
         self._doors: dict[str, _Door] = {}
         self.stopping = False
         self._background: set[asyncio.Task[None]] = set()
+        # Idle smarthost connections for the sessions made with `cfg` (see `pool_for`).
+        self.pool = ConnectionPool(cfg.smarthost, cfg.server.hostname, PoolCounts())
 
     def spawn(self, work: Coroutine[object, object, None]) -> None:
         """Run clean-up work that must outlive the session that started it."""
@@ -175,10 +177,19 @@ class Gateway:
         once. Sessions under way keep what they were made with."""
         self.cfg = cfg
         self.certificates = certificates
+        if not self.pool.serves(cfg.smarthost, cfg.server.hostname):
+            # Connections to the old smarthost settings are closed, never reused.
+            self.spawn(self.pool.close())
+            self.pool = ConnectionPool(cfg.smarthost, cfg.server.hostname, self.pool.counts)
         self.connections.max_total = cfg.limits.max_connections
         self.connections.max_per_client = cfg.limits.max_connections_per_ip
         for listener in listeners:
             self._doors[listener.name] = self._door(listener)
+
+    def pool_for(self, cfg: Config) -> ConnectionPool | None:
+        """The pool of a session made with `cfg`: none if a reload changed the smarthost
+        settings since (that session keeps its own connection, to its settings)."""
+        return self.pool if self.pool.serves(cfg.smarthost, cfg.server.hostname) else None
 
     async def drain(self, grace: float) -> None:
         """Shutdown: idle sessions get 421 now, busy ones may finish within `grace`."""
@@ -191,6 +202,7 @@ class Gateway:
             await asyncio.sleep(0.05)
         for session in list(self.sessions):
             session.abort(Refusal(Kind.SHUTTING_DOWN))
+        await self.pool.close()
         if self._background:
             await asyncio.wait(self._background, timeout=5)
 
@@ -239,7 +251,9 @@ class Session(asyncio.Protocol):
         # The connection learnt the peer's address before it made the session.
         self.client_ip = connection.client_ip
         self.trail = audit.SessionTrail(gateway.recorder, self.id, listener.name, self.client_ip)
-        self.smarthost = Smarthost(cfg.smarthost.servers, self.hostname, self.trail.smarthost)
+        self.smarthost = Smarthost(
+            cfg.smarthost.servers, self.hostname, self.trail.smarthost, gateway.pool_for(cfg)
+        )
         self.started = time.monotonic()
         self.deadline = self.started + cfg.limits.max_session_seconds
         self.login_deadline = self.started + cfg.limits.login_timeout
@@ -741,9 +755,11 @@ class Session(asyncio.Protocol):
                     self.identity.user, self.client_ip, len(txn.recipients)
                 )
             self._log_message(txn, len(content), result.line, started)
+            self.smarthost.finished(clean=True)
             await self.push(replies.accepted(result.line))
             return
         self._log_message(txn, len(content), result.line, started)
+        self.smarthost.finished(clean=True)
         raise as_client_reply(result, "5.6.0")
 
     async def _read_data(self) -> bytes:
@@ -846,7 +862,7 @@ class Session(asyncio.Protocol):
 
     async def _reset_upstream(self) -> None:
         if self.smarthost.upstream is not None:
-            await self.smarthost.upstream.reset()
+            self.smarthost.finished(clean=await self.smarthost.upstream.reset())
 
     async def _reset_transaction(self) -> None:
         if self.txn is not None:

@@ -21,7 +21,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -373,6 +373,11 @@ class InProcessGateway(_Gateway):
             await self.app.stop(self._grace)
         finally:
             db.dispose()
+
+    def reload(self, load: Callable[[], Config]) -> None:
+        """Apply the configuration `load` gives, as SIGHUP applies the file's."""
+        assert self._loop is not None and self.app is not None
+        asyncio.run_coroutine_threadsafe(self.app.reload(load), self._loop).result(20)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
         """Stops as SIGTERM would; other signals have no in-process meaning."""

@@ -38,7 +38,7 @@ LISTENING = re.compile(rb"capture-smarthost listening on (\S+):(\d+)")
 # Option name -> how it becomes command-line arguments.
 FLAGS = {"reject_data", "drop_after_data", "smtputf8", "verbose"}
 REPEATED = {"reject_rcpt", "tempfail_rcpt"}
-VALUED = {"data_delay", "tls_cert", "tls_key", "auth", "hostname", "max_size"}
+VALUED = {"data_delay", "tls_cert", "tls_key", "auth", "hostname", "max_size", "idle_timeout"}
 
 
 def require_tool(name: str) -> str:
@@ -189,6 +189,14 @@ class CaptureSmarthost:
         if not self.log_path.exists():
             return ""
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def connections(self) -> int:
+        """Connections the sink accepted (since this view began, for a shared one)."""
+        return self.log_text().count("capture-smarthost: connection accepted")
+
+    def quits(self) -> int:
+        """QUIT commands the sink received."""
+        return self.log_text().count("capture-smarthost: quit from")
 
     def messages(self) -> list[CapturedMessage]:
         """Every stored message, oldest first; only complete ones (those with a .json)."""
