@@ -145,8 +145,9 @@ class UserNetworkStore:
             .join(User, UserNetworkRow.user_id == User.id)
             .where(User.email == normalise_email(email))
         )
-        with self._db.session() as session:
-            return sorted(session.scalars(statement), key=_network_order)
+        # A Core query, not the ORM: it runs at every certificate login.
+        with self._db.engine.connect() as connection:
+            return sorted(connection.scalars(statement), key=_network_order)
 
     def by_user(self) -> dict[str, builtins.list[str]]:
         """Every user that has networks, for `user list`."""

@@ -88,5 +88,20 @@ class SenderStore:
         return sorted(patterns, key=lambda p: (not p.startswith("@"), p))
 
     def allowed(self, email: str) -> builtins.list[str]:
-        """What the user may send as: their own address first, then the bindings."""
-        return [normalise_email(email), *self.list(email)]
+        """What the user may send as: their own address first, then the bindings.
+
+        Read at every session's first MAIL: one Core query (the user, outer-joined
+        to the bindings) rather than `list`'s two through the ORM.
+        """
+        email = normalise_email(email)
+        statement = (
+            select(User.id, SenderBinding.pattern)
+            .outerjoin(SenderBinding, SenderBinding.user_id == User.id)
+            .where(User.email == email)
+        )
+        with self._db.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        if not rows:
+            raise UserNotFound(email)
+        patterns = [pattern for _, pattern in rows if pattern is not None]
+        return [email, *sorted(patterns, key=lambda p: (not p.startswith("@"), p))]
