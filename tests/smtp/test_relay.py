@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from submitgw.smtp.relay import wire_form
 from tests.support.gateway import USER, InProcessGateway
+from tests.support.metrics import scrape
 from tests.support.smarthost import CaptureSmarthost
 
 # RFC 5321 4.5.2 and the line-end rule, written the slow, obvious way.
@@ -190,3 +191,13 @@ def test_shutdown_quits_pooled_connections(
     assert sink.quits() == 0
     gw.stop()
     eventually(lambda: sink.quits() == 1)
+
+
+def test_the_pool_is_seen_in_the_metrics(gateway_factory: Any, smarthost: CaptureSmarthost) -> None:
+    gw = gateway_factory({"metrics": {"listen": "127.0.0.1:0"}})
+    for _ in range(3):
+        send(gw)
+    m = scrape(gw.metrics_port)
+    assert m("submitgw_smarthost_pool_idle") == 1
+    assert m("submitgw_smarthost_connections_total", how="fresh") == 1
+    assert m("submitgw_smarthost_connections_total", how="reused") == 2
