@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import smtplib
 import socket
 import ssl
@@ -359,6 +360,25 @@ def test_dot_stuffing_round_trip(gateway: GatewayProcess, smarthost: CaptureSmar
     assert _send_data(d, b"Subject: dots\r\n\r\n..leading\r\n...\r\n.\r\n").code == 250
     (msg,) = smarthost.wait_for_messages(1)
     assert msg.raw.endswith(b"\r\n.leading\r\n..\r\n")
+
+
+def test_a_big_message_with_odd_lines_arrives_byte_exact(
+    gateway: GatewayProcess, smarthost: CaptureSmarthost
+) -> None:
+    """Several MiB, so the message is read, normalised and sent in many pieces: bare CRs
+    and LFs and leading dots every few bytes (every piece starts with a dot), with line
+    lengths that shift where each piece is cut, must come out as the one-shot rules say
+    (CRLF everywhere, stuffed on the wire, unstuffed by the smarthost)."""
+    odd = [b".dot\r\n", b"bare\n", b"cr\r", b".\n", b"\r", b"\n.x\r\n", b"..\r\n"]
+    body = b"".join(b"." + b"y" * (i % 97) + odd[i % len(odd)] for i in range(90_000))
+    content = b"Subject: big\r\n\r\n" + body + b"\r\n"
+    assert len(content) > 4 * 1024 * 1024
+    sent = content.replace(b"\r\n.", b"\r\n..")
+    d = tls_dialog(gateway)
+    assert _send_data(d, sent + b".\r\n").code == 250
+    (msg,) = smarthost.wait_for_messages(1)
+    expected = re.sub(rb"\r\n|\r|\n", b"\r\n", body + b"\r\n")
+    assert msg.raw.endswith(b"\r\n\r\n" + expected)
 
 
 # --- relay ----------------------------------------------------------------------------------
