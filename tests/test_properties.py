@@ -164,10 +164,14 @@ def reference(stream: bytes, max_size: int) -> tuple[bytes | str, int] | None:
 
 
 def outcome(decoder: DataDecoder) -> bytes | str:
+    """The decoded message or the reply; the pieces the session takes must join to it."""
     try:
-        return decoder.result()
+        whole = decoder.result()
     except Refusal as err:
         return f"{render(err).code} {render(err).status}"
+    pieces = decoder.pieces()
+    assert b"".join(pieces) == whole and all(piece.endswith(b"\n") for piece in pieces)
+    return whole
 
 
 data_streams = st.one_of(

@@ -31,7 +31,8 @@ class DataDecoder:
         self.line_limit = line_limit
         self.done = False
         self.problem: Refusal | None = None
-        self._out = bytearray()
+        # The decoded message in the pieces it was decoded in: never joined, never regrown.
+        self._out: list[bytes] = []
         self._size = 0
         # An incomplete line carried to the next block (never longer than line_limit).
         self._carry = b""
@@ -89,11 +90,20 @@ class DataDecoder:
 
     def result(self) -> bytes:
         """The message without its end line and dot-stuffing; the first problem, if any."""
+        return b"".join(self._decoded())
+
+    def pieces(self) -> list[bytes]:
+        """`result` in the pieces it was decoded in (each ends in LF), handed over: the
+        decoder keeps none, so a big message is held once."""
+        pieces, self._out = self._decoded(), []
+        return pieces
+
+    def _decoded(self) -> list[bytes]:
         if self._pending:
             raise ValueError("the end of DATA has not been fed")
         if self.problem is not None:
             raise self.problem
-        return bytes(self._out)
+        return self._out
 
     def _decode_block(self, block: bytes) -> int:
         start = 0
@@ -164,12 +174,11 @@ class DataDecoder:
         if self._size > self.max_size:
             self._set_problem(Refusal(Kind.MESSAGE_TOO_BIG, limit=self.max_size))
         elif too_long:
-            self._out += usable
             self._set_problem(Refusal(Kind.LINE_TOO_LONG))
-        else:
-            self._out += usable
+        elif usable:
+            self._out.append(usable)
 
     def _set_problem(self, problem: Refusal) -> None:
         if self.problem is None:
             self.problem = problem
-        self._out = bytearray()
+        self._out = []

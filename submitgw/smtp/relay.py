@@ -24,6 +24,7 @@ import aiosmtplib
 
 from submitgw.config import SmarthostConfig, SmarthostServer
 from submitgw.errors import Kind, Refusal, RelayError
+from submitgw.rules.message import LineEnds
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,11 @@ _TRANSIENT = (
     OSError,
 )
 
+
+# How much of the message may wait in the smarthost transport's buffer, and how often a
+# full buffer is looked at again.
+_WRITE_BUFFER = 256 * 1024
+_DRAIN_POLL = 0.002
 
 # (server, step, error, detail): step is "connect", "mail", "rcpt" or "data"; error is
 # "connect", "timeout", "lost", "4xx" or "5xx"; detail is the exception or the reply.
@@ -97,13 +103,36 @@ def wire_form(content: bytes) -> bytes:
     read a line end where we did not: SMTP smuggling), every line that starts with
     a dot gets another, and the end is CRLF "." CRLF.
     """
-    lines = content.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    if lines and not lines.endswith(b"\n"):
-        lines += b"\n"
-    stuffed = lines.replace(b"\n.", b"\n..")
-    if stuffed.startswith(b"."):
-        stuffed = b"." + stuffed
-    return stuffed.replace(b"\n", b"\r\n") + b".\r\n"
+    wire = WireForm()
+    return wire.feed(content) + wire.end()
+
+
+class WireForm:
+    """`wire_form` piece by piece: the joined output is `wire_form` of the joined input,
+    wherever the cuts fall (a CR whose LF is in the next piece, a dot that starts a line
+    at the start of a piece)."""
+
+    __slots__ = ("_ends", "_line_start")
+
+    def __init__(self) -> None:
+        self._ends = LineEnds()
+        self._line_start = True
+
+    def feed(self, piece: bytes) -> bytes:
+        lines = self._ends.lf(piece)
+        if not lines:
+            return b""
+        stuffed = lines.replace(b"\n.", b"\n..")
+        if self._line_start and stuffed.startswith(b"."):
+            stuffed = b"." + stuffed
+        self._line_start = lines.endswith(b"\n")
+        return stuffed.replace(b"\n", b"\r\n")
+
+    def end(self) -> bytes:
+        """The last line's end if it had none, and the end of DATA."""
+        if self._ends.end() or not self._line_start:
+            return b"\r\n.\r\n"
+        return b".\r\n"
 
 
 class Upstream:
@@ -181,12 +210,15 @@ class Upstream:
     async def rcpt(self, recipient: str) -> UpstreamReply:
         return await self._command("rcpt", b"RCPT", b"TO:<" + recipient.encode("utf-8") + b">")
 
-    async def data(self, message: bytes) -> UpstreamReply:
+    async def data(self, message: list[bytes]) -> UpstreamReply:
         """Send the message; a lost or silent smarthost after the dot is reported as such.
 
-        The message goes in its wire form (`wire_form`), written at once after the 354:
-        the client library's own `data()` runs regular expressions over every line
-        ending, which for 4 MiB of empty lines cost ~200 MiB and 0.4 s of event loop.
+        The message goes in its wire form (`WireForm`), piece by piece after the 354,
+        each written once the transport's buffer is below `_WRITE_BUFFER`: the client
+        library's own `data()` runs regular expressions over every line ending (for
+        4 MiB of empty lines ~200 MiB and 0.4 s of event loop), and writing the
+        whole wire form at once would hold a second copy of the message.
+        `message` is emptied as it is sent, so each sent piece can be freed.
         """
         timeout = self.server.data_timeout
         self.messages += 1
@@ -194,10 +226,11 @@ class Upstream:
             start = await self._client.execute_command(b"DATA", timeout=timeout)
             if start.code != 354:
                 return self._refused("data", UpstreamReply(start.code, start.message))
+            async with asyncio.timeout(timeout):
+                await self._write(WireForm(), message)
             protocol = self._client.protocol
             if protocol is None:
                 raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-            protocol.write(wire_form(message))
             response = await protocol.read_response(timeout=timeout)
         except _TRANSIENT as exc:
             self.trouble(
@@ -209,6 +242,23 @@ class Upstream:
             self.close()
             raise RelayError(Kind.SMARTHOST_UNCONFIRMED) from exc
         return self._refused("data", UpstreamReply(response.code, response.message))
+
+    def _transport(self) -> asyncio.WriteTransport:
+        protocol = self._client.protocol
+        transport = protocol.transport if protocol is not None else None
+        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        return transport
+
+    async def _write(self, wire: WireForm, message: list[bytes]) -> None:
+        """Wait while the transport holds more than `_WRITE_BUFFER` bytes (polled: the
+        client library offers no public drain), then write the next piece."""
+        message.reverse()
+        while message:
+            while self._transport().get_write_buffer_size() > _WRITE_BUFFER:
+                await asyncio.sleep(_DRAIN_POLL)
+            self._transport().write(wire.feed(message.pop()))
+        self._transport().write(wire.end())
 
     async def reset(self) -> bool:
         """Abandon the current transaction upstream (client RSET, EHLO, or a failed MAIL);

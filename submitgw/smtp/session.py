@@ -722,11 +722,13 @@ class Session(asyncio.Protocol):
         await self.push(replies.START_DATA)
         size = 0
         try:
-            data = await self._read_data()
-            size = len(data)
-            content = message.normalise(data, eight_bit_declared=txn.params.body == "8BITMIME")
+            # In the pieces the decoder read, never joined: a big message is held once.
+            content = await self._read_data()
+            size = sum(map(len, content))
+            eight_bit = txn.params.body == "8BITMIME"
+            message.normalise_pieces(content, eight_bit_declared=eight_bit)
             if self.cfg.policy.check_header_from:
-                await self._check_header_from(content)
+                await self._check_header_from(message.header_section(content))
         except Refusal as err:
             await self._reset_transaction()
             self._log_message(txn, size, replies.line(err), relayed=None)
@@ -743,10 +745,13 @@ class Session(asyncio.Protocol):
         )
         self.txn = None
         started = time.monotonic()
+        prepared = message.prepare_pieces(content, trace)
+        size = sum(map(len, content))
+        content.clear()  # `prepared` alone holds the pieces: each is freed once sent
         try:
-            result = await upstream.data(message.prepare(content, trace))
+            result = await upstream.data(prepared)
         except RelayError as err:
-            self._log_message(txn, len(content), replies.line(err), started)
+            self._log_message(txn, size, replies.line(err), started)
             raise
         if 200 <= result.code < 300:
             self.messages += 1
@@ -754,15 +759,15 @@ class Session(asyncio.Protocol):
                 await self.gw.limiter.count_message(
                     self.identity.user, self.client_ip, len(txn.recipients)
                 )
-            self._log_message(txn, len(content), result.line, started)
+            self._log_message(txn, size, result.line, started)
             self.smarthost.finished(clean=True)
             await self.push(replies.accepted(result.line))
             return
-        self._log_message(txn, len(content), result.line, started)
+        self._log_message(txn, size, result.line, started)
         self.smarthost.finished(clean=True)
         raise as_client_reply(result, "5.6.0")
 
-    async def _read_data(self) -> bytes:
+    async def _read_data(self) -> list[bytes]:
         """Read up to CRLF.CRLF in blocks; over-size and over-long lines are drained, then refused.
 
         One timer covers the whole DATA: it fires at the end of the session's
@@ -805,7 +810,7 @@ class Session(asyncio.Protocol):
             await self._timeout(Kind.DATA_TOO_LONG if expires >= end else Kind.IDLE_TIMEOUT)
         except asyncio.IncompleteReadError as exc:
             raise _Closed("eof") from exc
-        return decoder.result()
+        return decoder.pieces()
 
     def _log_message(self, txn: Transaction, size: int, reply: str, relayed: float | None) -> None:
         """`relayed`: when the message went to the smarthost; None if the gateway refused it
@@ -832,12 +837,13 @@ class Session(asyncio.Protocol):
             self.allowed_senders = await senders.allowed(identity.user)
         return self.allowed_senders
 
-    async def _check_header_from(self, content: bytes) -> None:
+    async def _check_header_from(self, headers: bytes) -> None:
         """The From: header is what recipients see: it must be as allowed as MAIL FROM.
 
         Python's header parser is slow on hostile input, so it runs in a worker
         thread (the event loop serves other sessions meanwhile) and gets
-        `header_check_timeout` seconds; `from_addresses` bounds what it is given.
+        `header_check_timeout` seconds; `from_addresses` bounds what it is given,
+        and it is given the header section alone.
         """
         limits = self.cfg.limits
         bounds = HeaderLimits(
@@ -850,7 +856,7 @@ class Session(asyncio.Protocol):
         try:
             try:
                 addresses = await asyncio.wait_for(
-                    loop.run_in_executor(None, from_addresses, content, bounds),
+                    loop.run_in_executor(None, from_addresses, headers, bounds),
                     limits.header_check_timeout,
                 )
             except TimeoutError:

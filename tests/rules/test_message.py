@@ -8,13 +8,23 @@ Date a submission server is expected to supply.
 
 from __future__ import annotations
 
+import itertools
 import re
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from submitgw.errors import Refusal
-from submitgw.rules.message import Trace, normalise, prepare
+from submitgw.rules.message import (
+    Trace,
+    header_section,
+    normalise,
+    normalise_pieces,
+    prepare,
+    prepare_pieces,
+)
 from submitgw.smtp.replies import render
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
@@ -275,3 +285,64 @@ def test_prepare_keeps_everything_crlf() -> None:
 def test_prepare_ends_a_last_line_without_crlf() -> None:
     out = prepare(b"Subject: x", trace())
     assert b"Subject: x\r\nMessage-ID:" in out
+
+
+# --- in pieces --------------------------------------------------------------------------------
+
+# Header names, blank lines and every kind of line end, so that cuts fall everywhere that matters.
+_MESSAGE_TEXT = st.lists(
+    st.sampled_from(
+        ["Date: x", "Message-ID: <a@b>", "Subject", ": y", " ", "\r", "\n", "\r\n", "\r\n\r\n"]
+    )
+    | st.text(alphabet="aD.:-\r\n", max_size=8),
+    max_size=25,
+).map(lambda parts: "".join(parts).encode())
+
+
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    """`data` cut at `points` (any order, repeats give empty pieces)."""
+    bounds = [0, *sorted(min(p, len(data)) for p in points), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def without_token(out: bytes) -> bytes:
+    return re.sub(rb"Message-ID: <[0-9a-f]{24}@", b"Message-ID: <@", out)
+
+
+@given(_MESSAGE_TEXT, st.lists(st.integers(0, 200), max_size=8))
+def test_normalise_in_pieces_is_normalise_of_the_whole(data: bytes, points: list[int]) -> None:
+    pieces = normalise_pieces(cut(data, points), eight_bit_declared=False)
+    assert b"".join(pieces) == normalise(data, eight_bit_declared=False)
+
+
+@given(_MESSAGE_TEXT, st.lists(st.integers(0, 200), max_size=8))
+def test_prepare_in_pieces_is_prepare_of_the_whole(data: bytes, points: list[int]) -> None:
+    content = normalise(data, eight_bit_declared=False)
+    pieces = prepare_pieces(cut(content, points), trace(), NOW)
+    assert without_token(b"".join(pieces)) == without_token(prepare(content, trace(), NOW))
+    if content.startswith(b"\r\n"):
+        headers = b""
+    elif b"\r\n\r\n" in content:
+        headers = content[: content.index(b"\r\n\r\n") + 2]
+    else:
+        headers = content
+    assert header_section(cut(content, points)) == headers
+
+
+def test_a_line_end_cut_in_two_stays_one_line_end() -> None:
+    pieces = normalise_pieces([b"a\r", b"\nb\r", b"", b"\r", b"\n."], eight_bit_declared=False)
+    assert b"".join(pieces) == b"a\r\nb\r\n\r\n."
+    assert b"".join(normalise_pieces([b"a\r"], eight_bit_declared=False)) == b"a\r\n"
+
+
+def test_headers_cut_between_pieces_are_found() -> None:
+    """A Date: or Message-ID: whose name is cut between pieces is still the client's."""
+    pieces = [b"Subject: x\r\nDa", b"te: today\r\nMessage", b"-ID: <a@b>\r", b"\n\r", b"\nbody\r\n"]
+    out = b"".join(prepare_pieces(pieces, trace(), NOW))
+    assert out.count(b"Date:") == 1 and out.count(b"Message-ID:") == 1
+    assert out.endswith(b"Date: today\r\nMessage-ID: <a@b>\r\n\r\nbody\r\n")
+
+
+def test_untouched_pieces_are_not_copied() -> None:
+    piece = b"Subject: x\r\n\r\n" + b"line\r\n" * 1000
+    assert normalise_pieces([piece], eight_bit_declared=False)[0] is piece

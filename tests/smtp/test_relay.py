@@ -1,18 +1,20 @@
-"""The relay: the wire form of a message (line ends, dot-stuffing, the end, at C speed), and
-the pool of smarthost connections the gateway's sessions share."""
+"""The relay: the wire form of a message (line ends, dot-stuffing, the end, at C speed,
+whole or piece by piece), and the pool of smarthost connections the gateway's sessions share."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from submitgw.smtp.relay import wire_form
+from submitgw.smtp.relay import WireForm, wire_form
 from tests.support.gateway import USER, InProcessGateway
 from tests.support.metrics import scrape
 from tests.support.smarthost import CaptureSmarthost
@@ -201,3 +203,38 @@ def test_the_pool_is_seen_in_the_metrics(gateway_factory: Any, smarthost: Captur
     assert m("submitgw_smarthost_pool_idle") == 1
     assert m("submitgw_smarthost_connections_total", how="fresh") == 1
     assert m("submitgw_smarthost_connections_total", how="reused") == 2
+
+
+def wire_in_pieces(pieces: list[bytes]) -> bytes:
+    wire = WireForm()
+    return b"".join(wire.feed(piece) for piece in pieces) + wire.end()
+
+
+@given(
+    st.text(alphabet="a.\r\n", max_size=80).map(str.encode),
+    st.lists(st.integers(0, 80), max_size=10),
+)
+def test_wire_form_in_pieces_is_the_wire_form_of_the_whole(
+    content: bytes, points: list[int]
+) -> None:
+    bounds = [0, *sorted(min(p, len(content)) for p in points), len(content)]
+    pieces = [content[a:b] for a, b in itertools.pairwise(bounds)]
+    assert wire_in_pieces(pieces) == wire_form(content) == reference(content)
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b"a\r", b"\n.b"],  # CRLF cut in two, then a dot that starts a line
+        [b"a\r", b".b"],  # a lone CR, then a dot at the start of the next piece
+        [b"a\n", b".", b"\r", b"\n"],  # the end of DATA spelt across four pieces
+        [b".\r", b"\r", b"\r\n"],
+        [b"a\r"],
+        [b"", b".", b""],
+    ],
+)
+def test_cuts_at_line_ends_and_dots(pieces: list[bytes]) -> None:
+    whole = b"".join(pieces)
+    sent = wire_in_pieces(pieces)
+    assert sent == wire_form(whole) == reference(whole)
+    assert sent.count(b"\r\n.\r\n") + sent.startswith(b".\r\n") == 1

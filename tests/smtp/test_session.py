@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import smtplib
 import socket
 import ssl
@@ -361,6 +362,25 @@ def test_dot_stuffing_round_trip(gateway: GatewayProcess, smarthost: CaptureSmar
     assert msg.raw.endswith(b"\r\n.leading\r\n..\r\n")
 
 
+def test_a_big_message_with_odd_lines_arrives_byte_exact(
+    gateway: GatewayProcess, smarthost: CaptureSmarthost
+) -> None:
+    """Several MiB, so the message is read, normalised and sent in many pieces: bare CRs
+    and LFs and leading dots every few bytes (every piece starts with a dot), with line
+    lengths that shift where each piece is cut, must come out as the one-shot rules say
+    (CRLF everywhere, stuffed on the wire, unstuffed by the smarthost)."""
+    odd = [b".dot\r\n", b"bare\n", b"cr\r", b".\n", b"\r", b"\n.x\r\n", b"..\r\n"]
+    body = b"".join(b"." + b"y" * (i % 97) + odd[i % len(odd)] for i in range(90_000))
+    content = b"Subject: big\r\n\r\n" + body + b"\r\n"
+    assert len(content) > 4 * 1024 * 1024
+    sent = content.replace(b"\r\n.", b"\r\n..")
+    d = tls_dialog(gateway)
+    assert _send_data(d, sent + b".\r\n").code == 250
+    (msg,) = smarthost.wait_for_messages(1)
+    expected = re.sub(rb"\r\n|\r|\n", b"\r\n", body + b"\r\n")
+    assert msg.raw.endswith(b"\r\n\r\n" + expected)
+
+
 # --- relay ----------------------------------------------------------------------------------
 
 
@@ -469,6 +489,47 @@ def test_smarthost_lost_after_data_is_never_250(
     (message,) = gw.log_events("message")
     assert message["reply"].startswith("451 4.4.2") and message["smarthost"] == sink.address
     assert message["smarthost_seconds"] is not None
+
+
+def _smarthost_that_stops_reading(stop: threading.Event) -> tuple[str, threading.Thread]:
+    """Answers up to DATA's 354, then reads nothing more until `stop`."""
+    server = socket.create_server(("127.0.0.1", 0))
+    # Small and fixed (no autotuning), so the gateway's side fills up long before the end.
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server.settimeout(20)
+
+    def serve() -> None:
+        with server, server.accept()[0] as conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 stall.test\r\n")
+            while line := lines.readline():
+                if line[:4].upper() == b"DATA":
+                    conn.sendall(b"354 go on\r\n")
+                    stop.wait(20)
+                    return
+                conn.sendall(b"250 ok\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"127.0.0.1:{server.getsockname()[1]}", thread
+
+
+def test_a_smarthost_that_stops_reading_times_out_the_message(gateway_factory: Any) -> None:
+    """The message goes out as fast as the smarthost takes it; one that stops taking it
+    (its socket buffers full) gets data_timeout, and the client a 451, never a 250."""
+    stop = threading.Event()
+    address, thread = _smarthost_that_stops_reading(stop)
+    try:
+        gw = gateway_factory({"smarthost": {"data_timeout": 1.0}}, smarthost_address=address)
+        d = tls_dialog(gw)
+        big = b"Subject: big\r\n\r\n" + (b"x" * 98 + b"\r\n") * 150_000 + b".\r\n"
+        reply = _send_data(d, big)
+        assert reply.code == 451 and reply.status == "4.4.2"
+        assert d.cmd("NOOP").code == 250
+        (trouble,) = gw.log_events("smarthost")
+        assert (trouble["step"], trouble["error"]) == ("data", "timeout")
+    finally:
+        stop.set()
+        thread.join(5)
 
 
 def test_hundred_recipients_then_452(gateway: GatewayProcess, smarthost: CaptureSmarthost) -> None:
