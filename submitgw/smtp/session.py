@@ -84,6 +84,15 @@ class Transaction:
     quota: Quota | None = None
 
 
+@dataclass(frozen=True)
+class _Sent:
+    """What the log and the trail say of a message handed to the smarthost."""
+
+    queue_id: str
+    message_id: str | None
+    size: int
+
+
 class Gateway:
     """State shared by all sessions: configuration, services, and the live-session set."""
 
@@ -664,6 +673,7 @@ class Session(asyncio.Protocol):
             recipients=len(txn.recipients) if txn else 0,
         )
         assert txn is not None and upstream is not None
+        queue_id = message.new_queue_id()
         await self.push(replies.START_DATA)
         try:
             data = await self._read_data()
@@ -678,16 +688,18 @@ class Session(asyncio.Protocol):
             client_ip=None if self.cfg.server.hide_client_ip else self.client_ip,
             hostname=self.hostname,
             user=self.identity.user if self.identity else "",
-            session_id=self.id,
+            queue_id=queue_id,
             tls=self.tls_info,
             cert_serial=self.identity.cert_serial if self.identity else None,
             recipient=txn.recipients[0] if len(txn.recipients) == 1 else None,
         )
         self.txn = None
+        prepared = message.prepare(content, trace)
+        sent = _Sent(queue_id, message.message_id(prepared), len(content))
         try:
-            result = await upstream.data(message.prepare(content, trace))
+            result = await upstream.data(prepared)
         except RelayError as err:
-            self._log_message(txn, len(content), replies.line(err))
+            self._log_message(txn, sent, replies.line(err))
             raise
         if 200 <= result.code < 300:
             self.messages += 1
@@ -695,10 +707,10 @@ class Session(asyncio.Protocol):
                 await self.gw.limiter.count_message(
                     self.identity.user, self.client_ip, len(txn.recipients)
                 )
-            self._log_message(txn, len(content), result.line)
-            await self.push(replies.accepted(result.line))
+            self._log_message(txn, sent, result.line)
+            await self.push(replies.accepted(queue_id, result.line))
             return
-        self._log_message(txn, len(content), result.line)
+        self._log_message(txn, sent, result.line)
         raise as_client_reply(result, "5.6.0")
 
     async def _read_data(self) -> bytes:
@@ -746,13 +758,15 @@ class Session(asyncio.Protocol):
             raise _Closed("eof") from exc
         return decoder.result()
 
-    def _log_message(self, txn: Transaction, size: int, reply: str) -> None:
+    def _log_message(self, txn: Transaction, sent: _Sent, reply: str) -> None:
         upstream = self.smarthost.upstream
         self.trail.message(
             self.identity,
+            queue_id=sent.queue_id,
+            message_id=sent.message_id,
             sender=txn.sender,
-            recipients=len(txn.recipients),
-            size=size,
+            recipients=txn.recipients,
+            size=sent.size,
             smarthost=str(upstream.server) if upstream else None,
             reply=reply,
         )
