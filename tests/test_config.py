@@ -17,6 +17,7 @@ import pytest
 
 from submitgw.config import (
     DEFAULT_TEMPLATE,
+    AuditConfig,
     AuthConfig,
     Config,
     ConfigError,
@@ -54,6 +55,7 @@ SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "passwords": PasswordsConfig,
     "selfservice": SelfServiceConfig,
+    "audit": AuditConfig,
 }
 
 
@@ -257,6 +259,11 @@ def test_integers_are_accepted_where_seconds_are_floats() -> None:
         ({"submissions": {"trusted_proxies": "10.0.0.1"}}, "trusted_proxies"),
         ({"submissions": {"trusted_proxies": ["lb.example.net"]}}, "lb.example.net"),
         ({"submissions": {"trusted_proxies": ["10.0.0.1/8"]}}, "10.0.0.1/8"),
+        ({"audit": {"retention_days": -1}}, "retention_days"),
+        ({"audit": {"flush_interval": 0}}, "flush_interval"),
+        ({"audit": {"batch_size": 0}}, "batch_size"),
+        ({"audit": {"max_queue": 10, "batch_size": 11}}, "max_queue"),
+        ({"audit": {"database": "yes"}}, "database"),
     ],
 )
 def test_bad_values_are_errors_naming_what_is_wrong(data: dict[str, Any], named: str) -> None:

@@ -28,6 +28,7 @@ from submitgw.services.memory import trim_after_churn
 from submitgw.services.notify import notify
 from submitgw.services.screening import ClientScreen
 from submitgw.services.senders import Senders
+from submitgw.services.trail import DatabaseTrail
 from submitgw.smtp import replies, tlslayer
 from submitgw.smtp.session import Gateway, Listener
 from submitgw.store import (
@@ -52,9 +53,13 @@ class Services:
     senders: Senders
     # Every event's way out: the log, then the sinks added here.
     recorder: Recorder
+    # The database trail ([audit] database), one of the recorder's sinks.
+    trail: DatabaseTrail | None = None
 
     def close(self) -> None:
         self.authenticator.close()
+        if self.trail is not None:
+            self.trail.close()
 
 
 def _certificates_needed(cfg: Config) -> bool:
@@ -67,6 +72,9 @@ def _certificates_needed(cfg: Config) -> bool:
 def build_services(cfg: Config, db: Database) -> Services:
     recorder = Recorder()
     stores = Stores(db, cfg, recorder)
+    trail = DatabaseTrail(stores.audit, cfg.audit) if cfg.audit.database else None
+    if trail is not None:
+        recorder.sinks.append(trail)
     authenticator = PasswordAuthenticator(
         stores.users,
         cfg.auth,
@@ -89,6 +97,7 @@ def build_services(cfg: Config, db: Database) -> Services:
         limiter=Limiter(cfg.limits, stores.counters, describe=replies.line, recorder=recorder),
         senders=Senders(stores.senders),
         recorder=recorder,
+        trail=trail,
     )
 
 
@@ -230,6 +239,8 @@ class App:
         except BaseException:
             await self._close_listeners()
             raise
+        if self.services.trail is not None:
+            self.services.trail.start()
         self._trimming = asyncio.create_task(
             trim_after_churn(
                 lambda: self.gateway.connections.released, self.cfg.server.memory_trim_interval
@@ -257,6 +268,9 @@ class App:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        if self.services.trail is not None:
+            # Every session has ended: what they recorded goes to the database now.
+            await asyncio.to_thread(self.services.trail.close)
         self.services.close()
         log.info("stopped")
 

@@ -160,8 +160,11 @@ class AuditStore:
             session.execute(insert(AuditEvent), [_event_values(e) for e in events])
         if not messages:
             return
+        # Statements of 100 rows: psycopg reparses every new statement text, and a page of
+        # 1000 rows of 17 values costs it more than the rows cost the server.
+        returning = insert(AuditMessage).returning(AuditMessage.id, sort_by_parameter_order=True)
         ids = session.scalars(
-            insert(AuditMessage).returning(AuditMessage.id, sort_by_parameter_order=True),
+            returning.execution_options(insertmanyvalues_page_size=100),
             [_message_values(m) for m in messages],
         ).all()
         recipients = [
