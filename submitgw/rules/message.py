@@ -18,9 +18,10 @@ from submitgw.errors import Kind, Refusal
 
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
 _ANGLED = re.compile(r"\s*<([^<>]*)>")
-# Crockford's base32: no I, L, O or U, so a queue id read aloud or retyped stays itself.
+# Crockford's base32: no I, L, O or U (a queue id read aloud or retyped stays itself),
+# digits before letters (ids sort as their numbers do); two digits per 10 bits.
 _BASE32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-QUEUE_ID_LENGTH = 18
+_DIGIT_PAIRS = [a + b for a in _BASE32 for b in _BASE32]
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,7 @@ def new_queue_id(now: float | None = None) -> str:
     """
     millis = int((time.time() if now is None else now) * 1000) & (2**48 - 1)
     value = (millis << 40) | secrets.randbits(40)
-    chars = []
-    for _ in range(QUEUE_ID_LENGTH):
-        chars.append(_BASE32[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    return "".join(_DIGIT_PAIRS[(value >> shift) & 1023] for shift in range(80, -1, -10))
 
 
 def normalise_message_id(text: str) -> str | None:
