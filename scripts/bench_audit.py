@@ -184,7 +184,8 @@ def load(db: Database, pop: Population, rows: int, seed: int) -> float:
             else:
                 _executemany(connection, "audit_messages", MESSAGE_COLUMNS, messages)
                 _executemany(connection, "audit_recipients", RECIPIENT_COLUMNS, recipients)
-            print(f"  {messages[-1]['id']:>9} messages", end="\r", flush=True)
+            if sys.stdout.isatty():
+                print(f"  {messages[-1]['id']:>9} messages", end="\r", flush=True)
         for put_back in restore:
             put_back()
         if postgres:

@@ -47,7 +47,9 @@ RESULT_FIELDS = {
 # Messages have a table of their own; account changes already have theirs (the account
 # trail), and the site's per-connection bookkeeping is not an audit record.
 RECORDED = frozenset(RESULT_FIELDS) | {"message"}
-_TOP_LEVEL = frozenset({"event", "session", "client", "user"})
+# Columns of every record; `result` is a column too (its own value, or that of the
+# event's result field), so an event's constant "result" (tls: "failed") is not repeated.
+_TOP_LEVEL = frozenset({"event", "session", "client", "user", "result"})
 _FIRST_RETRY = 0.5
 _LONGEST_RETRY = 30.0
 DAY = 86400.0
@@ -169,9 +171,10 @@ class DatabaseTrail:
         seconds; True if nothing was left behind. Idempotent."""
         wait = self.cfg.shutdown_timeout if timeout is None else timeout
         with self._lock:
-            if not self._closing:
-                self._closing = True
-                self._deadline = time.monotonic() + wait
+            if self._closing:
+                return not self._queue
+            self._closing = True
+            self._deadline = time.monotonic() + wait
             self._wake.notify()
         thread = self._thread
         if thread is None:

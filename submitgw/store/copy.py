@@ -1,7 +1,7 @@
 """Copy every table into a new, empty database: the move from SQLite to PostgreSQL.
 
 Rows travel as they are, primary keys included, so password hashes, certificates,
-rules, bindings and the account trail are the same data on the other side and every
+rules, bindings and the account and audit trails are the same data on the other side and every
 reference between rows still holds. The target is migrated and filled in one
 transaction: a copy either arrives whole or leaves the target as empty as it was.
 It is never merged into a database that already holds rows.

@@ -273,3 +273,9 @@ def test_events_become_rows_with_searchable_columns() -> None:
         None,
         {"rule_id": 4},
     )
+    tls = to_row(
+        at,
+        {"event": "tls", "session": "s", "client": "::1", "result": "failed", "reason": "eof"},
+    )
+    assert isinstance(tls, EventRow)
+    assert (tls.result, tls.detail) == ("eof", {})
