@@ -28,6 +28,13 @@ from tests.support.gateway import USER, run_cli
 NOW = datetime.now(UTC)
 
 
+@pytest.fixture(autouse=True)
+def now() -> None:
+    """Records are made relative to the test's start (ages like `57m` are read at the run)."""
+    global NOW
+    NOW = datetime.now(UTC)
+
+
 @pytest.fixture
 def gw(gateway_factory: Any, backend: str, request: pytest.FixtureRequest) -> Any:
     options = {}

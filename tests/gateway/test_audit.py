@@ -1,14 +1,14 @@
 """The audit trail end to end: real traffic through a real gateway, then `audit search`.
 
 Rules proven here: every kind of event a connection produces (session, login
-attempt, certificate verdict, access decision, TLS failure, limit, lockout,
-message) lands in the database; the client's 250, the Received header, the
-`message` log line and the record carry the same queue id, and the smarthost's
-queue id is kept; `audit search` answers "who sent this?" from a Message-ID and
-from a recipient, and "what did this account or client do?"; no password, nor
-the AUTH payload that carries it, is in any column of any row; a gateway stopped
-with SIGTERM right after its last 250 has written every accepted message first.
-On SQLite and PostgreSQL.
+attempt, certificate verdict, access decision, TLS failure, refused sender,
+refused connection, limit, lockout, message) lands in the database; the
+client's 250, the Received header, the `message` log line and the record carry
+the same queue id, and the smarthost's queue id is kept; `audit search` answers
+"who sent this?" from a Message-ID and from a recipient, and "what did this
+account or client do?"; no password, nor the AUTH payload that carries it, is in
+any column of any row; a gateway stopped with SIGTERM right after its last 250
+has written every accepted message first. On SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -33,7 +33,12 @@ from tests.support.smarthost import CaptureSmarthost
 WRONG = "not the password, but close"
 GHOST = "ghost@example.org"
 QUIET_AUTH = {"auth_delay": 0.01, "auth_max_delay": 0.02}
-LIMITS = {**QUIET_AUTH, "auth_failures_per_account": 2, "messages_per_user": 2}
+LIMITS = {
+    **QUIET_AUTH,
+    "auth_failures_per_account": 2,
+    "messages_per_user": 2,
+    "max_connections_per_ip": 1,
+}
 AUDIT_TABLES = ("audit_events", "audit_messages", "audit_recipients", "account_events")
 
 
@@ -112,7 +117,9 @@ def test_real_traffic_leaves_a_searchable_trail_without_secrets(
     d.cmd("QUIT")
     d = starttls(gw.port, "127.0.0.6", gw)
     assert d.login(USER, PASSWORD).code == 235
+    assert d.cmd("MAIL FROM:<someone-else@example.org>").code == 553
     assert d.cmd(f"MAIL FROM:<{USER}>").code == 450
+    assert Dialog(gw.port, source="127.0.0.6").greeting.code == 421
     d.cmd("QUIT")
     d = starttls(gw.port, "127.0.0.7", gw)
     assert d.login(GHOST, WRONG).code == 535
@@ -152,6 +159,11 @@ def test_real_traffic_leaves_a_searchable_trail_without_secrets(
     assert {r["kind"] for r in mine} >= {"session", "auth", "limit", "message", "account"}
     (limit,) = [r for r in mine if r["kind"] == "limit"]
     assert (limit["client"], limit["result"]) == ("127.0.0.6", "user messages")
+    (forged,) = [r for r in mine if r["kind"] == "sender"]
+    assert forged["result"] == "envelope"
+    assert forged["addresses"] == ["someone-else@example.org"]
+    (refused,) = [r for r in search(gw.config, "--ip", "127.0.0.6") if r["kind"] == "connection"]
+    assert refused["result"] == "too-many-connections-from-client"
     (cert_seen,) = [r for r in mine if r["kind"] == "certificate"]
     assert cert_seen["result"] == "accepted" and cert_seen["serial"] == cert.serial
 
