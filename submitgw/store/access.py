@@ -95,7 +95,7 @@ class AccessRuleStore:
         statement = select(
             AccessRuleRow.id, AccessRuleRow.action, AccessRuleRow.rule, AccessRuleRow.comment
         )
-        with self._db.engine.connect() as connection:
+        with self._db.reader.connect() as connection:
             rows = connection.execute(statement).all()
         return [
             Rule(rule_id, action, rule, comment or "") for rule_id, action, rule, comment in rows
@@ -144,7 +144,7 @@ class UserNetworkStore:
             .join(User, UserNetworkRow.user_id == User.id)
             .where(User.email == normalise_email(email))
         )
-        with self._db.session() as session:
+        with self._db.reading() as session:
             return sorted(session.scalars(statement), key=_network_order)
 
     def by_user(self) -> dict[str, builtins.list[str]]:

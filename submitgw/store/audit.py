@@ -181,7 +181,7 @@ class AuditStore:
         """Newest first, at most `query.limit`: messages, events and (for a user or a time
         range) account changes, merged by time."""
         found: list[AuditRecord] = []
-        with self._db.session() as session:
+        with self._db.reading() as session:
             found += self._messages(session, query)
             if not query.messages_only:
                 found += self._events(session, query)

@@ -220,7 +220,7 @@ class CertificateStore:
             .join(User, Certificate.user_id == User.id)
             .where(Certificate.fingerprint_sha256 == fingerprint)
         )
-        with self._db.session() as session:
+        with self._db.reading() as session:
             row = session.execute(statement).first()
         if row is None:
             return None

@@ -189,7 +189,7 @@ def _snapshot(source: Database) -> Connection:
     SQLite's WAL readers keep their snapshot for the transaction anyway; PostgreSQL
     needs REPEATABLE READ for that (read only: the copy never writes to its source).
     """
-    connection = source.engine.connect()
+    connection = source.reader.connect()
     if connection.dialect.name == "postgresql":
         connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
     return connection
