@@ -253,6 +253,18 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The database trail of sessions, logins, decisions and messages (`audit search`)."""
+
+    database: bool = True
+    retention_days: int = 180
+    flush_interval: float = 0.5
+    batch_size: int = 500
+    max_queue: int = 50000
+    shutdown_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None = None
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -273,6 +285,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -422,7 +435,7 @@ def load(path: Path) -> Config:
 
 def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Config:
     known = {"server", "submission", "submissions", "tls", "database", "auth", "limits"}
-    known |= {"smarthost", "policy", "dns", "log", "passwords", "selfservice"}
+    known |= {"smarthost", "policy", "dns", "log", "passwords", "selfservice", "audit"}
     known |= {"metrics"}
     unknown = set(data) - known
     if unknown:
@@ -499,6 +512,7 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
     server = _build(ServerConfig, _section(data, "server"), "server")
     if server.memory_trim_interval < 0:
         raise ConfigError("[server] memory_trim_interval must be >= 0 (0: off)")
+    audit = _audit(_section(data, "audit"))
 
     return Config(
         path=path,
@@ -516,7 +530,19 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
         policy=policy,
         dns=dns,
         log=log,
+        audit=audit,
     )
+
+
+def _audit(values: dict[str, Any]) -> AuditConfig:
+    cfg: AuditConfig = _build(AuditConfig, values, "audit")
+    if cfg.retention_days < 0 or cfg.shutdown_timeout < 0:
+        raise ConfigError("[audit] retention_days and shutdown_timeout must be >= 0")
+    if cfg.flush_interval <= 0 or cfg.batch_size < 1:
+        raise ConfigError("[audit] flush_interval must be positive and batch_size >= 1")
+    if cfg.max_queue < cfg.batch_size:
+        raise ConfigError("[audit] max_queue must be at least batch_size")
+    return cfg
 
 
 def _trusted_proxies(value: Any, section: str) -> tuple[str, ...]:
@@ -853,6 +879,24 @@ timeout = 3.0
 level = "INFO"
 # "json": one JSON object a line; "text": plain text.
 format = "json"
+
+[audit]
+# Keep sessions, logins, certificate verdicts, access decisions, limit hits and
+# messages (with every recipient) in the database, for 'submitgw audit search'.
+# The log has every event either way.
+database = true
+# Days records are kept; the gateway deletes older ones once a day ('submitgw
+# audit prune' does it by hand). 0: keep them for ever.
+retention_days = 180
+# Events are written in batches off the SMTP sessions: every flush_interval
+# seconds or batch_size events, whichever comes first. While the database is
+# unreachable up to max_queue events wait in memory (about 1 KB each); beyond
+# that the oldest are dropped and counted in the log.
+flush_interval = 0.5
+batch_size = 500
+max_queue = 50000
+# Seconds a stopping gateway waits for the last events to be written.
+shutdown_timeout = 10.0
 """
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from submitgw.config import (
     DEFAULT_TEMPLATE,
+    AuditConfig,
     AuthConfig,
     Config,
     ConfigError,
@@ -57,6 +58,7 @@ SECTIONS: dict[str, type] = {
     "passwords": PasswordsConfig,
     "selfservice": SelfServiceConfig,
     "metrics": MetricsConfig,
+    "audit": AuditConfig,
 }
 
 
@@ -276,6 +278,11 @@ def test_integers_are_accepted_where_seconds_are_floats() -> None:
         ({"metrics": {"readiness_cache_seconds": -1}}, "readiness_cache_seconds"),
         ({"metrics": {"max_connections": 0}}, "max_connections"),
         ({"metrics": {"scrape": True}}, "scrape"),
+        ({"audit": {"retention_days": -1}}, "retention_days"),
+        ({"audit": {"flush_interval": 0}}, "flush_interval"),
+        ({"audit": {"batch_size": 0}}, "batch_size"),
+        ({"audit": {"max_queue": 10, "batch_size": 11}}, "max_queue"),
+        ({"audit": {"database": "yes"}}, "database"),
     ],
 )
 def test_bad_values_are_errors_naming_what_is_wrong(data: dict[str, Any], named: str) -> None:

@@ -23,6 +23,7 @@ from submitgw.store import (
     UserNetworkStore,
     UserStore,
 )
+from submitgw.store.audit import AuditStore
 from submitgw.store.counters import CounterStore
 
 
@@ -58,6 +59,10 @@ class Stores:
     @cached_property
     def networks(self) -> UserNetworkStore:
         return UserNetworkStore(self.db)
+
+    @cached_property
+    def audit(self) -> AuditStore:
+        return AuditStore(self.db)
 
     @cached_property
     def counters(self) -> CounterStore:

@@ -45,6 +45,7 @@ from submitgw.services.notify import notify
 from submitgw.services.readiness import Readiness
 from submitgw.services.screening import ClientScreen
 from submitgw.services.senders import Senders
+from submitgw.services.trail import DatabaseTrail
 from submitgw.smtp import replies, tlslayer
 from submitgw.smtp.session import Gateway, Listener
 from submitgw.store import (
@@ -71,15 +72,22 @@ class Services:
     senders: Senders
     # Every event's way out: the log, then the sinks added here.
     recorder: Recorder
+    # The database trail ([audit] database), one of the recorder's sinks.
+    trail: DatabaseTrail | None = None
 
     def close(self) -> None:
         self.authenticator.close()
+        if self.trail is not None:
+            self.trail.close()
 
 
 def build_services(cfg: Config, db: Database, ca: x509.Certificate | None) -> Services:
     """`ca`: the bundled CA, needed when a listener asks for client certificates."""
     recorder = Recorder()
     stores = Stores(db, cfg, recorder)
+    trail = DatabaseTrail(stores.audit, cfg.audit) if cfg.audit.database else None
+    if trail is not None:
+        recorder.sinks.append(trail)
     authenticator = PasswordAuthenticator(
         stores.users,
         cfg.auth,
@@ -102,6 +110,7 @@ def build_services(cfg: Config, db: Database, ca: x509.Certificate | None) -> Se
         limiter=Limiter(cfg.limits, stores.counters, describe=replies.line, recorder=recorder),
         senders=Senders(stores.senders),
         recorder=recorder,
+        trail=trail,
     )
 
 
@@ -295,6 +304,8 @@ class App:
             await self._close_listeners()
             await self._close_admin()
             raise
+        if self.services.trail is not None:
+            self.services.trail.start()
         self._start_trimming()
 
     def _start_trimming(self) -> None:
@@ -381,6 +392,9 @@ class App:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        if self.services.trail is not None:
+            # Every session has ended: what they recorded goes to the database now.
+            await asyncio.to_thread(self.services.trail.close)
         self.services.close()
         await self._close_admin()
         log.info("stopped")

@@ -46,6 +46,12 @@ RESTART_KEYS = (
     "metrics.listen",
     "metrics.max_connections",
     "metrics.max_connections_per_ip",
+    "audit.database",
+    "audit.retention_days",
+    "audit.flush_interval",
+    "audit.batch_size",
+    "audit.max_queue",
+    "audit.shutdown_timeout",
 )
 _ARGON2 = ("auth.argon2_time_cost", "auth.argon2_memory_kib", "auth.argon2_parallelism")
 
@@ -115,6 +121,7 @@ def keep_restart_settings(old: Config, new: Config) -> Config:
         ),
         database=old.database,
         auth=dataclasses.replace(new.auth, workers=old.auth.workers),
+        audit=old.audit,
         metrics=dataclasses.replace(
             new.metrics,
             listen=old.metrics.listen,

@@ -14,7 +14,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from submitgw import config as config_mod
-from submitgw.cli import access, db, examples, init, pki, serve, user
+from submitgw.cli import access, audit, db, examples, init, pki, serve, user
 from submitgw.cli.context import Context
 
 CONFIG_HELP = "Configuration file (default: $SUBMITGW_CONFIG, then ./submitgw.toml)."
@@ -138,7 +138,7 @@ def _accept_config_after(command: click.Command, name: str) -> None:
 
 def commands() -> click.Group:
     """`cli` with every command group attached."""
-    for module in (init, serve, user, access, pki, db):
+    for module in (init, serve, user, access, pki, db, audit):
         module.register(cli)
     for name, command in cli.commands.items():
         _accept_config_after(command, name)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import click
 
 from submitgw.cli.context import Context, pass_context, row_id
+from submitgw.cli.services import admin_actor
 from submitgw.cli.user import user_group
 from submitgw.rules.access import (
     CONFIRMED,
@@ -29,6 +30,8 @@ from submitgw.services.dns import ReverseDns
 from submitgw.services.screening import ClientScreen, Verdict, deny_refusal
 from submitgw.smtp import replies
 
+# Access rules belong to no account: their changes are in the trail under no address.
+NO_ACCOUNT = ""
 # `access check` exit codes: 0 allowed, DENIED_EXIT denied; 1 stays "the command failed"
 # (as for every command), so a script cannot mistake a broken setup for a denial.
 DENIED_EXIT = 3
@@ -57,6 +60,8 @@ def access_group() -> None:
 def _add(ctx: Context, action: str, text: str, comment: str) -> None:
     with ctx.services() as s:
         stored = s.access_rules.add(action, parse_rule(text), comment)
+        detail = f"#{stored.rule.id} {action} {stored.rule.rule} {comment}".rstrip()
+        s.accounts.trail(NO_ACCOUNT, "access-rule-added", admin_actor(), detail)
     rule = stored.rule
     kind = _KIND_NAMES[rule_kind(rule.rule)]
     click.echo(f"added rule #{rule.id}: {rule.action} {rule.rule} ({kind}); effective now")
@@ -118,6 +123,8 @@ def remove(ctx: Context, rule_id: int) -> None:
     """Delete rule ID (as shown by list)."""
     with ctx.services() as s:
         rule = s.access_rules.remove(rule_id)
+        detail = f"#{rule.id} {rule.action} {rule.rule}"
+        s.accounts.trail(NO_ACCOUNT, "access-rule-removed", admin_actor(), detail)
     click.echo(f"removed rule #{rule.id}: {rule.action} {rule.rule}")
 
 
@@ -208,6 +215,8 @@ def set_networks(ctx: Context, email: str, cidrs: tuple[str, ...], clear: bool) 
         raise click.ClickException(f"{email!r} is not a valid email address")
     with ctx.services() as s:
         stored = s.networks.set(address, [str(parse_network(text)) for text in cidrs])
+        detail = " ".join(stored) or "cleared"
+        s.accounts.trail(address, "networks-changed", admin_actor(), detail)
     if stored:
         click.echo(f"user {address} may now log in only from: {', '.join(stored)}")
     else:

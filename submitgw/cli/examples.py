@@ -84,6 +84,18 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "db": ("submitgw db status", "submitgw db upgrade"),
     "db upgrade": ("submitgw db upgrade",),
     "db status": ("submitgw db status",),
+    "audit": (
+        "submitgw audit search --message-id '<a1b2c3@mail.example.org>'",
+        "submitgw audit prune",
+    ),
+    "audit search": (
+        "submitgw audit search --message-id '<a1b2c3@mail.example.org>'",
+        "submitgw audit search --recipient complainer@example.net --since 7d",
+        "submitgw audit search --user alice@example.org --since 2026-12-01 --until 2026-12-07",
+        "submitgw audit search --ip 198.51.100.0/24 --since 2h --json",
+        "submitgw audit search --queue-id 01M8YBHZ0MJFQYDYG2",
+    ),
+    "audit prune": ("submitgw audit prune", "submitgw audit prune --older-than 90"),
     "db copy": (
         "submitgw db copy --to postgresql+psycopg://submitgw@db.example.org/submitgw",
         "submitgw db copy --to sqlite:////var/backups/submitgw-copy.db",

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 import pki
 from pki.files import replace as replace_file
 from submitgw.cli.context import CA_PASSPHRASE_ENV, Context, email_argument, pass_context
+from submitgw.cli.services import admin_actor
 from submitgw.store import (
     CertificateRecord,
 )
@@ -165,8 +166,12 @@ def _issue(
     key_type: pki.KeyType,
     out: Path,
     password_stdin: bool,
+    renewing: str | None = None,
 ) -> None:
-    """Issue, write the four files, record; on any failure leave nothing behind."""
+    """Issue, write the four files, record; on any failure leave nothing behind.
+
+    `renewing`: the serial of the certificate this one renews, for the account trail.
+    """
     out = _out_dir(out)
     base = _UNSAFE_FILE_CHARS.sub("_", email)
     paths = [out / f"{base}{suffix}" for suffix in (".crt", ".key", ".p12", ".legacy.p12")]
@@ -198,6 +203,11 @@ def _issue(
             _remove(paths)
             _remove_dirs(made)
             raise
+        if renewing is None:
+            s.accounts.trail(email, "certificate-issued", admin_actor(), record.serial)
+        else:
+            detail = f"{record.serial} renews {renewing}"
+            s.accounts.trail(email, "certificate-renewed", admin_actor(), detail)
     click.echo(f"issued a client certificate for {email}")
     _echo_fields(record)
     for path in paths:
@@ -290,7 +300,8 @@ def renew(ctx: Context, serial: str, out: Path, p12_password_stdin: bool) -> Non
     # The old length, without the backdating every certificate gets.
     length = old.not_after - old.not_before - pki.ca.BACKDATE
     days = min(pki.MAX_DAYS, max(1, round(length / timedelta(days=1))))
-    _issue(ctx, old.email, days, pki.KeyType.of(cert.public_key()), out, p12_password_stdin)
+    key_type = pki.KeyType.of(cert.public_key())
+    _issue(ctx, old.email, days, key_type, out, p12_password_stdin, renewing=old.serial)
     click.echo(f"the old certificate {old.serial} stays valid: revoke it when no longer needed")
 
 
@@ -375,6 +386,9 @@ def revoke(ctx: Context, serial: str | None, email: str | None, reason: str) -> 
             revoked = [s.certificates.revoke(wanted, reason)]
         else:
             revoked = s.certificates.revoke_user(address or "", reason)
+        for record in revoked:
+            detail = f"{record.serial} {reason}"
+            s.accounts.trail(record.email, "certificate-revoked", admin_actor(), detail)
     if not revoked:
         click.echo(f"{address} has no unrevoked certificates")
         return

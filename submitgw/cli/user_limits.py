@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from submitgw.cli.context import COUNT_MAX, Context, email_argument, pass_context
+from submitgw.cli.services import admin_actor
 from submitgw.rules.limits import Window, account_key, login_name, per_window, user_key
 
 DEFAULT = "default"
@@ -70,6 +71,10 @@ def set_limit(ctx: Context, email: str, messages: Any, recipients: Any) -> None:
     }
     with ctx.services() as s:
         own = s.counters.set_override(address, **changes)
+        detail = " ".join(
+            f"{name} {DEFAULT if value is None else value}" for name, value in changes.items()
+        )
+        s.accounts.trail(address, "limits-changed", admin_actor(), detail)
     cfg = ctx.config.limits
     window = per_window(cfg.rate_window)
     for what, value, default in (
@@ -143,6 +148,7 @@ def unlock(ctx: Context, email: str) -> None:
         raise click.ClickException("the login name is empty")
     with ctx.services() as s:
         lifted = s.counters.unlock(account_key(name))
+        s.accounts.trail(name, "login-unlocked", admin_actor())
     if lifted is not None and lifted.locked_until.timestamp() > time.time():
         click.echo(f"{name} unlocked (was locked until {lifted.locked_until.isoformat()})")
     else:

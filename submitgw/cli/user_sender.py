@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from submitgw.cli.context import Context, email_argument, pass_context
+from submitgw.cli.services import admin_actor
 from submitgw.rules.binding import fold, normalise_pattern
 from submitgw.store import SenderExists
 
@@ -36,6 +37,7 @@ def add(ctx: Context, email: str, pattern: str) -> None:
         if wanted == fold(address) and s.users.get(address) is not None:
             raise SenderExists(address, wanted, own=True)
         stored = s.senders.add(address, wanted)
+        s.accounts.trail(address, "sender-added", admin_actor(), stored)
     click.echo(f"{address} may now send as {stored}")
 
 
@@ -48,6 +50,7 @@ def remove(ctx: Context, email: str, pattern: str) -> None:
     address = email_argument(email)
     with ctx.services() as s:
         stored = s.senders.remove(address, normalise_pattern(pattern))
+        s.accounts.trail(address, "sender-removed", admin_actor(), stored)
     click.echo(f"{address} may no longer send as {stored}")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -19,6 +20,11 @@ from email.utils import format_datetime
 from submitgw.errors import Kind, Refusal
 
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
+_ANGLED = re.compile(r"\s*<([^<>]*)>")
+# Crockford's base32: no I, L, O or U (a queue id read aloud or retyped stays itself),
+# digits before letters (ids sort as their numbers do); two digits per 10 bits.
+_BASE32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_DIGIT_PAIRS = [a + b for a in _BASE32 for b in _BASE32]
 
 
 @dataclass(frozen=True)
@@ -29,7 +35,8 @@ class Trace:
     client_ip: str | None
     hostname: str
     user: str
-    session_id: str
+    # The gateway's queue id of this message (`new_queue_id`), RFC 5321 4.4's "id" clause.
+    queue_id: str
     tls: str | None
     recipient: str | None
     cert_serial: str | None = None
@@ -68,6 +75,25 @@ class LineEnds:
         return b"\n" if self._cr else b""
 
 
+def new_queue_id(now: float | None = None) -> str:
+    """18 characters of base32: 48 bits of milliseconds since 1970, then 40 random bits.
+
+    Ids sort by time as plain text, and gateways sharing a database need no
+    coordination: two ids collide only within one millisecond with the same 40 bits.
+    """
+    millis = int((time.time() if now is None else now) * 1000) & (2**48 - 1)
+    value = (millis << 40) | secrets.randbits(40)
+    return "".join(_DIGIT_PAIRS[(value >> shift) & 1023] for shift in range(80, -1, -10))
+
+
+def normalise_message_id(text: str) -> str | None:
+    """A Message-ID as stored and searched: the inside of its angle brackets, if it has them."""
+    m = _ANGLED.match(text)
+    value = m.group(1) if m else text
+    value = " ".join(value.split())
+    return value or None
+
+
 def normalise(data: bytes, *, eight_bit_declared: bool) -> bytes:
     """Reject what cannot be relayed faithfully, then make every line end in CRLF."""
     pieces = normalise_pieces([data], eight_bit_declared=eight_bit_declared)
@@ -97,10 +123,24 @@ def received_header(trace: Trace, now: datetime) -> bytes:
     text = (
         f"Received: from {trace.helo}{client}\r\n"
         f"\t(authenticated sender: {trace.user}{cert})\r\n"
-        f"\tby {trace.hostname} with ESMTPSA id {trace.session_id}{tls}{rcpt};\r\n"
+        f"\tby {trace.hostname} with ESMTPSA id {trace.queue_id}{tls}{rcpt};\r\n"
         f"\t{format_datetime(now)}\r\n"
     )
     return text.encode("utf-8")
+
+
+def message_id(data: bytes) -> str | None:
+    """The first Message-ID header's value, unfolded and without its angle brackets."""
+    headers = header_section([data])
+    for m in _HEADER_NAME.finditer(headers):
+        if m.group(1).lower() != b"message-id":
+            continue
+        end = headers.find(b"\r\n", m.end())
+        while end >= 0 and headers[end + 2 : end + 3] in (b" ", b"\t"):
+            end = headers.find(b"\r\n", end + 2)
+        value = headers[m.end() : end if end >= 0 else len(headers)]
+        return normalise_message_id(value.decode("utf-8", "replace"))
+    return None
 
 
 def prepare(data: bytes, trace: Trace, now: datetime | None = None) -> bytes:

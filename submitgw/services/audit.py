@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from submitgw.config import LogConfig
 from submitgw.errors import LoginLocked, PasswordExpired, Refusal, TooManyLogins
+from submitgw.rules.trail import smarthost_queue_id
 from submitgw.types import CertificateVerdict, Identity
 
 log = logging.getLogger("submitgw.audit")
@@ -168,14 +169,17 @@ class Recorder:
         cert_serial: str | None,
         cert_fingerprint: str | None,
         app_password: str | None = None,
+        queue_id: str | None = None,
+        message_id: str | None = None,
         sender: str,
-        recipients: int,
+        recipients: Sequence[str],
         size: int,
         smarthost: str | None,
         reply: str,
         smarthost_seconds: float | None = None,
     ) -> None:
-        """`smarthost_seconds`: how long the smarthost took over the message (DATA to its
+        """`recipients` is logged as a count and, in `recipient_list`, as the addresses.
+        `smarthost_seconds`: how long the smarthost took over the message (DATA to its
         answer); None when the gateway refused it before it went there."""
         seconds = None if smarthost_seconds is None else round(smarthost_seconds, 3)
         self.emit(
@@ -188,10 +192,14 @@ class Recorder:
                 "cert_serial": cert_serial,
                 "cert_fingerprint": cert_fingerprint,
                 "app_password": app_password,
+                "queue_id": queue_id,
+                "message_id": message_id,
                 "sender": sender,
-                "recipients": recipients,
+                "recipients": len(recipients),
+                "recipient_list": list(recipients),
                 "size": size,
                 "smarthost": smarthost,
+                "smarthost_queue_id": smarthost_queue_id(reply),
                 "reply": reply,
                 "smarthost_seconds": seconds,
             }
@@ -380,8 +388,10 @@ class SessionTrail:
         self,
         identity: Identity | None,
         *,
+        queue_id: str,
+        message_id: str | None,
         sender: str,
-        recipients: int,
+        recipients: Sequence[str],
         size: int,
         smarthost: str | None,
         reply: str,
@@ -395,6 +405,8 @@ class SessionTrail:
             cert_serial=identity.cert_serial if identity else None,
             cert_fingerprint=identity.cert_fingerprint if identity else None,
             app_password=identity.app_password if identity else None,
+            queue_id=queue_id,
+            message_id=message_id,
             sender=sender,
             recipients=recipients,
             size=size,

@@ -305,9 +305,10 @@ def greeting(hostname: str) -> str:
     return f"220 {hostname} ESMTP ready"
 
 
-def accepted(smarthost_line: str) -> str:
-    """The client's 250 after DATA quotes the smarthost's, which is what accepted it."""
-    return f"250 2.0.0 Message accepted ({smarthost_line[:200]})"
+def accepted(queue_id: str, smarthost_line: str) -> str:
+    """The client's 250 after DATA: the gateway's queue id, in the words clients and log
+    readers look for, then the smarthost's own reply, which is what accepted it."""
+    return f"250 2.0.0 Ok: queued as {queue_id} (smarthost: {smarthost_line[:200]})"
 
 
 def _upstream(params: Params) -> Reply:

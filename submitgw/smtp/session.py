@@ -92,6 +92,15 @@ class _Door:
     intake: Intake | None
 
 
+@dataclass(frozen=True)
+class _Sent:
+    """What the log and the trail say of a message handed to the smarthost."""
+
+    queue_id: str
+    message_id: str | None
+    size: int
+
+
 class Gateway:
     """State shared by all sessions: configuration, services, and the live-session set.
 
@@ -719,6 +728,7 @@ class Session(asyncio.Protocol):
             recipients=len(txn.recipients) if txn else 0,
         )
         assert txn is not None and upstream is not None
+        queue_id = message.new_queue_id()
         await self.push(replies.START_DATA)
         size = 0
         try:
@@ -731,14 +741,14 @@ class Session(asyncio.Protocol):
                 await self._check_header_from(message.header_section(content))
         except Refusal as err:
             await self._reset_transaction()
-            self._log_message(txn, size, replies.line(err), relayed=None)
+            self._log_message(txn, _Sent(queue_id, None, size), replies.line(err), relayed=None)
             raise
         trace = message.Trace(
             helo=self.helo or "unknown",
             client_ip=None if self.cfg.server.hide_client_ip else self.client_ip,
             hostname=self.hostname,
             user=self.identity.user if self.identity else "",
-            session_id=self.id,
+            queue_id=queue_id,
             tls=self.tls_info,
             cert_serial=self.identity.cert_serial if self.identity else None,
             recipient=txn.recipients[0] if len(txn.recipients) == 1 else None,
@@ -748,10 +758,11 @@ class Session(asyncio.Protocol):
         prepared = message.prepare_pieces(content, trace)
         size = sum(map(len, content))
         content.clear()  # `prepared` alone holds the pieces: each is freed once sent
+        sent = _Sent(queue_id, message.message_id(message.header_section(prepared)), size)
         try:
             result = await upstream.data(prepared)
         except RelayError as err:
-            self._log_message(txn, size, replies.line(err), started)
+            self._log_message(txn, sent, replies.line(err), started)
             raise
         if 200 <= result.code < 300:
             self.messages += 1
@@ -759,11 +770,11 @@ class Session(asyncio.Protocol):
                 await self.gw.limiter.count_message(
                     self.identity.user, self.client_ip, len(txn.recipients)
                 )
-            self._log_message(txn, size, result.line, started)
+            self._log_message(txn, sent, result.line, started)
             self.smarthost.finished(clean=True)
-            await self.push(replies.accepted(result.line))
+            await self.push(replies.accepted(queue_id, result.line))
             return
-        self._log_message(txn, size, result.line, started)
+        self._log_message(txn, sent, result.line, started)
         self.smarthost.finished(clean=True)
         raise as_client_reply(result, "5.6.0")
 
@@ -812,15 +823,19 @@ class Session(asyncio.Protocol):
             raise _Closed("eof") from exc
         return decoder.pieces()
 
-    def _log_message(self, txn: Transaction, size: int, reply: str, relayed: float | None) -> None:
+    def _log_message(
+        self, txn: Transaction, sent: _Sent, reply: str, relayed: float | None
+    ) -> None:
         """`relayed`: when the message went to the smarthost; None if the gateway refused it
-        before (`size` is 0 when it was refused while being received)."""
+        before (its size is 0 when it was refused while being received)."""
         upstream = self.smarthost.upstream if relayed is not None else None
         self.trail.message(
             self.identity,
+            queue_id=sent.queue_id,
+            message_id=sent.message_id,
             sender=txn.sender,
-            recipients=len(txn.recipients),
-            size=size,
+            recipients=txn.recipients,
+            size=sent.size,
             smarthost=str(upstream.server) if upstream else None,
             reply=reply,
             smarthost_seconds=None if relayed is None else time.monotonic() - relayed,

@@ -95,7 +95,7 @@ class AccessRuleStore:
         statement = select(
             AccessRuleRow.id, AccessRuleRow.action, AccessRuleRow.rule, AccessRuleRow.comment
         )
-        with self._db.engine.connect() as connection:
+        with self._db.reader.connect() as connection:
             rows = connection.execute(statement).all()
         return [
             Rule(rule_id, action, rule, comment or "") for rule_id, action, rule, comment in rows
@@ -145,9 +145,8 @@ class UserNetworkStore:
             .join(User, UserNetworkRow.user_id == User.id)
             .where(User.email == normalise_email(email))
         )
-        # A Core query, not the ORM: it runs at every certificate login.
-        with self._db.engine.connect() as connection:
-            return sorted(connection.scalars(statement), key=_network_order)
+        with self._db.reading() as session:
+            return sorted(session.scalars(statement), key=_network_order)
 
     def by_user(self) -> dict[str, builtins.list[str]]:
         """Every user that has networks, for `user list`."""

@@ -220,9 +220,8 @@ class CertificateStore:
             .join(User, Certificate.user_id == User.id)
             .where(Certificate.fingerprint_sha256 == fingerprint)
         )
-        # A Core query, not the ORM: a third of the time.
-        with self._db.engine.connect() as connection:
-            row = connection.execute(statement).first()
+        with self._db.reading() as session:
+            row = session.execute(statement).first()
         if row is None:
             return None
         return CertificateIdentity(

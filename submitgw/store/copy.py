@@ -1,7 +1,7 @@
 """Copy every table into a new, empty database: the move from SQLite to PostgreSQL.
 
 Rows travel as they are, primary keys included, so password hashes, certificates,
-rules, bindings and the account trail are the same data on the other side and every
+rules, bindings and the account and audit trails are the same data on the other side and every
 reference between rows still holds. The target is migrated and filled in one
 transaction: a copy either arrives whole or leaves the target as empty as it was.
 It is never merged into a database that already holds rows.
@@ -189,7 +189,7 @@ def _snapshot(source: Database) -> Connection:
     SQLite's WAL readers keep their snapshot for the transaction anyway; PostgreSQL
     needs REPEATABLE READ for that (read only: the copy never writes to its source).
     """
-    connection = source.engine.connect()
+    connection = source.reader.connect()
     if connection.dialect.name == "postgresql":
         connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
     return connection

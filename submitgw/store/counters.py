@@ -117,7 +117,7 @@ class CounterStore:
 
         One transaction, so MAIL costs one trip to the database pool.
         """
-        with self._db.engine.begin() as connection:
+        with self._db.reader.begin() as connection:
             rows = connection.execute(_USAGE, {"keys": list(keys), "since": since})
             used = {row[0]: (int(row[1] or 0), int(row[2] or 0)) for row in rows}
             override = None
@@ -129,7 +129,7 @@ class CounterStore:
     def buckets(self, key: str, since: int, measure: str) -> list[tuple[int, int]]:
         """(bucket start, count) of one key, for working out when a limit frees up."""
         column = RateCounter.messages if measure == "messages" else RateCounter.recipients
-        with self._db.engine.begin() as connection:
+        with self._db.reader.begin() as connection:
             rows = connection.execute(
                 select(RateCounter.bucket, column).where(
                     RateCounter.key == key, RateCounter.bucket >= since
@@ -203,7 +203,7 @@ class CounterStore:
         `failures` holds the count of every key asked for, `ok:` keys included.
         """
         keys = list(keys)
-        with self._db.engine.begin() as connection:
+        with self._db.reader.begin() as connection:
             locks = tuple(
                 Lock(row.key, row.locked_at, row.locked_until, row.failures)
                 for row in connection.execute(_LOCKS, {"keys": keys})

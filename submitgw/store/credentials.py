@@ -163,7 +163,7 @@ class CredentialStore:
             return [AppPasswordRecord(r.id, r.label, r.created_at, r.last_used_at) for r in rows]
 
     def find_app_password(self, email: str, selector: str) -> AppPasswordHash | None:
-        with self._db.session() as session:
+        with self._db.reading() as session:
             row = session.execute(
                 select(AppPassword.id, AppPassword.label, AppPassword.password_hash)
                 .join(User, User.id == AppPassword.user_id)

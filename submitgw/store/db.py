@@ -23,6 +23,8 @@ import migrations
 from submitgw.store.errors import StoreError
 
 UPGRADE_HINT = "run 'submitgw db upgrade'"
+# Execution option of `Database.reader`: its transactions only read.
+READ_ONLY = "submitgw_read_only"
 
 
 class MigrationRequired(StoreError):
@@ -47,12 +49,19 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Connection) -> None:
-    """Begin every transaction explicitly, DDL included.
+    """Begin every transaction explicitly, DDL included; IMMEDIATE unless it only reads.
 
     Python's sqlite3 module opens transactions only before DML, so a failing
-    migration would otherwise leave a half-changed schema behind.
+    migration would otherwise leave a half-changed schema behind. In WAL mode a
+    deferred transaction that has read and then writes fails at once with
+    "database is locked" whenever another connection committed in between (the
+    busy timeout does not apply), and the gateway's audit trail commits every
+    half second: so a transaction takes the write lock when it begins, waiting
+    its turn, unless it comes from `Database.reader`, which never writes and so
+    never waits for a writer.
     """
-    connection.exec_driver_sql("BEGIN")
+    read_only = connection.get_execution_options().get(READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _is_known(scripts: ScriptDirectory, revision: str) -> bool:
@@ -71,11 +80,20 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # The same pool, for transactions that only read (see `_sqlite_begin`).
+        self.reader = self.engine.execution_options(**{READ_ONLY: True})
+        self._readers = sessionmaker(self.reader, expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session in one transaction: committed if the block succeeds, else rolled back."""
         with self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session that only reads: on SQLite it never waits for a writer's turn."""
+        with self._readers.begin() as session:
             yield session
 
     def _alembic_config(self) -> Config:

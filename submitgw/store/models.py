@@ -1,6 +1,6 @@
 """Every ORM table. Each schema change here needs a hand-written migration in `migrations/versions`.
 
-The repositories (users, certificates, access, counters, credentials, senders)
+The repositories (users, certificates, access, counters, credentials, senders, audit)
 import their tables from here; nothing here imports them.
 """
 
@@ -16,7 +16,9 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -39,6 +41,9 @@ NAMING_CONVENTION = {
 
 # Rate and login counter keys: "ok:acct:" plus the longest login name, with room to spare.
 KEY_LENGTH = 400
+# SQLite counts ids by itself only for a column declared exactly INTEGER PRIMARY KEY
+# (its 64-bit rowid); PostgreSQL needs BIGINT for tables that grow by millions of rows.
+BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def utcnow() -> datetime:
@@ -268,3 +273,75 @@ class SenderBinding(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     pattern: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class AuditEvent(Base):
+    """Something that happened on an SMTP connection, other than a message: a session's
+    end, a login attempt, a certificate verdict, an access decision, a limit or lockout hit,
+    a refusal. The fields every search uses are columns; the rest is JSON in `detail`."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_username_at", "username", "at"),
+        Index("ix_audit_events_ip_at", "ip", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    session: Mapped[str | None] = mapped_column(String(32), index=True)
+    client: Mapped[str | None] = mapped_column(String(64))
+    # The client address as 16 sortable bytes (IPv4 in its IPv4-mapped form): a CIDR
+    # search is a range of this column.
+    ip: Mapped[bytes | None] = mapped_column(LargeBinary(16))
+    username: Mapped[str | None] = mapped_column(String(320))
+    result: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class AuditMessage(Base):
+    """A message the gateway handed to the smarthost: who sent it, how, and what came of it."""
+
+    __tablename__ = "audit_messages"
+    __table_args__ = (
+        Index("ix_audit_messages_username_at", "username", "at"),
+        Index("ix_audit_messages_ip_at", "ip", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    queue_id: Mapped[str] = mapped_column(String(32), index=True)
+    # The Message-ID header as relayed, without angle brackets.
+    message_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    session: Mapped[str | None] = mapped_column(String(32))
+    client: Mapped[str | None] = mapped_column(String(64))
+    ip: Mapped[bytes | None] = mapped_column(LargeBinary(16))
+    username: Mapped[str] = mapped_column(String(320))
+    mechanism: Mapped[str | None] = mapped_column(String(32))
+    cert_serial: Mapped[str | None] = mapped_column(String(64))
+    cert_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    app_password: Mapped[str | None] = mapped_column(String(200))
+    sender: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    recipient_count: Mapped[int] = mapped_column(Integer)
+    smarthost: Mapped[str | None] = mapped_column(String(300))
+    smarthost_queue_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    reply: Mapped[str] = mapped_column(Text)
+
+
+class AuditRecipient(Base):
+    """One recipient of an audited message, in its own row so that a search by recipient
+    (a complaint) is an index lookup; lower-cased, with the message's time for ordering."""
+
+    __tablename__ = "audit_recipients"
+    __table_args__ = (Index("ix_audit_recipients_address_at", "address", "at"),)
+
+    message: Mapped[int] = mapped_column(
+        BIG_ID,
+        ForeignKey("audit_messages.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    address: Mapped[str] = mapped_column(String(320))
+    at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -78,7 +78,7 @@ class SenderStore:
     def list(self, email: str) -> builtins.list[str]:
         """The user's bindings (not their own address), sorted the same on every backend."""
         email = normalise_email(email)
-        with self._db.session() as session:
+        with self._db.reading() as session:
             user_id = _user_id(session, email)
             rows = session.scalars(
                 select(SenderBinding.pattern).where(SenderBinding.user_id == user_id)

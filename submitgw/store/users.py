@@ -118,7 +118,7 @@ class UserStore:
             raise UserExists(email) from exc
 
     def get(self, email: str) -> UserRecord | None:
-        with self._db.session() as session:
+        with self._db.reading() as session:
             user = session.scalars(select(User).where(User.email == normalise_email(email))).first()
             return _record(user) if user is not None else None
 

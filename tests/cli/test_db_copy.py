@@ -37,6 +37,7 @@ VIEWS = [
     ("user", "app-password", "list", BOB, "--json"),
     ("user", "sender", "list", USER),
     ("user", "limits", BOB, "--json"),
+    ("audit", "search", "--json", "--limit", "1000"),
 ]
 
 
@@ -111,7 +112,13 @@ def test_a_setup_moved_to_postgresql_works_as_before(
 ) -> None:
     gw = gateway_factory(CERTS_ON, users=False, start=False)
     app_password, kept, revoked = fill(gw.config, tmp_path / "certs")
+    gw.start()
+    with gw.smtp() as client:
+        client.sendmail(USER, ["bob@example.net", "carol@example.net"], b"Subject: x\r\n\r\nHi.")
+    gw.stop()
     before = {view: ok(gw.config, *view) for view in VIEWS}
+    trail = json.loads(before[("audit", "search", "--json", "--limit", "1000")])
+    assert {"message", "auth", "session", "account"} <= {r["kind"] for r in trail}
 
     out = ok(gw.config, "db", "copy", "--to", pg_url).splitlines()
 
@@ -130,7 +137,7 @@ def test_a_setup_moved_to_postgresql_works_as_before(
         client.sendmail(
             "sales@example.com", ["bob@example.net"], b"From: sales@example.com\r\n\r\nHi.\r\n"
         )
-    (relayed,) = smarthost.wait_for_messages(1)
+    relayed = smarthost.wait_for_messages(2)[-1]
     assert relayed.envelope["mail_from"] == "sales@example.com"
     with gw.smtp(login=False) as client:
         client.login(BOB, app_password)

@@ -81,8 +81,9 @@ def test_ready_when_listening_reload_is_sighup_and_stop_outlasts_the_grace(
 ) -> None:
     assert one(unit, "Type") == "notify"
     assert one(unit, "ExecReload") == "/bin/kill -HUP $MAINPID"
-    # Longer than the default grace plus the 5 s for clients that ignore the TLS close.
-    grace = Config().server.shutdown_grace
+    # Longer than the default grace plus the 5 s for clients that ignore the TLS close,
+    # plus the time the last audit records may take to be written.
+    grace = Config().server.shutdown_grace + Config().audit.shutdown_timeout
     assert float(one(unit, "TimeoutStopSec")) > grace + 5
     assert unit[("Install", "WantedBy")] == ["multi-user.target"]
 

@@ -65,12 +65,12 @@ def assert_relayed(
     assert msg.message["Subject"] == f"interop {marker}"
     (event,) = wait_for_events(gw, "message")
     assert event["user"] == USER and event["sender"] == USER
-    assert event["recipients"] == len(rcpts)
+    assert event["recipients"] == len(rcpts) and event["recipient_list"] == list(rcpts)
     assert event["reply"].startswith("250")
     received = msg.message["Received"]
     assert received.startswith(f"from {HELO} ([127.0.0.1])")
     assert f"(authenticated sender: {USER})" in received
-    assert f"with ESMTPSA id {event['session']}" in received
+    assert f"with ESMTPSA id {event['queue_id']}" in received
     return msg
 
 
@@ -139,7 +139,7 @@ def test_swaks_submits(
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"~> AUTH {mechanism}" in result.stdout
     assert "<~  235 2.7.0 Authentication successful" in result.stdout
-    assert "<~  250 2.0.0 Message accepted" in result.stdout
+    assert "<~  250 2.0.0 Ok: queued as " in result.stdout
     assert_relayed(gateway, smarthost, marker)
     assert auth_results(gateway) == [(mechanism, "ok")]
 
@@ -316,7 +316,7 @@ def test_curl_submits(
     assert result.returncode == 0, result.stderr
     # Verified by name, not only by chain: the certificate carries IP 127.0.0.1.
     assert 'host "127.0.0.1" matched cert\'s IP address' in result.stderr
-    assert "< 250 2.0.0 Message accepted" in result.stderr
+    assert "< 250 2.0.0 Ok: queued as " in result.stderr
     assert_relayed(gateway, smarthost, marker)
     assert auth_results(gateway) == [("PLAIN", "ok")]
 
@@ -468,9 +468,11 @@ def test_postfix_smarthost_end_to_end(
     assert client.mail(USER)[0] == 250 and client.rcpt(RCPT)[0] == 250
     code, reply = client.data(crlf_message(marker).encode())
     client.quit()
-    # Pass-through: the client's 250 quotes Postfix's own answer, queue id included.
-    assert code == 250 and reply.startswith(b"2.0.0 Message accepted (250 2.0.0 Ok: queued as ")
-    queue_id = reply.decode().rstrip(")").rsplit(" ", 1)[1]
+    # Pass-through: the client's 250 names the gateway's queue id, then quotes Postfix's own
+    # answer, its queue id included.
+    ours_id, _, theirs_reply = reply.decode().removeprefix("2.0.0 Ok: queued as ").partition(" ")
+    assert code == 250 and theirs_reply.startswith("(smarthost: 250 2.0.0 Ok: queued as ")
+    queue_id = theirs_reply.rstrip(")").rsplit(" ", 1)[1]
     (msg,) = smarthost.wait_for_messages(1, timeout=30)
     assert msg.mail_from == USER and msg.rcpt_tos == [RCPT]
     assert f"Body {marker}".encode() in msg.raw
@@ -479,10 +481,11 @@ def test_postfix_smarthost_end_to_end(
     assert theirs.startswith("from gw.test (") and "[127.0.0.1]" in theirs
     assert f"by {postfix_smarthost.myhostname} (Postfix) with ESMTP id {queue_id}" in theirs
     assert ours.startswith(f"from {HELO} ([127.0.0.1])")
-    assert f"(authenticated sender: {USER}) by gw.test with ESMTPSA" in ours
+    assert f"(authenticated sender: {USER}) by gw.test with ESMTPSA id {ours_id} " in ours
     (event,) = wait_for_events(gw, "message")
     assert event["user"] == USER and event["smarthost"] == postfix_smarthost.address
     assert event["reply"].startswith("250 2.0.0 Ok: queued as ")
+    assert event["queue_id"] == ours_id and event["smarthost_queue_id"] == queue_id
 
 
 def test_postfix_rejected_recipient_is_passed_through(

@@ -104,7 +104,7 @@ def assert_relayed_with_cert(
     received = " ".join(msg.message["Received"].split())
     assert received.startswith(f"from {HELO} ([127.0.0.1])")
     assert f"(authenticated sender: {USER}, certificate serial {cert.serial})" in received
-    assert f"with ESMTPSA id {event['session']}" in received
+    assert f"with ESMTPSA id {event['queue_id']}" in received
     seen = wait_for_events(gw, "certificate", count)[-1]
     assert seen["result"] == "accepted" and seen["user"] == USER
     assert seen["fingerprint_sha256"] == cert.fingerprint
@@ -159,7 +159,7 @@ def test_swaks_certificate_without_auth(
     assert "<~  250 AUTH PLAIN LOGIN EXTERNAL" in lines, "the certificate was recognised"
     assert not any(line.startswith(" ~> AUTH") for line in lines)
     assert "<~  250 2.1.0 Sender OK" in lines
-    assert any(line.startswith("<~  250 2.0.0 Message accepted") for line in lines)
+    assert any(line.startswith("<~  250 2.0.0 Ok: queued as ") for line in lines)
     assert_relayed_with_cert(certgw, smarthost, marker, cert, mechanism="CERTIFICATE")
     assert auth_results(certgw) == []
 
@@ -278,7 +278,7 @@ def test_curl_client_certificate(
     assert "< 250 AUTH PLAIN LOGIN EXTERNAL" in lines
     sent_auth = [line for line in lines if line.startswith("> AUTH")]
     assert sent_auth == (["> AUTH EXTERNAL"] if auth == "external" else [])
-    assert any(line.startswith("< 250 2.0.0 Message accepted") for line in lines)
+    assert any(line.startswith("< 250 2.0.0 Ok: queued as ") for line in lines)
     assert_relayed_with_cert(certgw, smarthost, marker, cert, mechanism=mechanism)
     assert auth_results(certgw) == ([("EXTERNAL", "ok")] if auth == "external" else [])
 

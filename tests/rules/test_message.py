@@ -20,7 +20,10 @@ from submitgw.errors import Refusal
 from submitgw.rules.message import (
     Trace,
     header_section,
+    message_id,
+    new_queue_id,
     normalise,
+    normalise_message_id,
     normalise_pieces,
     prepare,
     prepare_pieces,
@@ -37,7 +40,7 @@ def trace(**changes: object) -> Trace:
         "client_ip": "192.0.2.7",
         "hostname": "gw.test",
         "user": "alice@example.org",
-        "session_id": "S1d",
+        "queue_id": "0G4X9K2M7QZ1B3C5D6",
         "tls": "TLSv1.3 TLS_AES_256_GCM_SHA384",
         "recipient": "bob@example.org",
     }
@@ -134,7 +137,7 @@ def test_received_header_names_the_user_the_gateway_and_esmtpsa() -> None:
 
     assert text.startswith("Received: from laptop.example ([192.0.2.7])\r\n")
     assert "(authenticated sender: alice@example.org)" in text
-    assert "by gw.test with ESMTPSA id S1d" in text
+    assert "by gw.test with ESMTPSA id 0G4X9K2M7QZ1B3C5D6" in text
     assert "(using TLSv1.3 TLS_AES_256_GCM_SHA384)" in text
     assert "for <bob@example.org>;" in text
     assert text.endswith(f"\t{NOW_TEXT}\r\n")
@@ -147,7 +150,7 @@ def test_received_has_no_for_clause_without_a_single_recipient() -> None:
     received, _, _ = split_prepared(prepare(b"Subject: x\r\n\r\n", trace(recipient=None), NOW))
 
     assert b"for <" not in received
-    assert b"with ESMTPSA id S1d" in received
+    assert b"with ESMTPSA id 0G4X9K2M7QZ1B3C5D6" in received
 
 
 def test_received_leaves_out_the_client_ip_when_hidden() -> None:
@@ -346,3 +349,52 @@ def test_headers_cut_between_pieces_are_found() -> None:
 def test_untouched_pieces_are_not_copied() -> None:
     piece = b"Subject: x\r\n\r\n" + b"line\r\n" * 1000
     assert normalise_pieces([piece], eight_bit_declared=False)[0] is piece
+
+
+# --- queue id and Message-ID -------------------------------------------------------------
+
+
+def test_queue_ids_are_18_base32_characters_sorting_by_time() -> None:
+    earlier = [new_queue_id(1_700_000_000.0 + i / 1000) for i in range(50)]
+    later = new_queue_id(1_700_000_001.0)
+
+    assert all(re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{18}", q) for q in earlier)
+    assert earlier == sorted(earlier) and later > earlier[-1]
+
+
+def test_queue_ids_of_one_millisecond_differ() -> None:
+    assert len({new_queue_id(1_700_000_000.0) for _ in range(1000)}) == 1000
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (b"Message-ID: <a.1@example.org>\r\n", "a.1@example.org"),
+        (b"message-id:<a@b>\r\n", "a@b"),
+        (b"Message-Id :\r\n <folded@example.org>\r\n", "folded@example.org"),
+        (b"Message-ID: <a@b> (a comment)\r\n", "a@b"),
+        (b"Message-ID: no-brackets@example.org\r\n", "no-brackets@example.org"),
+        (b"Message-ID: <first@x>\r\nMessage-ID: <second@x>\r\n", "first@x"),
+        (b"X-Message-ID: <not@this>\r\n", None),
+        (b"Message-ID:   \r\n", None),
+    ],
+)
+def test_message_id_is_read_from_the_header_section(headers: bytes, expected: str | None) -> None:
+    data = b"Subject: x\r\n" + headers + b"\r\nMessage-ID: <in-body@x>\r\n"
+
+    assert message_id(data) == expected
+
+
+def test_the_message_id_the_gateway_adds_is_the_one_read_back() -> None:
+    out = prepare(b"Subject: x\r\n\r\nbody\r\n", trace(), NOW)
+    (line,) = [h for h in split_prepared(out)[1] if h.startswith(b"Message-ID")]
+
+    assert f"Message-ID: <{message_id(out)}>".encode() == line
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [("<a@b>", "a@b"), ("  a@b ", "a@b"), ("<a@b>  (x)", "a@b"), ("", None), ("<>", None)],
+)
+def test_message_ids_typed_for_a_search_read_as_stored(typed: str, stored: str | None) -> None:
+    assert normalise_message_id(typed) == stored

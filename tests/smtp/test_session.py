@@ -421,9 +421,13 @@ def test_message_log_line(gateway: GatewayProcess, smarthost: CaptureSmarthost) 
     (event,) = gateway.log_events("message")
     assert event["user"] == USER and event["sender"] == USER
     assert event["recipients"] == 2 and event["size"] == len(MSG)
+    assert event["recipient_list"] == ["bob@example.net", "carol@example.net"]
     assert event["client"] == "127.0.0.1" and event["reply"].startswith("250")
     assert event["smarthost"] == smarthost.address
     assert 0 < event["smarthost_seconds"] < 5
+    (relayed,) = smarthost.messages()
+    assert event["message_id"] == relayed.message["Message-ID"].strip("<>")
+    assert event["smarthost_queue_id"] == relayed.seq and len(event["queue_id"]) == 18
     (session,) = gateway.log_events("session")
     assert session["user"] == USER and session["messages"] == 1 and session["end"] == "quit"
 

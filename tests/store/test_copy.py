@@ -140,6 +140,56 @@ ROWS: dict[str, list[dict[str, Any]]] = {
     "sender_bindings": [
         {"id": 15, "user_id": 3, "pattern": "@bücher.example", "created_at": T0},
     ],
+    "audit_events": [
+        {
+            "id": 2**33,
+            "at": T0,
+            "kind": "auth",
+            "session": "0a29d9731723",
+            "client": "2001:db8::7",
+            "ip": bytes.fromhex("20010db8000000000000000000000007"),
+            "username": "zoë@bücher.example",
+            "result": "failed",
+            "detail": '{"mechanism": "PLAIN"}',
+        },
+        {
+            "id": 2**33 + 5,
+            "at": T0,
+            "kind": "connection",
+            "session": None,
+            "client": "not an address",
+            "ip": None,
+            "username": None,
+            "result": "too-many-connections",
+            "detail": "{}",
+        },
+    ],
+    "audit_messages": [
+        {
+            "id": 17,
+            "at": T0 + timedelta(microseconds=7),
+            "queue_id": "01M8YBHZ0MJFQYDYG2",
+            "message_id": "ünï@bücher.example",
+            "session": "0a29d9731723",
+            "client": "192.0.2.7",
+            "ip": bytes(10) + b"\xff\xff\xc0\x00\x02\x07",
+            "username": "alice@example.org",
+            "mechanism": "EXTERNAL",
+            "cert_serial": "7f" * 20,
+            "cert_fingerprint": "ab" * 32,
+            "app_password": None,
+            "sender": "alice@example.org",
+            "size": 2**35,
+            "recipient_count": 2,
+            "smarthost": "10.0.0.25:25",
+            "smarthost_queue_id": None,
+            "reply": "250 2.0.0 Ok",
+        },
+    ],
+    "audit_recipients": [
+        {"message": 17, "position": 0, "address": "bob@example.net", "at": T0},
+        {"message": 17, "position": 1, "address": "zoë@bücher.example", "at": T0},
+    ],
 }
 
 

@@ -50,8 +50,8 @@ def test_upgrade_on_empty_database_reaches_head(db: Database) -> None:
 
     db.upgrade()
 
-    assert db.head_revision() == "0008"
-    assert db.current_revision() == "0008"
+    assert db.head_revision() == "0009"
+    assert db.current_revision() == "0009"
     assert {"users", "certificates"} <= table_names(db)
     db.check_current()
 
@@ -152,7 +152,7 @@ def test_stamp_absent_revision_is_reported_without_suggesting_upgrade(db: Databa
 
     message = str(raised.value)
     assert message.startswith("database is at revision 9999")
-    assert "needs 0008" in message
+    assert "needs 0009" in message
     assert "db upgrade" not in message
 
 
@@ -162,12 +162,12 @@ def test_revision_template_renders_formatted_python(tmp_path: Path) -> None:
     config = Config()
     config.set_main_option("script_location", str(scripts))
 
-    command.revision(config, message="add widgets", rev_id="0009")
+    command.revision(config, message="add widgets", rev_id="0010")
 
-    (rendered,) = (scripts / "versions").glob("0009_*.py")
+    (rendered,) = (scripts / "versions").glob("0010_*.py")
     text = rendered.read_text()
-    assert 'revision = "0009"' in text
-    assert 'down_revision = "0008"' in text
+    assert 'revision = "0010"' in text
+    assert 'down_revision = "0009"' in text
     compile(text, str(rendered), "exec")
     # Imports stay unused until the author writes the upgrade, so F401 is expected here.
     config_file = str(PROJECT_ROOT / "pyproject.toml")
