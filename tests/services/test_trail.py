@@ -125,17 +125,14 @@ def test_a_full_batch_is_written_without_waiting_for_the_interval(
     wait_until(lambda: count(store) == 5, timeout=5)
 
 
-def test_record_is_cheap_and_never_touches_the_database(
+def test_record_only_queues_and_never_touches_the_database(
     make_trail: Callable[..., DatabaseTrail], store: AuditStore
 ) -> None:
+    """What it costs is measured by scripts/bench.py, not here: the machine is shared."""
     trail = make_trail(AuditConfig(max_queue=5_000, batch_size=5_000))
-    events = [auth_event(n) for n in range(5_000)]
-    started = time.perf_counter()
-    for e in events:
-        trail.record(e)
-    elapsed = time.perf_counter() - started
+    for n in range(5_000):
+        trail.record(auth_event(n))
 
-    assert elapsed < 0.5, f"{elapsed / 5_000 * 1e6:.1f} µs per event"
     assert trail.waiting == 5_000 and count(store) == 0
 
 
