@@ -46,6 +46,7 @@ RESTART_KEYS = (
     "metrics.listen",
     "metrics.max_connections",
     "metrics.max_connections_per_ip",
+    "server.workers",
 )
 _ARGON2 = ("auth.argon2_time_cost", "auth.argon2_memory_kib", "auth.argon2_parallelism")
 
@@ -114,6 +115,7 @@ def keep_restart_settings(old: Config, new: Config) -> Config:
             idle_timeout=old.selfservice.idle_timeout,
         ),
         database=old.database,
+        server=dataclasses.replace(new.server, workers=old.server.workers),
         auth=dataclasses.replace(new.auth, workers=old.auth.workers),
         metrics=dataclasses.replace(
             new.metrics,
