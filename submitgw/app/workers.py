@@ -36,6 +36,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from submitgw.app.gateway import log_listening
 from submitgw.config import Config, Endpoint
@@ -54,6 +55,7 @@ RESTART_DELAY_MAX = 10.0
 # Seconds for a scrape of one worker's metrics or readiness.
 ASK_TIMEOUT = 5.0
 BACKLOG = 128
+_CREATED = "_created"
 
 
 def worker_count(asked: int) -> int:
@@ -62,13 +64,14 @@ def worker_count(asked: int) -> int:
 
 
 def _part(total: int, count: int) -> int:
-    return max(1, total // count)
+    """A cap of 0 stays 0 (what it means is the key's own)."""
+    return 0 if total <= 0 else max(1, total // count)
 
 
 def share(cfg: Config, count: int) -> Config:
     """One worker's part of each per-process cap: the total divided by the workers,
-    rounded down, at least 1. Limits counted in the database (rates, failures) are
-    shared by all workers already."""
+    rounded down, at least 1 (so a cap below N becomes N in all). Limits counted in
+    the database (rates, failures) are shared by all workers already."""
     if count <= 1:
         return cfg
     limits, site, auth = cfg.limits, cfg.selfservice, cfg.auth
@@ -154,7 +157,7 @@ class Worker:
     deaths: list[float] = field(default_factory=list)
 
 
-class _Gathered:
+class Gathered:
     """A collector of the families last gathered from the workers."""
 
     def __init__(self) -> None:
@@ -178,7 +181,20 @@ def merge(texts: dict[int, str]) -> list[Metric]:
             for sample in family.samples:
                 labels = {**sample.labels, "worker": str(index)}
                 into.samples.append(sample._replace(labels=labels))
+    # The classic format writes a counter's `_created` as a gauge family of its own;
+    # OpenMetrics wants it back in the counter's (or histogram's) family.
+    for name in [n for n in merged if n.endswith(_CREATED)]:
+        owner = merged.get(name.removesuffix(_CREATED))
+        if owner is not None and owner.type in ("counter", "histogram", "summary"):
+            owner.samples.extend(merged.pop(name).samples)
+    for family in merged.values():
+        # OpenMetrics: a series' samples together (a stable sort keeps buckets in order).
+        family.samples.sort(key=_series)
     return list(merged.values())
+
+
+def _series(sample: Sample) -> list[tuple[str, str]]:
+    return sorted((k, v) for k, v in sample.labels.items() if k not in ("le", "quantile"))
 
 
 class Supervisor:
@@ -192,7 +208,7 @@ class Supervisor:
         self.stopping = False
         self.failed = False
         self.stop = asyncio.Event()
-        self.gathered = _Gathered()
+        self.gathered = Gathered()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.gathered)
         self._admin: aiohttp.web.AppRunner | None = None

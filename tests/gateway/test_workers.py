@@ -12,8 +12,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from submitgw.app.workers import share, worker_count
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from submitgw.app.workers import Gathered, merge, share, worker_count
 from submitgw.config import Config
+from submitgw.services.metrics import Metrics
 from tests.gateway.test_reload import install, new_server_cert, serial_of
 from tests.support.gateway import USER, GatewayProcess
 from tests.support.metrics import Samples, get
@@ -158,3 +166,19 @@ def test_a_worker_gets_its_share_of_each_cap() -> None:
     assert two.auth.max_pending == cfg.auth.max_pending // 2
     assert share(cfg, 1) == cfg
     assert worker_count(3) == 3 and worker_count(0) == (os.cpu_count() or 1)
+
+
+def test_merged_metrics_are_valid_in_both_formats() -> None:
+    """One HELP and TYPE per family, each sample with its worker, for either parser."""
+    one = Metrics()
+    one.record({"event": "message", "reply": "250 2.0.0 queued", "recipients": 1})
+    text = generate_latest(one.registry).decode()
+    gathered = Gathered()
+    gathered.families = merge({0: text, 1: text})
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(gathered)
+    classic = generate_latest(registry).decode()
+    assert classic.count("# TYPE ") == text.count("# TYPE ")
+    families = list(text_string_to_metric_families(classic))
+    assert families and all(s.labels["worker"] in ("0", "1") for f in families for s in f.samples)
+    assert list(openmetrics_families(openmetrics_latest(registry).decode()))
