@@ -341,8 +341,10 @@ class Supervisor:
         if not self.stopping:
             await self._spawn(worker)
 
-    def _signal(self, sig: int) -> None:
+    def _signal(self, sig: int, *, ready_only: bool = False) -> None:
         for worker in self.workers:
+            if ready_only and not worker.ready.is_set():
+                continue
             if worker.proc is not None and worker.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     worker.proc.send_signal(sig)
@@ -350,10 +352,13 @@ class Supervisor:
     async def _reload(self) -> None:
         """SIGHUP: each worker reloads itself and logs its own `reload` line."""
         notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
-        for worker in self.workers:
+        # One still starting has no handler yet (SIGHUP would kill it); it reads the
+        # configuration afresh anyway.
+        asked = [w for w in self.workers if w.ready.is_set()]
+        for worker in asked:
             worker.reloaded.clear()
-        self._signal(signal.SIGHUP)
-        waits = [w.reloaded.wait() for w in self.workers if w.proc and w.proc.returncode is None]
+        self._signal(signal.SIGHUP, ready_only=True)
+        waits = [w.reloaded.wait() for w in asked if w.proc and w.proc.returncode is None]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*waits), 60)
         notify(f"READY=1\nSTATUS={self._status()}")
