@@ -137,7 +137,8 @@ def test_two_workers_serve_reload_count_restart_and_stop(
 
 
 def test_the_per_address_cap_holds_for_the_whole_gateway(gateway_factory: Any) -> None:
-    """Each worker has half of it: 4 from one address in all, never 4 per worker."""
+    """Each worker has half of it: 4 from one address in all, never 4 per worker.
+    And the workers go when their supervisor is killed."""
     gw: GatewayProcess = gateway_factory(
         {"limits": {"max_connections_per_ip": 4}}, process=True, start=False
     )
@@ -153,7 +154,13 @@ def test_the_per_address_cap_holds_for_the_whole_gateway(gateway_factory: Any) -
     finally:
         for sock in held:
             sock.close()
-    assert gw.stop() == 0
+
+    # No worker outlives its supervisor, even one killed outright.
+    assert gw.proc is not None
+    workers = children(gw.proc.pid)
+    assert len(workers) == 2
+    gw.kill()
+    wait_for(lambda: not any(alive(pid) for pid in workers))
 
 
 def test_a_worker_gets_its_share_of_each_cap() -> None:
