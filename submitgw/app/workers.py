@@ -198,8 +198,12 @@ def _series(sample: Sample) -> list[tuple[str, str]]:
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, command: list[str], count: int) -> None:
-        """`command`: how to start a worker, to which `--worker SPEC` is added."""
+    def __init__(
+        self, cfg: Config, command: list[str], count: int, first_delay: float = 0.25
+    ) -> None:
+        """`command`: how to start a worker, to which `--worker SPEC` is added;
+        `first_delay`: the pause before a restart, doubled for each recent death."""
+        self.first_delay = first_delay
         self.cfg = cfg
         self.command = command
         self.count = count
@@ -329,7 +333,7 @@ class Supervisor:
             self.failed = True
             self.stop.set()
             return
-        delay = min(RESTART_DELAY_MAX, 0.25 * 2 ** (len(worker.deaths) - 1))
+        delay = min(RESTART_DELAY_MAX, self.first_delay * 2 ** (len(worker.deaths) - 1))
         log.error(
             "worker %d exited unexpectedly (%s); restarting in %.2f s",
             worker.index,

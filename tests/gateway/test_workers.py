@@ -5,9 +5,13 @@ gateway as a whole.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +23,15 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from submitgw.app.workers import Gathered, merge, share, worker_count
-from submitgw.config import Config
+from submitgw.app.workers import (
+    RESTART_LIMIT,
+    Gathered,
+    Supervisor,
+    merge,
+    share,
+    worker_count,
+)
+from submitgw.config import Config, Endpoint
 from submitgw.services.metrics import Metrics
 from tests.gateway.test_reload import install, new_server_cert, serial_of
 from tests.support.gateway import USER, GatewayProcess
@@ -189,3 +200,21 @@ def test_merged_metrics_are_valid_in_both_formats() -> None:
     families = list(text_string_to_metric_families(classic))
     assert families and all(s.labels["worker"] in ("0", "1") for f in families for s in f.samples)
     assert list(openmetrics_families(openmetrics_latest(registry).decode()))
+
+
+def test_a_crash_loop_stops_the_gateway(caplog: Any) -> None:
+    """Workers that die at once are restarted RESTART_LIMIT times, then the supervisor
+    gives up with exit code 1 instead of spinning."""
+    cfg = Config().replace(
+        submission=dataclasses.replace(Config().submission, listen=Endpoint("127.0.0.1", 0)),
+        submissions=dataclasses.replace(Config().submissions, listen=None),
+    )
+    dying = [sys.executable, "-c", "raise SystemExit(3)"]
+    supervisor = Supervisor(cfg, dying, 1, first_delay=0.001)
+    caplog.set_level(logging.INFO)
+
+    assert asyncio.run(asyncio.wait_for(supervisor.run(), 60)) == 1
+    exits = [r for r in caplog.records if getattr(r, "event", {}).get("event") == "worker-exit"]
+    events = [getattr(r, "event", {}) for r in exits]
+    assert [e["code"] for e in events] == [3] * (RESTART_LIMIT + 1)
+    assert events[-1]["restart"] is False
