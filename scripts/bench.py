@@ -249,6 +249,7 @@ class Gateway:
     smarthost: str
     log_path: Path
     src: Path = REPO_ROOT  # the source tree whose `submitgw serve` runs
+    workers: int = 1  # `serve --workers`; 1 passes nothing, for older trees
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     tls_port: int = 0
@@ -266,7 +267,7 @@ class Gateway:
         for attempt in range(1, attempts + 1):
             self.port, self.tls_port = peers.free_port(), peers.free_port()
             args = [sys.executable, "-P", "-m", "submitgw", "--config", str(self.config)]
-            args += ["serve"]
+            args += ["serve"] + (["--workers", str(self.workers)] if self.workers != 1 else [])
             args += ["--listen", f"{HOST}:{self.port}", "--listen-tls", f"{HOST}:{self.tls_port}"]
             args += ["--smarthost", self.smarthost]
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -790,7 +791,11 @@ class Build:
             self.sink.start()
         smarthost = f"{HOST}:{self.sink.port}"
         self.gateway = Gateway(
-            self.setup.directory, smarthost, self.base / "gateway.log", src=self.src
+            self.setup.directory,
+            smarthost,
+            self.base / "gateway.log",
+            src=self.src,
+            workers=args.workers,
         )
         self.gateway.start()
         assert self.gateway.proc is not None
@@ -813,7 +818,8 @@ class Build:
 
     def server_cpu(self) -> float:
         assert self.gateway is not None and self.gateway.proc is not None
-        return cpu_seconds(self.gateway.proc.pid)
+        # With --workers, the workers are its children.
+        return peers.tree_cpu_seconds(self.gateway.proc.pid)
 
     def sink_cpu(self) -> float:
         assert self.sink is not None and self.sink.pid is not None
@@ -836,7 +842,7 @@ class Build:
         pid = self.gateway.proc.pid
         self.stats["peak_rss_kib"] = status_kib(pid, "VmHWM")
         self.stats["rss_kib"] = status_kib(pid, "VmRSS")
-        self.stats["cpu_seconds"] = cpu_seconds(pid)
+        self.stats["cpu_seconds"] = peers.tree_cpu_seconds(pid)
 
     def stop(self, label: str) -> None:
         if self.gateway is not None:
@@ -1346,6 +1352,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="with --peer: comma-separated traffic kinds: mail-client (a message per "
         "connection, AUTH PLAIN), persistent (--batch-size messages per connection), "
         "certificate (a message per connection, AUTH EXTERNAL)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="`serve --workers N` (gateway CPU and memory then count the workers too)",
     )
     p.add_argument("--warmup", type=int, default=4, help="unreported messages before the runs")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -75,6 +75,8 @@ class ServerConfig:
     shutdown_grace: float = 30.0
     hide_client_ip: bool = False
     memory_trim_interval: float = 30.0
+    # Processes serving (`serve --workers`); 0: one per core.
+    workers: int = 0
 
 
 CLIENT_CERT_MODES = ("off", "optional", "required")
@@ -513,6 +515,8 @@ def from_dict(data: dict[str, Any], base: Path, path: Path | None = None) -> Con
     if server.memory_trim_interval < 0:
         raise ConfigError("[server] memory_trim_interval must be >= 0 (0: off)")
     audit = _audit(_section(data, "audit"))
+    if server.workers < 0:
+        raise ConfigError("[server] workers must be >= 0 (0: one per core)")
 
     return Config(
         path=path,
@@ -660,6 +664,9 @@ hide_client_ip = false
 # Seconds between returns of freed heap memory to the system after connections
 # ended (glibc's malloc_trim); 0 turns it off.
 memory_trim_interval = 30.0
+# Processes serving mail, sharing the listening sockets and the database; 0: one per
+# core. The connection caps and [auth] workers are divided among them.
+workers = 0
 
 [submission]
 # Message submission with STARTTLS (RFC 6409), "HOST:PORT" or "off".

@@ -9,13 +9,14 @@ and the systemd notifications of a reload).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import resource
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -136,7 +137,7 @@ def _bound(sockets: list[socket.socket], asked: Endpoint) -> Endpoint:
     return dataclasses.replace(asked, port=port)
 
 
-def _log_listening(name: str, endpoint: Endpoint, tls: str, certs: str, **more: object) -> None:
+def log_listening(name: str, endpoint: Endpoint, tls: str, certs: str, **more: object) -> None:
     event = {
         "event": "listening",
         "listener": name,
@@ -162,8 +163,16 @@ class App:
     applies them to the connections that come after (see `app.reload`).
     """
 
-    def __init__(self, cfg: Config, db: Database) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        db: Database,
+        inherited: Mapping[str, list[socket.socket]] | None = None,
+    ) -> None:
+        """`inherited`: listening sockets by listener name, bound by the supervisor of
+        `serve --workers` (which also logs their `listening` events); the rest are bound here."""
         self.cfg = cfg
+        self.inherited = dict(inherited or {})
         # A ConfigError here names an unreadable file or a key that is not the certificate's.
         self.tls_files = read_tls_files(cfg.tls, need_ca=certificates_needed(cfg))
         self.services = build_services(cfg, db, self.tls_files.ca)
@@ -227,18 +236,25 @@ class App:
     async def _listen(self, listener: Listener, endpoint: Endpoint) -> None:
         """A plain socket; TLS, implicit or STARTTLS, is layered on by the session itself."""
         loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
-        server = await loop.create_server(
-            self.gateway.connection_factory(listener),
-            host=endpoint.host,
-            port=endpoint.port,
-            family=family,
-            reuse_address=True,
-        )
+        factory = self.gateway.connection_factory(listener)
+        inherited = self.inherited.get(listener.name)
+        if inherited:
+            server = await loop.create_server(factory, sock=inherited[0])
+        else:
+            family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+            server = await loop.create_server(
+                factory,
+                host=endpoint.host,
+                port=endpoint.port,
+                family=family,
+                reuse_address=True,
+            )
         self._servers.append(server)
         bound = _bound(list(server.sockets), endpoint)
         self.bound[listener.name] = bound
-        _log_listening(
+        if inherited:
+            return
+        log_listening(
             listener.name,
             bound,
             "implicit" if listener.implicit_tls else "starttls",
@@ -266,12 +282,15 @@ class App:
             recorder=s.recorder,
         )
         context = server_context(cfg.tls, cfg.selfservice.client_certificates)
-        self._site, sockets = await site.start(endpoint, context)
+        inherited = self.inherited.get("selfservice")
+        self._site, sockets = await site.start(endpoint, context, inherited)
         self._selfservice = site
         bound = _bound(sockets, endpoint)
         self.bound["selfservice"] = bound
         s.authenticator.selfservice_url = self._site_url(cfg)
-        _log_listening(
+        if inherited:
+            return
+        log_listening(
             "selfservice",
             bound,
             "implicit",
@@ -282,11 +301,13 @@ class App:
     async def _listen_admin(self, endpoint: Endpoint) -> None:
         assert self.metrics is not None and self.readiness is not None
         admin = AdminSite(self.metrics.registry, self.readiness.verdict, self.cfg.metrics)
-        self._admin, sockets = await admin.start(endpoint)
+        inherited = self.inherited.get("metrics")
+        self._admin, sockets = await admin.start(endpoint, inherited)
         bound = _bound(sockets, endpoint)
         self.bound["metrics"] = bound
-        _log_listening("metrics", bound, "none", "off", url=f"http://{bound}/metrics")
         self._lag = asyncio.create_task(self.metrics.watch_loop())
+        if not inherited:
+            log_listening("metrics", bound, "none", "off", url=f"http://{bound}/metrics")
 
     async def start(self) -> None:
         """Bind every configured listener; on failure nothing stays bound (OSError)."""
@@ -420,14 +441,21 @@ def _monotonic_usec() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
 
-async def _reload(app: App, load: Callable[[], Config]) -> None:
-    """SIGHUP: reload, and say in one log line what came of it."""
+async def _reload(app: App, load: Callable[[], Config], worker: int | None = None) -> None:
+    """SIGHUP: reload, and say in one log line what came of it (`worker`: which one)."""
     notify(f"RELOADING=1\nMONOTONIC_USEC={_monotonic_usec()}")
+    who = {} if worker is None else {"worker": worker}
     try:
         done = await app.reload(load)
     except Exception as exc:
         reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
-        event = {"event": "reload", "result": "refused", "reason": reason, **_counts(app)}
+        event = {
+            "event": "reload",
+            "result": "refused",
+            "reason": reason,
+            **who,
+            **_counts(app),
+        }
         log.error(
             "reload refused, still serving the previous configuration: %s",
             reason,
@@ -436,7 +464,7 @@ async def _reload(app: App, load: Callable[[], Config]) -> None:
         )
     else:
         if any(key.startswith("log.") for key in done.changed):
-            audit.setup_logging(app.cfg.log)
+            audit.setup_logging(app.cfg.log, worker)
         cert = done.files.cert
         event = {
             "event": "reload",
@@ -445,6 +473,7 @@ async def _reload(app: App, load: Callable[[], Config]) -> None:
             "needs_restart": done.needs_restart,
             "cert_serial": pki.format_serial(cert.serial_number),
             "cert_not_after": cert.not_valid_after_utc.isoformat(),
+            **who,
             **_counts(app),
         }
         if done.needs_restart:
@@ -467,7 +496,44 @@ def _status(app: App) -> str:
     return "listening: " + ", ".join(f"{name} {endpoint}" for name, endpoint in app.bound.items())
 
 
-async def serve(cfg: Config, db: Database, load: Callable[[], Config] | None = None) -> int:
+@dataclass(frozen=True)
+class WorkerRole:
+    """What a worker of `serve --workers` is given: its number, its supervisor's
+    listening sockets, and a line to tell the supervisor "ready" and "reloaded"."""
+
+    index: int
+    inherited: Mapping[str, list[socket.socket]]
+    # A socket to the supervisor: lines said on it; its end means the supervisor is gone.
+    line: socket.socket
+
+    def tell(self, what: str) -> None:
+        with contextlib.suppress(OSError):
+            self.line.send(what.encode("ascii") + b"\n")
+
+    def on_orphaned(self, stop: Callable[[], None]) -> None:
+        """`stop` when the supervisor's end closes (it died: no worker outlives it)."""
+        self.line.setblocking(False)
+
+        def readable() -> None:
+            try:
+                if self.line.recv(64):
+                    return
+            except BlockingIOError:
+                return
+            except OSError:
+                pass
+            asyncio.get_running_loop().remove_reader(self.line.fileno())
+            stop()
+
+        asyncio.get_running_loop().add_reader(self.line.fileno(), readable)
+
+
+async def serve(
+    cfg: Config,
+    db: Database,
+    load: Callable[[], Config] | None = None,
+    worker: WorkerRole | None = None,
+) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit code.
 
     SIGHUP reloads: `load` reads the configuration again as `serve` was given it (the
@@ -475,7 +541,7 @@ async def serve(cfg: Config, db: Database, load: Callable[[], Config] | None = N
     """
     raise_fd_limit()
     try:
-        app = App(cfg, db)
+        app = App(cfg, db, worker.inherited if worker else None)
     except ConfigError as exc:
         log.error("%s", exc)
         return 1
@@ -495,14 +561,22 @@ async def serve(cfg: Config, db: Database, load: Callable[[], Config] | None = N
         loop.add_signal_handler(sig, stop.set)
     reloads: set[asyncio.Task[None]] = set()
 
+    async def reload() -> None:
+        await _reload(app, load or _from_file(cfg), worker.index if worker else None)
+        if worker is not None:
+            worker.tell("reloaded")
+
     def hangup() -> None:
-        task = asyncio.create_task(_reload(app, load or _from_file(cfg)))
+        task = asyncio.create_task(reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
     # Only now, with every listener bound, may systemd (Type=notify) start what needs us.
     notify(f"READY=1\nSTATUS={_status(app)}")
+    if worker is not None:
+        worker.on_orphaned(stop.set)
+        worker.tell("ready")
     await stop.wait()
     notify("STOPPING=1")
     loop.remove_signal_handler(signal.SIGHUP)

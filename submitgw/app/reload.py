@@ -52,6 +52,7 @@ RESTART_KEYS = (
     "audit.batch_size",
     "audit.max_queue",
     "audit.shutdown_timeout",
+    "server.workers",
 )
 _ARGON2 = ("auth.argon2_time_cost", "auth.argon2_memory_kib", "auth.argon2_parallelism")
 
@@ -120,6 +121,7 @@ def keep_restart_settings(old: Config, new: Config) -> Config:
             idle_timeout=old.selfservice.idle_timeout,
         ),
         database=old.database,
+        server=dataclasses.replace(new.server, workers=old.server.workers),
         auth=dataclasses.replace(new.auth, workers=old.auth.workers),
         audit=old.audit,
         metrics=dataclasses.replace(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 from pathlib import Path
 
 import click
@@ -75,6 +76,14 @@ def override(
     "--smarthost", "smarthosts", multiple=True, metavar="HOST:PORT", help="Repeatable; in order."
 )
 @click.option("--listen-selfservice", metavar="HOST:PORT|off", help="Self-service HTTPS site.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Processes serving (default: [server] workers; 0: one per core).",
+)
+# Internal: how the supervisor of `--workers` starts each worker.
+@click.option("--worker", "worker_spec", hidden=True)
 @pass_context
 def serve_command(
     ctx: Context,
@@ -82,14 +91,27 @@ def serve_command(
     listen_tls: str | None,
     smarthosts: tuple[str, ...],
     listen_selfservice: str | None,
+    workers: int | None,
+    worker_spec: str | None,
 ) -> None:
     """Run the gateway until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
     cfg = apply_flags(ctx.config, listen, listen_tls, smarthosts, listen_selfservice)
     source = ctx.config.path or ctx.path
+    from submitgw.app import workers as workers_mod
+
+    spec = workers_mod.Spec.loads(worker_spec) if worker_spec else None
+    count = (
+        spec.count
+        if spec
+        else workers_mod.worker_count(cfg.server.workers if workers is None else workers)
+    )
 
     def reread() -> Config:
-        """On SIGHUP: the same file, the same flags over it."""
-        return override(config_mod.load(source), listen, listen_tls, smarthosts, listen_selfservice)
+        """On SIGHUP: the same file, the same flags over it, this worker's part of the caps."""
+        fresh = override(
+            config_mod.load(source), listen, listen_tls, smarthosts, listen_selfservice
+        )
+        return workers_mod.share(fresh, count)
 
     for path in (cfg.tls.cert, cfg.tls.key):
         if not path.is_file():
@@ -99,8 +121,18 @@ def serve_command(
     from submitgw.app import gateway
 
     with ctx.services() as s:
-        audit.setup_logging(cfg.log)
-        code = asyncio.run(gateway.serve(cfg, s.db, reread))
+        if spec is not None:
+            audit.setup_logging(cfg.log, spec.index)
+            role = gateway.WorkerRole(spec.index, spec.sockets(), socket.socket(fileno=spec.line))
+            code = asyncio.run(gateway.serve(workers_mod.share(cfg, count), s.db, reread, role))
+        elif count > 1:
+            audit.setup_logging(cfg.log)
+            # The supervisor uses no database: each worker opens its own.
+            s.db.dispose()
+            code = asyncio.run(workers_mod.supervise(cfg, count))
+        else:
+            audit.setup_logging(cfg.log)
+            code = asyncio.run(gateway.serve(cfg, s.db, reread))
     raise SystemExit(code)
 
 

@@ -38,6 +38,9 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
+        worker = getattr(record, "worker", None)
+        if worker is not None:
+            entry["worker"] = worker
         event = getattr(record, "event", None)
         if isinstance(event, dict):
             entry.update(event)
@@ -95,12 +98,28 @@ class TextFormatter(logging.Formatter):
             body = escape_text(record.getMessage())
         if record.exc_info and record.levelno >= logging.ERROR:
             body += f" error={text_value(self.formatException(record.exc_info))}"
-        return f"{when} {record.levelname.lower()} {escape_text(record.name)}: {body}"
+        worker = getattr(record, "worker", None)
+        name = escape_text(record.name) + ("" if worker is None else f"[{worker}]")
+        return f"{when} {record.levelname.lower()} {name}: {body}"
 
 
-def setup_logging(cfg: LogConfig) -> None:
+class _WorkerField(logging.Filter):
+    """Marks each line with the worker of `serve --workers` that wrote it."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
+
+
+def setup_logging(cfg: LogConfig, worker: int | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if cfg.format == "json" else TextFormatter())
+    if worker is not None:
+        handler.addFilter(_WorkerField(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(cfg.level.upper())

@@ -181,6 +181,30 @@ class SiteConnection(asyncio.Protocol):
         self._arm(CLOSE_GRACE, why)
 
 
+async def bind_sockets(endpoint: Endpoint, backlog: int = 128) -> list[socket.socket]:
+    """Listening sockets for every address `endpoint` names, non-blocking; all or none."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        endpoint.host, endpoint.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _name, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 class GuardedSite(web.BaseSite):
     """An aiohttp site that accepts its own sockets (see the module docstring); over TLS
     unless `context` is None.
@@ -203,8 +227,11 @@ class GuardedSite(web.BaseSite):
         listener: str = "selfservice",
         event: str = "site-connection",
         quiet: bool = False,
+        bound: list[socket.socket] | None = None,
     ) -> None:
         super().__init__(runner, ssl_context=context)
+        # Listening sockets bound by another process (`serve --workers`): served, not bound.
+        self.bound = bound
         self.recorder = recorder or audit.Recorder()
         self.listener = listener
         self.event = event
@@ -234,26 +261,16 @@ class GuardedSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(
-            self.endpoint.host,
-            self.endpoint.port,
-            type=socket.SOCK_STREAM,
-            flags=socket.AI_PASSIVE,
-        )
-        try:
-            for family, kind, proto, _name, address in dict.fromkeys(infos):
-                sock = socket.socket(family, kind, proto)
-                self._sockets.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
-                sock.listen(self._backlog)
+        if self.bound is not None:
+            self._sockets = list(self.bound)
+            for sock in self._sockets:
                 sock.setblocking(False)
-        except OSError:
-            self._close_sockets()
-            raise
+        else:
+            try:
+                self._sockets = await bind_sockets(self.endpoint, self._backlog)
+            except OSError:
+                self._close_sockets()
+                raise
         for sock in self._sockets:
             self._spawn(self._accept(sock))
 

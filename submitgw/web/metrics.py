@@ -44,8 +44,11 @@ class AdminSite:
         readiness: Callable[[], Awaitable[Verdict]],
         cfg: MetricsConfig,
         limits: AdminLimits | None = None,
+        refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.registry = registry
+        # Called before each scrape: the supervisor of `serve --workers` gathers its workers'.
+        self.refresh = refresh
         self.readiness = readiness
         self.limits = limits or AdminLimits(cfg.max_connections, cfg.max_connections_per_ip)
 
@@ -60,7 +63,9 @@ class AdminSite:
         )
         return app
 
-    async def start(self, endpoint: Endpoint) -> tuple[web.AppRunner, list[socket.socket]]:
+    async def start(
+        self, endpoint: Endpoint, bound: list[socket.socket] | None = None
+    ) -> tuple[web.AppRunner, list[socket.socket]]:
         """Serve on `endpoint`; the runner's `cleanup` stops it."""
         runner = web.AppRunner(
             self.app(),
@@ -79,6 +84,7 @@ class AdminSite:
             listener="metrics",
             event="metrics-connection",
             quiet=True,
+            bound=bound,
         )
         try:
             await site.start()
@@ -104,6 +110,8 @@ class AdminSite:
     async def metrics(self, request: web.Request) -> web.Response:
         """The text format Prometheus asks for in `Accept` (OpenMetrics or the classic one)."""
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        if self.refresh is not None:
+            await self.refresh()
         return web.Response(body=encode(self.registry), headers={"Content-Type": content_type})
 
     async def healthz(self, request: web.Request) -> web.Response:

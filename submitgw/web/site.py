@@ -275,7 +275,10 @@ class SelfService:
         return app
 
     async def start(
-        self, endpoint: Endpoint, context: ssl.SSLContext
+        self,
+        endpoint: Endpoint,
+        context: ssl.SSLContext,
+        bound: list[socket.socket] | None = None,
     ) -> tuple[web.AppRunner, list[socket.socket]]:
         """Serve on `endpoint`; the runner's `cleanup` stops it (see `web.listener`).
 
@@ -292,7 +295,13 @@ class SelfService:
         )
         await runner.setup()
         site = GuardedSite(
-            runner, endpoint, context, self.cfg.selfservice, self.screen, self.recorder
+            runner,
+            endpoint,
+            context,
+            self.cfg.selfservice,
+            self.screen,
+            self.recorder,
+            bound=bound,
         )
         try:
             await site.start()

@@ -466,7 +466,9 @@ def gateway_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run_cli(None, "init", "--dir", str(target), "--hostname", "gw.test")
     assert result.returncode == 0, result.stderr
     config = target / "submitgw.toml"
-    config.write_text(set_options(config.read_text(), {"auth": TEST_AUTH}))
+    # One process, as most tests want; tests of `serve --workers` say --workers.
+    options = {"auth": TEST_AUTH, "server": {"workers": 1}}
+    config.write_text(set_options(config.read_text(), options))
     return target
 
 
