@@ -19,6 +19,8 @@ another's. A test that stops a gateway leaves it to the `cluster` fixture to sta
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import shutil
 import signal
 import socket
@@ -254,6 +256,13 @@ def test_the_shipped_file_is_valid_haproxy_configuration() -> None:
 # --- the client, not the balancer ------------------------------------------------------------
 
 
+def queue_id(received: str) -> str:
+    """The gateway's queue id in its Received: header (`... with ESMTPSA id QID ...`)."""
+    found = re.search(r"\bid ([0-9A-Z]{18})\b", received)
+    assert found, received
+    return found.group(1)
+
+
 def test_the_real_client_address_reaches_both_gateways_on_both_ports(
     cluster: Cluster, smarthost: CaptureSmarthost
 ) -> None:
@@ -282,8 +291,20 @@ def test_the_real_client_address_reaches_both_gateways_on_both_ports(
     for name, gw in cluster.gateways.items():
         clients = {e["client"] for e in gw.log_events("message") if e["user"] == user}
         assert clients == {source for n, source in sent.values() if n == name}
-    # TODO(audit search): once `submitgw audit search` exists, assert here that it finds
-    # the four messages above, sent through gw1 and gw2, with their clients (`sent`).
+    # One database trail: either gateway's `audit search` finds what both relayed, each
+    # message by the queue id its Received: header names, with the real client.
+    queued = {queue_id(arrived[token]["Received"]): source for token, (_, source) in sent.items()}
+    found: dict[str, str] = {}
+    deadline = time.monotonic() + 10
+    while found != queued and time.monotonic() < deadline:
+        time.sleep(0.2)  # each gateway writes its trail in batches, every 0.5 s
+        result = run_cli(
+            cluster.gateways["gw2"].config, "audit", "search", "--user", user, "--json"
+        )
+        assert result.returncode == 0, result.stderr
+        records = json.loads(result.stdout)
+        found = {r["queue_id"]: r["client"] for r in records if r["kind"] == "message"}
+    assert found == queued
 
 
 def test_no_way_around_the_balancer(cluster: Cluster) -> None:
