@@ -716,6 +716,11 @@ def prepare_setup(src: Path, base: Path, args: argparse.Namespace) -> Setup:
     config.write_text(
         set_toml_keys(config.read_text(), "limits", dict.fromkeys(limits, args.sending_limit))
     )
+    # One process unless asked (`--workers`): the caps of several are divided among them.
+    server = tomllib.loads(config.read_text()).get("server", {})
+    if "workers" in server:
+        workers = getattr(args, "workers", 1)
+        config.write_text(set_toml_keys(config.read_text(), "server", {"workers": workers}))
     # Every session logs in as the same user from the same address: let --concurrency logins
     # wait at once (the login limiter still runs).
     auth = tomllib.loads(config.read_text())["auth"]

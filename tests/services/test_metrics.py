@@ -44,8 +44,10 @@ def trail(metrics: Metrics) -> SessionTrail:
 def message(trail: SessionTrail, reply: str, seconds: float | None, recipients: int = 2) -> None:
     trail.message(
         ALICE,
+        queue_id="01M8YBHZ0MJFQYDYG2",
+        message_id="a@b",
         sender=USER,
-        recipients=recipients,
+        recipients=[f"r{n}@example.net" for n in range(recipients)],
         size=100,
         smarthost="10.0.0.2:25" if seconds is not None else None,
         reply=reply,
