@@ -257,10 +257,12 @@ class DatabaseTrail:
                 self._write_one_by_one(events, messages)
         except Exception as exc:
             if not self._failing:
+                cause = getattr(exc, "orig", None) or exc
                 log.error(
-                    "audit trail: cannot write to the database (%s); retrying while up to "
+                    "audit trail: cannot write to the database (%s: %s); retrying while up to "
                     "%d events wait",
                     type(exc).__name__,
+                    str(cause).splitlines()[0] if str(cause) else "",
                     self.cfg.max_queue,
                 )
             self._failing = True

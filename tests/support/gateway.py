@@ -466,8 +466,14 @@ def gateway_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run_cli(None, "init", "--dir", str(target), "--hostname", "gw.test")
     assert result.returncode == 0, result.stderr
     config = target / "submitgw.toml"
-    # One process, as most tests want; tests of `serve --workers` say --workers.
-    options = {"auth": TEST_AUTH, "server": {"workers": 1}}
+    # One process, as most tests want; tests of `serve --workers` say --workers. A test
+    # that takes its PostgreSQL database away before the gateway stops would otherwise
+    # keep the trail's last write retrying for the full 10 s of every stop.
+    options = {
+        "auth": TEST_AUTH,
+        "server": {"workers": 1},
+        "audit": {"shutdown_timeout": 2.0},
+    }
     config.write_text(set_options(config.read_text(), options))
     return target
 
