@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import ParamSpec, TypeVar
 
 import argon2
@@ -99,6 +99,15 @@ class Hashing:
         """Blocking: hashes once (~0.1 s with the defaults); not on the event loop."""
         hasher = make_hasher(cfg)
         return cls(hasher, hasher.hash("not a password of anybody's"))
+
+
+# How stale an account's recorded last login may be before a login writes it again.
+LAST_LOGIN_RESOLUTION = timedelta(seconds=60)
+
+
+def login_note_due(last_login: datetime | None, now: datetime) -> bool:
+    """Whether a login must be written: the first one, or the first in a minute."""
+    return last_login is None or not timedelta(0) <= now - last_login < LAST_LOGIN_RESOLUTION
 
 
 def decode_sasl(blob: str) -> bytes:
@@ -292,9 +301,8 @@ class PasswordAuthenticator:
         """
         hashing = self._hashing
         login, wanted = self._names(authcid, authzid)
-        record = self._users.get(login) if login else None
         # Read for every attempt, known user or not, so the queries reveal nothing.
-        networks = self._networks.get(login) if self._networks and login else []
+        record, networks = self._account(login)
         app = None
         form = app_password_form(password) if allow_app else None
         if form is not None and login and self._credentials is not None:
@@ -331,12 +339,11 @@ class PasswordAuthenticator:
         has not changed since it was verified and may log in now; else None, and the
         login goes the full way (so that a refusal costs what it always did)."""
         login, wanted = self._names(authcid, authzid)
-        record = self._users.get(login) if login else None
+        record, networks = self._account(login)
         if record is None:
             return None
         if (record.id, record.credential_generation) != (remembered.user_id, remembered.generation):
             return None
-        networks = self._networks.get(login) if self._networks and login else []
         used = None
         if remembered.app_id is not None:
             used = AppPasswordUsed(remembered.app_id, remembered.app_label)
@@ -344,6 +351,14 @@ class PasswordAuthenticator:
         if found is not None:
             self._note(found, None)
         return found
+
+    def _account(self, login: str | None) -> tuple[UserRecord | None, list[str]]:
+        """The account and its networks (one query when networks are kept)."""
+        if not login:
+            return None, []
+        if self._networks is not None:
+            return self._networks.user_and_networks(login)
+        return self._users.get(login), []
 
     def _admit(
         self,
@@ -368,11 +383,18 @@ class PasswordAuthenticator:
 
     def _note(self, found: Verified, new_hash: str | None) -> None:
         """Record the login (and the app password's use); an expired password is not a
-        login yet."""
+        login yet.
+
+        The account's last login is kept to the minute: a mail client logging in
+        for every message would otherwise cost a write transaction per message.
+        An app password's last use is always written.
+        """
         if found.app is not None and self._credentials is not None:
             self._credentials.app_password_used(found.app.id)
             self._users.record_login(found.record.email)
-        elif not found.expired:
+        elif not found.expired and (
+            new_hash is not None or login_note_due(found.record.last_login_at, datetime.now(UTC))
+        ):
             self._users.record_login(found.record.email, new_hash)
 
     def close(self) -> None:

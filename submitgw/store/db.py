@@ -35,8 +35,12 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     """Per-connection SQLite settings (only journal_mode persists in the file).
 
     WAL lets readers proceed while a login is being recorded; busy_timeout makes a
-    second writer wait instead of failing at once. Driver autocommit hands BEGIN
-    over to `_sqlite_begin`; the pragmas must run outside a transaction anyway.
+    second writer wait instead of failing at once. With WAL, synchronous=NORMAL
+    syncs the disk at checkpoints rather than at every commit: a crash of the
+    process loses nothing and the file cannot be corrupted, but a power cut may
+    undo the last commits (counters, last-login times, audit rows) of the moment.
+    Driver autocommit hands BEGIN over to `_sqlite_begin`; the pragmas must run
+    outside a transaction anyway.
     """
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
@@ -44,6 +48,7 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
 

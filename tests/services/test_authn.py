@@ -13,21 +13,25 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import argon2
 import pytest
+from sqlalchemy import update
 
 from submitgw.config import AuthConfig
 from submitgw.errors import AuthBusy, AuthFailed, Refusal
 from submitgw.services.authn import (
     PasswordAuthenticator,
     decode_sasl,
+    login_note_due,
     make_hasher,
     split_plain,
 )
 from submitgw.smtp.replies import line, render
 from submitgw.store import CredentialStore, Database, UserStore
+from submitgw.store.models import User
 from submitgw.types import Identity
 
 CHEAP = AuthConfig(argon2_time_cost=1, argon2_memory_kib=8192, argon2_parallelism=1)
@@ -103,6 +107,34 @@ def test_good_login_gives_the_identity_and_records_it(
 
     assert identity == Identity(user=ALICE, mechanism="LOGIN")
     assert users.get(ALICE).last_login_at is not None  # type: ignore[union-attr]
+
+
+def test_last_login_is_written_once_a_minute(
+    auth: PasswordAuthenticator, users: UserStore, db: Database
+) -> None:
+    """A mail client logs in for every message: one write a minute is enough."""
+    run(attempt(auth, ALICE, PASSWORD))
+    first = users.get(ALICE).last_login_at  # type: ignore[union-attr]
+
+    run(attempt(auth, ALICE, PASSWORD))
+    assert users.get(ALICE).last_login_at == first  # type: ignore[union-attr]
+
+    with db.session() as session:
+        session.execute(
+            update(User).values(last_login_at=datetime.now(UTC) - timedelta(seconds=61))
+        )
+    run(attempt(auth, ALICE, PASSWORD))
+    assert users.get(ALICE).last_login_at > first  # type: ignore[operator, union-attr]
+
+
+@pytest.mark.parametrize(
+    ("last", "ago", "due"),
+    [(False, 0, True), (True, 0, False), (True, 59, False), (True, 60, True), (True, -5, True)],
+)
+def test_login_note_due(last: bool, ago: int, due: bool) -> None:
+    now = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    previous = now - timedelta(seconds=ago) if last else None
+    assert login_note_due(previous, now) is due
 
 
 @pytest.mark.parametrize(

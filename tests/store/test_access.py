@@ -116,6 +116,25 @@ def test_user_networks_errors(db: Database) -> None:
     assert networks.get("nobody@example.org") == []
 
 
+def test_user_and_networks_reads_the_account_with_its_networks(db: Database) -> None:
+    networks = UserNetworkStore(db)
+    users = UserStore(db)
+    users.add("alice@example.org", "hash-a")
+    users.add("bob@example.org", "hash-b")
+    networks.set("alice@example.org", ["198.51.100.0/24", "192.0.2.0/24"])
+
+    alice, alice_networks = networks.user_and_networks("Alice@Example.ORG")
+    bob, bob_networks = networks.user_and_networks("bob@example.org")
+
+    assert alice == users.get("alice@example.org")
+    assert (
+        alice_networks == networks.get("alice@example.org") == ["192.0.2.0/24", "198.51.100.0/24"]
+    )
+    assert bob == users.get("bob@example.org")
+    assert bob_networks == []
+    assert networks.user_and_networks("nobody@example.org") == (None, [])
+
+
 def _alembic(db: Database, name: str, revision: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
