@@ -14,13 +14,14 @@ import asyncio
 import re
 import string
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from submitgw.errors import Refusal
 from submitgw.rules import message
 from submitgw.rules.address import parse_mail_from, parse_rcpt_to
-from submitgw.rules.binding import HeaderLimits, from_addresses
+from submitgw.rules.binding import HeaderLimits, from_addresses, simple_from_addresses
 from submitgw.rules.session import split_command
 from submitgw.smtp.dataread import TERMINATOR, DataDecoder
 from submitgw.smtp.replies import render
@@ -127,12 +128,70 @@ def test_from_reader_gives_addresses_or_a_reply(content: bytes) -> None:
     content = message.normalise(content.replace(b"\x00", b""), eight_bit_declared=True)
     limits = HeaderLimits()
     try:
+        simple: list[str] | Refusal | None = simple_from_addresses(content, limits)
+    except Refusal as refused:
+        simple = refused
+    try:
         addresses = from_addresses(content, limits)
     except Refusal as err:
         assert f"{render(err).code} {render(err).status}" in {"550 5.7.1", "554 5.6.0"}
+        assert simple is None or (isinstance(simple, Refusal) and render(simple) == render(err))
         return
+    assert simple is None or simple == addresses
     assert len(addresses) <= limits.max_from_addresses
     assert all("@" in a for a in addresses)
+
+
+_ATOM = st.text("abcXYZ019_+=-", min_size=1, max_size=6)
+_LABEL = st.text("abzAZ09-", min_size=1, max_size=6)
+_SIMPLE_ADDRESSES = st.builds(
+    lambda local, domain: ".".join(local) + "@" + ".".join(domain),
+    st.lists(_ATOM, min_size=1, max_size=3),
+    st.lists(_LABEL, min_size=2, max_size=3),
+)
+_DISPLAY = st.one_of(
+    st.just(""),
+    st.lists(st.text("aZ09", min_size=1, max_size=5), min_size=1, max_size=3).map(
+        lambda words: " ".join(words) + " "
+    ),
+    st.text(
+        st.characters(min_codepoint=0x20, max_codepoint=0x7E, blacklist_characters='"\\'),
+        max_size=12,
+    ).map(lambda text: f'"{text}" '),
+)
+
+
+@FAST
+@given(st.lists(st.tuples(_DISPLAY, _SIMPLE_ADDRESSES, st.booleans()), max_size=3))
+def test_the_simple_from_reading_is_the_parsers(values: list[tuple[str, str, bool]]) -> None:
+    """What the event loop reads without Python's parser, the parser reads the same."""
+    fields = [
+        f"From: {display}<{address}>" if angle or display else f"From: {address}"
+        for display, address, angle in values
+    ]
+    content = ("\r\n".join(["Subject: x", *fields]) + "\r\n\r\n").encode()
+    simple = simple_from_addresses(content)
+    assert simple is not None
+    assert simple == from_addresses(content)
+
+
+@FAST
+@given(edgy_bytes, st.sampled_from([b"From: ", b"from:", b"From: a@b.example, "]))
+@example(b"a@b.example (comment)", b"From: ")
+@example(b"=?utf-8?q?a?=@b.example", b"From: ")
+@example(b"<a@b.example> x", b"From: ")
+def test_the_simple_from_reading_never_disagrees(value: bytes, prefix: bytes) -> None:
+    """Anything but the simple shape goes to the parser (None); never a different answer."""
+    content = b"Subject: x\r\n" + prefix + value.replace(b"\x00", b"") + b"\r\n\r\n"
+    try:
+        simple = simple_from_addresses(content)
+    except Refusal as refused:
+        with pytest.raises(Refusal) as also:
+            from_addresses(content)
+        assert render(also.value) == render(refused)
+        return
+    if simple is not None:
+        assert simple == from_addresses(content)
 
 
 # --- DATA ------------------------------------------------------------------------------------

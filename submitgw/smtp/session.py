@@ -28,7 +28,7 @@ from submitgw.errors import Kind, Refusal, RelayError
 from submitgw.rules import certificates, message, policy, proxy
 from submitgw.rules import session as rules
 from submitgw.rules.address import MailParams, normalise_login, parse_mail_from, parse_rcpt_to
-from submitgw.rules.binding import HeaderLimits, from_addresses
+from submitgw.rules.binding import HeaderLimits, from_addresses, simple_from_addresses
 from submitgw.rules.limits import Quota
 from submitgw.services import audit
 from submitgw.services.authn import (
@@ -55,6 +55,8 @@ DATA_LINE_LIMIT = 1001  # RFC 5321 4.5.3.1.6: 998 + CRLF, plus one stuffed dot
 _IDLE_SLACK = 1.0
 # DATA reads between two turns of the event loop (data is often already buffered).
 _READS_PER_TURN = 64
+# Header sections up to this size are tried on the loop first: the simple reading is linear.
+_SIMPLE_FROM_BYTES = 16 * 1024
 
 
 class _Closed(Exception):
@@ -858,7 +860,8 @@ class Session(asyncio.Protocol):
         Python's header parser is slow on hostile input, so it runs in a worker
         thread (the event loop serves other sessions meanwhile) and gets
         `header_check_timeout` seconds; `from_addresses` bounds what it is given,
-        and it is given the header section alone.
+        and it is given the header section alone. The common shapes of From:
+        (`Name <addr>`, `addr`) are read on the loop without it.
         """
         limits = self.cfg.limits
         bounds = HeaderLimits(
@@ -869,13 +872,19 @@ class Session(asyncio.Protocol):
         addresses: list[str] = []
         loop = asyncio.get_running_loop()
         try:
-            try:
-                addresses = await asyncio.wait_for(
-                    loop.run_in_executor(None, from_addresses, headers, bounds),
-                    limits.header_check_timeout,
-                )
-            except TimeoutError:
-                raise Refusal(Kind.HEADER_TOO_COMPLEX) from None
+            simple = None
+            if len(headers) <= _SIMPLE_FROM_BYTES:
+                simple = simple_from_addresses(headers, bounds)
+            if simple is not None:
+                addresses = simple
+            else:
+                try:
+                    addresses = await asyncio.wait_for(
+                        loop.run_in_executor(None, from_addresses, headers, bounds),
+                        limits.header_check_timeout,
+                    )
+                except TimeoutError:
+                    raise Refusal(Kind.HEADER_TOO_COMPLEX) from None
             policy.check_header_from(addresses, self.allowed_senders or [])
         except Refusal as err:
             self.trail.sender_refused(self.identity, "header", addresses, replies.line(err))

@@ -183,6 +183,10 @@ def test_from_check_has_a_time_limit(gateway_factory: Any, smarthost: CaptureSma
     refused_once(gw, reply)
     assert d.cmd("NOOP").code == 250
     assert smarthost.messages() == []
+    # The common shapes are read on the event loop, without the parser's thread and its limit.
+    simple = send_message(d, b'From: "Mitglied 1" <m1@example.net>\r\n' + SUBJECT)
+    assert simple.code == 250, simple
+    assert len(smarthost.wait_for_messages(1)) == 1
 
 
 # --- DATA -----------------------------------------------------------------------------------
