@@ -413,6 +413,8 @@ class App:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        # Sessions do not wait for their last message's count: it is written now.
+        await self.services.limiter.flush()
         if self.services.trail is not None:
             # Every session has ended: what they recorded goes to the database now.
             await asyncio.to_thread(self.services.trail.close)

@@ -3,7 +3,8 @@
 Sending: MAIL reads the user's and the client's usage in one query and keeps
 it for the transaction's RCPTs; a message is counted (an UPSERT per key) once
 the smarthost has accepted it, so refused or failed messages cost nothing.
-Messages accepted while a count is being written share the next write.
+Messages accepted while a count is being written share the next write; the
+250 does not wait for it, the session's next MAIL does.
 
 Logins: the lockouts, failure and success counts of the account name and the
 client are read in one query *before* a password is checked, so a locked-out
@@ -165,13 +166,14 @@ class Limiter:
         )
         raise refusal
 
-    async def count_message(self, user: str, client_ip: str, recipients: int) -> None:
+    def count_message(self, user: str, client_ip: str, recipients: int) -> asyncio.Future[None]:
         """After the smarthost accepted a message: count it for the user and the client.
 
-        Returns once the count is committed, so the session's next MAIL sees it.
-        Messages finishing while a write is under way are written together by
-        the next one (group commit): under load, one transaction and one disk
-        sync serve many messages instead of one each.
+        Returns at once a future that is done when the count is committed: the
+        session awaits it before its next MAIL (which must see it), the 250 does
+        not wait for the database. Messages finishing while a write is under way
+        are written together by the next one (group commit): under load, one
+        transaction serves many messages instead of one each.
         """
         bucket = self.rates.bucket(self._clock())
         for key in (user_key(user), ip_key(client_ip)):
@@ -182,8 +184,12 @@ class Limiter:
         batch = self._batch
         if self._writer is None:
             self._writer = asyncio.ensure_future(self._write_pending())
-        # Shielded: a session that goes away must not cancel the others' write.
-        await asyncio.shield(batch)
+        return batch
+
+    async def flush(self) -> None:
+        """Wait until every counted message is committed (at shutdown, after the sessions)."""
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
 
     async def _write_pending(self) -> None:
         """Write what is pending, batch after batch, until nothing is left."""

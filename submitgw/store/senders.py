@@ -99,7 +99,7 @@ class SenderStore:
             .outerjoin(SenderBinding, SenderBinding.user_id == User.id)
             .where(User.email == email)
         )
-        with self._db.engine.connect() as connection:
+        with self._db.reader.connect() as connection:
             rows = connection.execute(statement).all()
         if not rows:
             raise UserNotFound(email)

@@ -6,9 +6,11 @@ and windows are configured small so each test sees them trip within seconds.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
+import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from submitgw import config as config_mod
+from submitgw.rules.limits import user_key
 from tests.support.client import Dialog, Reply
 from tests.support.gateway import PASSWORD, USER, GatewayProcess, run_cli
 from tests.support.smarthost import CaptureSmarthost
@@ -478,3 +482,48 @@ def test_unlock_of_a_name_that_is_not_locked_says_so(gateway_factory: Any) -> No
     gw = gateway_factory(start=False)
 
     assert "was not locked" in cli_ok(gw.config, "user", "unlock", GHOST)
+
+
+def _sqlite_path(gw: GatewayProcess) -> str:
+    url = config_mod.load(gw.config).database.url
+    assert url.startswith("sqlite:///"), url
+    return url.removeprefix("sqlite:///")
+
+
+def _messages_counted(path: str, key: str) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        found = db.execute(
+            "SELECT coalesce(sum(messages), 0) FROM rate_counters WHERE key = ?", (key,)
+        ).fetchone()
+    return int(found[0])
+
+
+def test_the_250_does_not_wait_for_the_count_and_stopping_writes_it(
+    gateway_factory: Any, smarthost: CaptureSmarthost
+) -> None:
+    """The count is committed off the reply path; the session's next MAIL, and a stop, wait
+    for it, so nothing is ever left uncounted."""
+    gw = gateway_factory({"limits": {"messages_per_user": 2}})
+    path = _sqlite_path(gw)
+    d = session(gw, "127.0.0.12")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # every writer now waits (busy_timeout 5 s)
+    try:
+        started = time.monotonic()
+        sent(d)
+        assert time.monotonic() - started < 3, "the 250 waited for the counter write"
+        assert _messages_counted(path, user_key(USER)) == 0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    sent(d)  # its MAIL waited for the first count
+    assert d.cmd(f"MAIL FROM:<{USER}>").code == 450
+    assert _messages_counted(path, user_key(USER)) == 2
+
+    gw.add_user(BOB)
+    other = session(gw, "127.0.0.13", user=BOB)
+    sent(other, sender=BOB)
+    other.cmd("QUIT")
+    assert gw.stop() == 0
+    assert _messages_counted(path, user_key(BOB)) == 1
+    assert len(smarthost.wait_for_messages(3)) == 3
