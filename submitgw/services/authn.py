@@ -473,7 +473,7 @@ class CertificateAuthenticator:
             return known(flaw=CertificateFlaw.REVOKED, date=found.revoked_at)
         if not found.user_enabled:
             return known(flaw=CertificateFlaw.USER_DISABLED)
-        networks = self._networks.get(found.email) if self._networks is not None else []
+        networks = list(found.networks) if self._networks is not None else []
         if client_ip is not None and not source_allowed(networks, client_ip):
             return known(flaw=CertificateFlaw.OUTSIDE_NETWORKS)
         holder = CertificateUser(found.email, found.serial, fingerprint, found.auth_policy)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from submitgw.store.db import Database
 from submitgw.store.errors import Exists, NotFound, StoreError
-from submitgw.store.models import Certificate, User, utcnow
+from submitgw.store.models import Certificate, User, UserNetworkRow, utcnow
 from submitgw.store.users import UserNotFound, _rowcount, normalise_email
 from submitgw.types import CertificateFacts
 
@@ -73,6 +73,8 @@ class CertificateIdentity:
     auth_policy: str
     revoked_at: datetime | None
     not_after: datetime
+    # The user's networks (`user set-networks`), read in the same query.
+    networks: tuple[str, ...] = ()
 
     @property
     def revoked(self) -> bool:
@@ -201,10 +203,11 @@ class CertificateStore:
             return _sorted([_record(*row) for row in rows])
 
     def lookup(self, fingerprint_sha256: str) -> CertificateIdentity | None:
-        """The gateway's per-session check: one indexed query, users joined in.
+        """The gateway's per-session check: one indexed query, the user and their networks
+        joined in.
 
-        Nothing is cached, so a revocation, a disabled user or a policy change
-        is seen by every gateway sharing the database at its next session.
+        Nothing is cached, so a revocation, a disabled user, a policy or a network
+        change is seen by every gateway sharing the database at its next session.
         """
         fingerprint = fingerprint_sha256.lower().replace(":", "")
         statement = (
@@ -216,14 +219,17 @@ class CertificateStore:
                 User.auth_policy,
                 Certificate.revoked_at,
                 Certificate.not_after,
+                UserNetworkRow.cidr,
             )
             .join(User, Certificate.user_id == User.id)
+            .outerjoin(UserNetworkRow, UserNetworkRow.user_id == User.id)
             .where(Certificate.fingerprint_sha256 == fingerprint)
         )
-        with self._db.reading() as session:
-            row = session.execute(statement).first()
-        if row is None:
+        with self._db.reader.connect() as connection:
+            rows = connection.execute(statement).all()
+        if not rows:
             return None
+        row = rows[0]
         return CertificateIdentity(
             serial=row.serial,
             fingerprint_sha256=row.fingerprint_sha256,
@@ -232,6 +238,7 @@ class CertificateStore:
             auth_policy=row.auth_policy,
             revoked_at=row.revoked_at,
             not_after=row.not_after,
+            networks=tuple(sorted(r.cidr for r in rows if r.cidr is not None)),
         )
 
     @staticmethod

@@ -24,6 +24,7 @@ from submitgw.store import (
     CertificateRecord,
     CertificateStore,
     Database,
+    UserNetworkStore,
     UserNotFound,
     UserStore,
 )
@@ -309,6 +310,21 @@ def test_lookup_is_one_query_joining_users(
     queries = [s for s in statements if s.strip().upper() not in {"BEGIN", "COMMIT", "ROLLBACK"}]
     assert len(queries) == 1, queries
     assert "JOIN users" in queries[0]
+    assert "JOIN user_networks" in queries[0]
+
+
+def test_lookup_carries_the_users_networks(
+    ca: pki.CA, db: Database, certs: CertificateStore
+) -> None:
+    record = certs.add("alice@example.org", issue(ca, "alice@example.org"))
+    networks = UserNetworkStore(db)
+    assert certs.lookup(record.fingerprint_sha256).networks == ()  # type: ignore[union-attr]
+
+    networks.set("alice@example.org", ["198.51.100.0/24", "192.0.2.0/24"])
+    found = certs.lookup(record.fingerprint_sha256)
+
+    assert found is not None and found.serial == record.serial
+    assert sorted(found.networks) == ["192.0.2.0/24", "198.51.100.0/24"]
 
 
 # --- deleting users --------------------------------------------------------------------------
