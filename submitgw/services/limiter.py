@@ -4,7 +4,7 @@ Sending: MAIL reads the user's and the client's usage in one query and keeps
 it for the transaction's RCPTs; a message is counted (an UPSERT per key) once
 the smarthost has accepted it, so refused or failed messages cost nothing.
 Messages accepted while a count is being written share the next write; the
-250 does not wait for it, the session's next MAIL does.
+250 does not wait for it, the next MAIL in this process does.
 
 Logins: the lockouts, failure and success counts of the account name and the
 client are read in one query *before* a password is checked, so a locked-out
@@ -95,6 +95,7 @@ class Limiter:
         # Counts of accepted messages not yet written, and who waits for them.
         self._pending: dict[tuple[str, int], tuple[int, int]] = {}
         self._batch: asyncio.Future[None] | None = None
+        self._in_flight: asyncio.Future[None] | None = None
         self._writer: asyncio.Future[None] | None = None
 
     def reconfigure(self, cfg: LimitsConfig) -> None:
@@ -116,6 +117,11 @@ class Limiter:
 
     async def check_message(self, user: str, client_ip: str, session: str) -> Quota:
         """At MAIL: refuse when one more message (with one recipient) would go over a limit."""
+        settled = self._batch or self._in_flight
+        if settled is not None:
+            # Every message this process counted so far is in the database before it is read.
+            # Shielded: a session that goes away must not cancel the others' write.
+            await asyncio.shield(settled)
         now = self._clock()
         keys = [user_key(user), ip_key(client_ip)]
         used, override = await self._off_loop(
@@ -166,13 +172,13 @@ class Limiter:
         )
         raise refusal
 
-    def count_message(self, user: str, client_ip: str, recipients: int) -> asyncio.Future[None]:
+    def count_message(self, user: str, client_ip: str, recipients: int) -> None:
         """After the smarthost accepted a message: count it for the user and the client.
 
-        Returns at once a future that is done when the count is committed: the
-        session awaits it before its next MAIL (which must see it), the 250 does
-        not wait for the database. Messages finishing while a write is under way
-        are written together by the next one (group commit): under load, one
+        Returns at once: the 250 does not wait for the database, the next MAIL
+        in this process does (`check_message`), so every session here sees every
+        message counted. Messages finishing while a write is under way are
+        written together by the next one (group commit): under load, one
         transaction serves many messages instead of one each.
         """
         bucket = self.rates.bucket(self._clock())
@@ -181,10 +187,8 @@ class Limiter:
             self._pending[(key, bucket)] = (messages + 1, rcpts + recipients)
         if self._batch is None:
             self._batch = asyncio.get_running_loop().create_future()
-        batch = self._batch
         if self._writer is None:
             self._writer = asyncio.ensure_future(self._write_pending())
-        return batch
 
     async def flush(self) -> None:
         """Wait until every counted message is committed (at shutdown, after the sessions)."""
@@ -197,6 +201,7 @@ class Limiter:
             while self._pending:
                 counts, self._pending = self._pending, {}
                 batch, self._batch = self._batch, None
+                self._in_flight = batch
                 now = self._clock()
                 try:
                     await self._off_loop(
@@ -204,10 +209,16 @@ class Limiter:
                     )
                 except Exception as exc:
                     log.error("could not count sent messages: %s", type(exc).__name__)
+                self._in_flight = None
                 if batch is not None:
                     batch.set_result(None)
         finally:
             self._writer = None
+            # Cancelled (the loop is closing): nobody may wait for a write that will not come.
+            for left in (self._in_flight, self._batch):
+                if left is not None and not left.done():
+                    left.set_result(None)
+            self._in_flight = None
 
     def _write(
         self, counts: dict[tuple[str, int], tuple[int, int]], now: float, prune: bool

@@ -255,8 +255,6 @@ class Session(asyncio.Protocol):
         self.esmtp = False
         self.identity: Identity | None = None
         self.allowed_senders: list[str] | None = None
-        # The commit of this session's last message count, which its next MAIL waits for.
-        self.counted: asyncio.Future[None] | None = None
         self.txn: Transaction | None = None
         self.messages = 0
         self.errors = 0
@@ -697,10 +695,6 @@ class Session(asyncio.Protocol):
             raise
         quota = None
         if self.gw.limiter is not None:
-            if self.counted is not None:
-                # Shielded: a session that goes away must not cancel the others' write.
-                await asyncio.shield(self.counted)
-                self.counted = None
             quota = await self.gw.limiter.check_message(identity.user, self.client_ip, self.id)
         reply = await self.smarthost.mail(sender, params.upstream_options())
         if not 200 <= reply.code < 300:
@@ -775,7 +769,7 @@ class Session(asyncio.Protocol):
         if 200 <= result.code < 300:
             self.messages += 1
             if self.gw.limiter is not None and self.identity is not None:
-                self.counted = self.gw.limiter.count_message(
+                self.gw.limiter.count_message(
                     self.identity.user, self.client_ip, len(txn.recipients)
                 )
             self._log_message(txn, sent, result.line, started)

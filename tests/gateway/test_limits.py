@@ -11,6 +11,7 @@ import itertools
 import json
 import re
 import sqlite3
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -527,3 +528,26 @@ def test_the_250_does_not_wait_for_the_count_and_stopping_writes_it(
     assert gw.stop() == 0
     assert _messages_counted(path, user_key(BOB)) == 1
     assert len(smarthost.wait_for_messages(3)) == 3
+
+
+def test_a_count_still_being_written_holds_for_every_session_of_the_gateway(
+    gateway_factory: Any,
+) -> None:
+    """Another session's MAIL waits for a count that is still being written, not past it."""
+    gw = gateway_factory({"limits": {"messages_per_user": 1}})
+    path = _sqlite_path(gw)
+    first, second = session(gw, "127.0.0.14"), session(gw, "127.0.0.15")
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(1.0, lambda: blocker.execute("ROLLBACK"))
+    try:
+        sent(first)  # its count now waits for the lock
+        release.start()
+        started = time.monotonic()
+        refused = second.cmd(f"MAIL FROM:<{USER}>")
+        assert time.monotonic() - started >= 0.5, "the MAIL did not wait for the count"
+    finally:
+        release.join()
+        blocker.close()
+    assert (refused.code, refused.status) == (450, "4.7.1"), refused
+    assert _messages_counted(path, user_key(USER)) == 1
