@@ -719,7 +719,7 @@ def prepare_setup(src: Path, base: Path, args: argparse.Namespace) -> Setup:
     # One process unless asked (`--workers`): the caps of several are divided among them.
     server = tomllib.loads(config.read_text()).get("server", {})
     if "workers" in server:
-        workers = getattr(args, "workers", 1)
+        workers = args.workers
         config.write_text(set_toml_keys(config.read_text(), "server", {"workers": workers}))
     # Every session logs in as the same user from the same address: let --concurrency logins
     # wait at once (the login limiter still runs).

@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             cheap_argon2=True,
             certificate=False,
             app_password=False,
+            workers=1,
         )
         setup = bench.prepare_setup(src, base, options)
         configure(setup.directory, args.connections, size, args.settle)
