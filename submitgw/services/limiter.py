@@ -10,8 +10,9 @@ Logins: the lockouts, failure and success counts of the account name and the
 client are read in one query *before* a password is checked, so a locked-out
 guesser, or a client that has used up its successful logins, costs that small
 query and no argon2 work; the delay is served by the event loop, not a worker
-thread. A checked password is counted once: as a failure, or as a success (one
-upsert, which also forgets the account's failures when it had any).
+thread. A checked password is counted once: as a failure, or as a success (an
+upsert, batched with the message counts unless it also forgets the account's
+failures, which is written at once).
 Concurrent logins all read the counts before any is written, so a limit may be
 overshot by the logins in flight, which `[auth] max_pending_per_*` bound.
 
@@ -92,8 +93,10 @@ class Limiter:
         # How a refusal reads in the log (the SMTP reply line; see `app`).
         self._describe = describe
         self._next_prune = 0.0
-        # Counts of accepted messages not yet written, and who waits for them.
+        # Counts of accepted messages and successful logins not yet written, and who waits
+        # for them.
         self._pending: dict[tuple[str, int], tuple[int, int]] = {}
+        self._pending_logins: dict[tuple[str, int], int] = {}
         self._batch: asyncio.Future[None] | None = None
         self._in_flight: asyncio.Future[None] | None = None
         self._writer: asyncio.Future[None] | None = None
@@ -117,11 +120,7 @@ class Limiter:
 
     async def check_message(self, user: str, client_ip: str, session: str) -> Quota:
         """At MAIL: refuse when one more message (with one recipient) would go over a limit."""
-        settled = self._batch or self._in_flight
-        if settled is not None:
-            # Every message this process counted so far is in the database before it is read.
-            # Shielded: a session that goes away must not cancel the others' write.
-            await asyncio.shield(settled)
+        await self._settled()
         now = self._clock()
         keys = [user_key(user), ip_key(client_ip)]
         used, override = await self._off_loop(
@@ -185,10 +184,21 @@ class Limiter:
         for key in (user_key(user), ip_key(client_ip)):
             messages, rcpts = self._pending.get((key, bucket), (0, 0))
             self._pending[(key, bucket)] = (messages + 1, rcpts + recipients)
+        self._start_writing()
+
+    def _start_writing(self) -> None:
         if self._batch is None:
             self._batch = asyncio.get_running_loop().create_future()
         if self._writer is None:
             self._writer = asyncio.ensure_future(self._write_pending())
+
+    async def _settled(self) -> None:
+        """Wait until every count this process made so far is committed: a read after it
+        sees them all."""
+        settled = self._batch or self._in_flight
+        if settled is not None:
+            # Shielded: a session that goes away must not cancel the others' write.
+            await asyncio.shield(settled)
 
     async def flush(self) -> None:
         """Wait until every counted message is committed (at shutdown, after the sessions)."""
@@ -198,17 +208,18 @@ class Limiter:
     async def _write_pending(self) -> None:
         """Write what is pending, batch after batch, until nothing is left."""
         try:
-            while self._pending:
+            while self._pending or self._pending_logins:
                 counts, self._pending = self._pending, {}
+                logins, self._pending_logins = self._pending_logins, {}
                 batch, self._batch = self._batch, None
                 self._in_flight = batch
                 now = self._clock()
                 try:
                     await self._off_loop(
-                        Need.LIMITS, self._write, counts, now, self._prune_due(now)
+                        Need.LIMITS, self._write, counts, logins, now, self._prune_due(now)
                     )
                 except Exception as exc:
-                    log.error("could not count sent messages: %s", type(exc).__name__)
+                    log.error("could not count sent messages or logins: %s", type(exc).__name__)
                 self._in_flight = None
                 if batch is not None:
                     batch.set_result(None)
@@ -221,9 +232,13 @@ class Limiter:
             self._in_flight = None
 
     def _write(
-        self, counts: dict[tuple[str, int], tuple[int, int]], now: float, prune: bool
+        self,
+        counts: dict[tuple[str, int], tuple[int, int]],
+        logins: dict[tuple[str, int], int],
+        now: float,
+        prune: bool,
     ) -> None:
-        self.store.add_counts(counts)
+        self.store.add_counts(counts, logins)
         if prune:
             self._prune(now)
 
@@ -257,6 +272,7 @@ class Limiter:
         """
         account, client = account_key(authcid), ip_key(client_ip)
         keys = [account, client, success_key(account), success_key(client)]
+        await self._settled()
         now = self._clock()
         state = await self._off_loop(
             Need.LOGIN, self.store.login_state, keys, self.logins.first_counted(now)
@@ -307,8 +323,19 @@ class Limiter:
         return refusal
 
     async def _succeeded(self, account: str, client: str, forget: str | None) -> None:
-        """Count a successful login; a failure to count is logged, the login stands."""
+        """Count a successful login; a failure to count is logged, the login stands.
+
+        Like a message, a login without failures to forget is counted in the
+        background (the 235 does not wait; this process's next login does).
+        Forgetting failures is written at once: a failure counted after it must stay.
+        """
         now = self._clock()
+        if forget is None:
+            bucket = self.logins.bucket(now)
+            for key in (success_key(account), success_key(client)):
+                self._pending_logins[(key, bucket)] = self._pending_logins.get((key, bucket), 0) + 1
+            self._start_writing()
+            return
         try:
             await self._off_loop(
                 Need.LOGIN,

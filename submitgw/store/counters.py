@@ -141,8 +141,13 @@ class CounterStore:
         """Count `messages` and `recipients` for every key in one bucket."""
         self.add_counts({(key, bucket): (messages, recipients) for key in keys})
 
-    def add_counts(self, counts: dict[tuple[str, int], tuple[int, int]]) -> None:
-        """Add (messages, recipients) to each (key, bucket): one upsert each, one transaction.
+    def add_counts(
+        self,
+        counts: dict[tuple[str, int], tuple[int, int]],
+        logins: dict[tuple[str, int], int] | None = None,
+    ) -> None:
+        """Add (messages, recipients) to each (key, bucket), and `logins` successful logins
+        to each of theirs: one upsert each, one transaction.
 
         Rows go in sorted order, so concurrent gateways lock them alike (no deadlock).
         """
@@ -150,8 +155,15 @@ class CounterStore:
             {"key": key, "bucket": bucket, "messages": messages, "recipients": recipients}
             for (key, bucket), (messages, recipients) in sorted(counts.items())
         ]
+        successes = [
+            {"key": key, "bucket": bucket, "failures": count}
+            for (key, bucket), count in sorted((logins or {}).items())
+        ]
         with self._db.engine.begin() as connection:
-            connection.execute(self._add_rates, rows)
+            if rows:
+                connection.execute(self._add_rates, rows)
+            if successes:
+                connection.execute(self._add_failures, successes)
 
     def prune(self, counters_before: int, failures_before: int) -> None:
         """Forget buckets older than any window, and lockouts that have expired."""

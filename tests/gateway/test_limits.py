@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from submitgw import config as config_mod
-from submitgw.rules.limits import user_key
+from submitgw.rules.limits import account_key, success_key, user_key
 from tests.support.client import Dialog, Reply
 from tests.support.gateway import PASSWORD, USER, GatewayProcess, run_cli
 from tests.support.smarthost import CaptureSmarthost
@@ -499,6 +499,53 @@ def _messages_counted(path: str, key: str) -> int:
     return int(found[0])
 
 
+def _logins_counted(path: str, login: str) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        found = db.execute(
+            "SELECT coalesce(sum(failures), 0) FROM auth_failures WHERE key = ?",
+            (success_key(account_key(login)),),
+        ).fetchone()
+    return int(found[0])
+
+
+def _wait_for_logins_counted(path: str, login: str, count: int) -> None:
+    """A successful login is counted in the background: wait for its commit."""
+    deadline = time.monotonic() + 5
+    while _logins_counted(path, login) < count:
+        assert time.monotonic() < deadline, "the login was never counted"
+        time.sleep(0.02)
+
+
+def test_the_235_does_not_wait_for_the_login_count_and_the_next_login_does(
+    gateway_factory: Any,
+) -> None:
+    """A successful login is counted off the reply path; the next login's limit check waits
+    for it, so the limit on successful logins holds exactly."""
+    gw = gateway_factory({"limits": {"auth_successes_per_account": 2}})
+    path = _sqlite_path(gw)
+    # The first login also records the login time, a write of its own: before the lock.
+    session(gw, "127.0.0.16")
+    _wait_for_logins_counted(path, USER, 1)
+    d = connect(gw, "127.0.0.16")
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(1.0, lambda: blocker.execute("ROLLBACK"))
+    try:
+        started = time.monotonic()
+        assert d.login(USER, PASSWORD).code == 235
+        assert time.monotonic() - started < 0.8, "the 235 waited for the login count"
+        release.start()
+        again = connect(gw, "127.0.0.17").login(USER, PASSWORD)
+    finally:
+        if release.is_alive() or release.finished.is_set():
+            release.join()
+        else:
+            blocker.execute("ROLLBACK")
+        blocker.close()
+    assert (again.code, again.status) == (454, "4.7.0"), again
+    assert _logins_counted(path, USER) == 2
+
+
 def test_the_250_does_not_wait_for_the_count_and_stopping_writes_it(
     gateway_factory: Any, smarthost: CaptureSmarthost
 ) -> None:
@@ -507,6 +554,7 @@ def test_the_250_does_not_wait_for_the_count_and_stopping_writes_it(
     gw = gateway_factory({"limits": {"messages_per_user": 2}})
     path = _sqlite_path(gw)
     d = session(gw, "127.0.0.12")
+    _wait_for_logins_counted(path, USER, 1)
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # every writer now waits (busy_timeout 5 s)
     try:
@@ -537,6 +585,7 @@ def test_a_count_still_being_written_holds_for_every_session_of_the_gateway(
     gw = gateway_factory({"limits": {"messages_per_user": 1}})
     path = _sqlite_path(gw)
     first, second = session(gw, "127.0.0.14"), session(gw, "127.0.0.15")
+    _wait_for_logins_counted(path, USER, 2)
     blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     blocker.execute("BEGIN IMMEDIATE")
     release = threading.Timer(1.0, lambda: blocker.execute("ROLLBACK"))

@@ -41,6 +41,22 @@ def test_counts_add_up_per_key_over_the_buckets_of_the_window(store: CounterStor
     assert override is None
 
 
+def test_one_write_adds_message_counts_and_successful_logins(store: CounterStore) -> None:
+    store.record_success(["ok:acct:a"], 100)
+    store.add_counts(
+        {("user:a", 1000): (2, 7), ("ip:1", 1000): (2, 7)},
+        {("ok:acct:a", 100): 3, ("ok:ip:1", 100): 3},
+    )
+    store.add_counts({}, {("ok:acct:a", 115): 1})
+    store.add_counts({("user:a", 1060): (1, 1)})
+
+    assert store.usage(["user:a", "ip:1"], 1000)[0] == {"user:a": (3, 8), "ip:1": (2, 7)}
+    assert store.login_state(["ok:acct:a", "ok:ip:1"], 0).failures == {
+        "ok:acct:a": 5,
+        "ok:ip:1": 3,
+    }
+
+
 def test_buckets_list_one_key_for_the_reset_time(store: CounterStore) -> None:
     store.add(["user:a", "ip:1"], 1000, 1, 3)
     store.add(["user:a"], 1060, 1, 1)
