@@ -325,12 +325,13 @@ class Session(asyncio.Protocol):
         if self._task is not None:
             self._task.cancel()
 
-    async def push(self, line: str) -> None:
-        """One reply line; waits while the client is not reading what we sent."""
+    async def push(self, *lines: str) -> None:
+        """Reply lines, in one write (one TLS record, one system call); waits while the
+        client is not reading what we sent."""
         transport = self.transport
         if transport is None or self.lost:
             raise ConnectionResetError("connection lost")
-        transport.write(line.encode("ascii") + b"\r\n")
+        transport.write("".join(line + "\r\n" for line in lines).encode("ascii"))
         if not self._can_write.is_set():
             await self._can_write.wait()
 
@@ -535,9 +536,7 @@ class Session(asyncio.Protocol):
                 max_size=self.cfg.limits.max_message_size,
             ),
         ]
-        for text in lines[:-1]:
-            await self.push(f"250-{text}")
-        await self.push(f"250 {lines[-1]}")
+        await self.push(*(f"250-{text}" for text in lines[:-1]), f"250 {lines[-1]}")
 
     async def smtp_EHLO(self, arg: str | None) -> None:
         await self._ehlo(arg, extended=True)
