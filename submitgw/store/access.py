@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from submitgw.store.db import Database
@@ -60,8 +60,16 @@ def _stored(row: AccessRuleRow) -> StoredRule:
     return StoredRule(Rule(row.id, row.action, row.rule, row.comment or ""), row.created_at)
 
 
+_RULES = select(AccessRuleRow.id, AccessRuleRow.action, AccessRuleRow.rule, AccessRuleRow.comment)
 # The columns of a `UserRecord`, by its field names.
 _RECORD_COLUMNS = tuple(getattr(User, field.name) for field in dataclasses.fields(UserRecord))
+# What every login reads, built once: a statement object made per call costs more CPU
+# than running it.
+_USER_AND_NETWORKS = (
+    select(*_RECORD_COLUMNS, UserNetworkRow.cidr)
+    .outerjoin(UserNetworkRow, UserNetworkRow.user_id == User.id)
+    .where(User.email == bindparam("email"))
+)
 
 
 class AccessRuleStore:
@@ -102,11 +110,8 @@ class AccessRuleStore:
 
         A Core query, not the ORM: for a thousand rules it takes half the time.
         """
-        statement = select(
-            AccessRuleRow.id, AccessRuleRow.action, AccessRuleRow.rule, AccessRuleRow.comment
-        )
         with self._db.reader.connect() as connection:
-            rows = connection.execute(statement).all()
+            rows = connection.execute(_RULES).all()
         return [
             Rule(rule_id, action, rule, comment or "") for rule_id, action, rule, comment in rows
         ]
@@ -163,14 +168,8 @@ class UserNetworkStore:
 
         Same cost for a known and an unknown login: one indexed query either way.
         """
-        statement = (
-            select(*_RECORD_COLUMNS, UserNetworkRow.cidr)
-            .outerjoin(UserNetworkRow, UserNetworkRow.user_id == User.id)
-            .where(User.email == normalise_email(email))
-        )
-        # A Core query: half the CPU of loading the ORM object, at every login.
         with self._db.reader.connect() as connection:
-            rows = connection.execute(statement).all()
+            rows = connection.execute(_USER_AND_NETWORKS, {"email": normalise_email(email)}).all()
         if not rows:
             return None, []
         cidrs = [row.cidr for row in rows if row.cidr is not None]
