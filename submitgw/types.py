@@ -3,7 +3,7 @@ the stored settings (access rules, own limits) that the store hands to the rules
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
@@ -28,6 +28,8 @@ class CertificateUser:
     # False when the user has source networks and this client is outside them:
     # the certificate then identifies nobody (535 5.7.8, like any failed login).
     source_allowed: bool = True
+    # What the user may send as, read with the certificate; None: unread.
+    senders: tuple[str, ...] | None = field(default=None, compare=False)
 
 
 class CertificateFlaw(StrEnum):
@@ -80,6 +82,8 @@ class Identity:
     cert_fingerprint: str | None = None
     # "ID LABEL" of the app password used, so a message names the device that sent it.
     app_password: str | None = None
+    # What the user may send as (own address first), when read with the login; None: unread.
+    senders: tuple[str, ...] | None = field(default=None, compare=False)
 
 
 class CertificateFacts(Protocol):

@@ -96,10 +96,13 @@ def build_services(cfg: Config, db: Database, ca: x509.Certificate | None) -> Se
         stores.credentials,
         cfg.passwords,
         selfservice_url(cfg),
+        senders=stores.senders,
     )
     certificates = None
     if ca is not None:
-        certificates = CertificateAuthenticator(stores.certificates, ca, stores.networks)
+        certificates = CertificateAuthenticator(
+            stores.certificates, ca, stores.networks, senders=stores.senders
+        )
     dns = ReverseDns(cfg.dns)
     return Services(
         cfg=cfg,
@@ -355,7 +358,10 @@ class App:
         if ready.files.ca is not None:
             if s.certificates is None:
                 s.certificates = CertificateAuthenticator(
-                    s.stores.certificates, ready.files.ca, s.stores.networks
+                    s.stores.certificates,
+                    ready.files.ca,
+                    s.stores.networks,
+                    senders=s.stores.senders,
                 )
             else:
                 s.certificates.reconfigure(ready.files.ca)

@@ -71,4 +71,4 @@ def certificate_identity(cert: CertificateUser, mechanism: str) -> Identity:
     """The identity a certificate alone gives, to users whose policy lets it."""
     if not certificate_alone_allowed(cert.auth_policy) or not cert.source_allowed:
         raise AuthFailed()
-    return Identity(cert.user, mechanism, cert.serial, cert.fingerprint)
+    return Identity(cert.user, mechanism, cert.serial, cert.fingerprint, senders=cert.senders)

@@ -50,7 +50,9 @@ from submitgw.services.pool import PoolShares
 from submitgw.store import (
     CertificateStore,
     CredentialStore,
+    SenderStore,
     UserNetworkStore,
+    UserNotFound,
     UserRecord,
     UserStore,
 )
@@ -75,6 +77,8 @@ class Verified:
     record: UserRecord
     app: AppPasswordUsed | None
     expired: bool
+    # What the account may send as, read in the same trip (None without a sender store).
+    senders: tuple[str, ...] | None = None
 
 
 def make_hasher(cfg: AuthConfig) -> argon2.PasswordHasher:
@@ -110,6 +114,17 @@ def login_note_due(last_login: datetime | None, now: datetime) -> bool:
     return last_login is None or not timedelta(0) <= now - last_login < LAST_LOGIN_RESOLUTION
 
 
+def sender_list(store: SenderStore | None, email: str) -> tuple[str, ...] | None:
+    """In a worker thread, with the login's own read: None when there is nothing to read
+    from, or the user went away meanwhile (the session then reads at MAIL and refuses)."""
+    if store is None:
+        return None
+    try:
+        return tuple(store.allowed(email))
+    except UserNotFound:
+        return None
+
+
 def decode_sasl(blob: str) -> bytes:
     """Base64 as RFC 4954 wants it; `=` is an empty response, anything invalid is 501."""
     blob = blob.strip()
@@ -143,9 +158,11 @@ class PasswordAuthenticator:
         selfservice_url: str | None = None,
         hashing: Hashing | None = None,
         clock: Callable[[], float] = time.monotonic,
+        senders: SenderStore | None = None,
     ) -> None:
         self._users = users
         self._networks = networks
+        self._senders = senders
         self._credentials = credentials
         self._passwords = passwords or PasswordsConfig()
         self.selfservice_url = selfservice_url
@@ -239,8 +256,15 @@ class PasswordAuthenticator:
             raise PasswordExpired(self.selfservice_url)
         app = f"{found.app.id} {found.app.label}" if found.app else None
         if cert is not None:
-            return Identity(found.record.email, mechanism, cert.serial, cert.fingerprint, app)
-        return Identity(found.record.email, mechanism, app_password=app)
+            return Identity(
+                found.record.email,
+                mechanism,
+                cert.serial,
+                cert.fingerprint,
+                app,
+                senders=found.senders,
+            )
+        return Identity(found.record.email, mechanism, app_password=app, senders=found.senders)
 
     async def verify_account(
         self, login: str, password: str, cert: CertificateUser | None, client_ip: str
@@ -379,7 +403,7 @@ class PasswordAuthenticator:
         if not source_allowed(networks, client_ip):
             return None
         expired = is_expired(record.password_changed_at, record.password_expired, self._passwords)
-        return Verified(record, app, expired)
+        return Verified(record, app, expired, sender_list(self._senders, record.email))
 
     def _note(self, found: Verified, new_hash: str | None) -> None:
         """Record the login (and the app password's use); an expired password is not a
@@ -417,11 +441,14 @@ class CertificateAuthenticator:
         ca_cert: x509.Certificate,
         networks: UserNetworkStore | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        senders: SenderStore | None = None,
     ) -> None:
         self._certificates = certificates
         self._ca = ca_cert
         self._networks = networks
         self._clock = clock
+        # What the certificate's user may send as is read with the certificate: one trip.
+        self._senders = senders
 
     def reconfigure(self, ca_cert: x509.Certificate) -> None:
         """Live reload: certificates judged from now on must come from `ca_cert`."""
@@ -476,5 +503,11 @@ class CertificateAuthenticator:
         networks = list(found.networks) if self._networks is not None else []
         if client_ip is not None and not source_allowed(networks, client_ip):
             return known(flaw=CertificateFlaw.OUTSIDE_NETWORKS)
-        holder = CertificateUser(found.email, found.serial, fingerprint, found.auth_policy)
+        holder = CertificateUser(
+            found.email,
+            found.serial,
+            fingerprint,
+            found.auth_policy,
+            senders=sender_list(self._senders, found.email),
+        )
         return known(holder=holder)

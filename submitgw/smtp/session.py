@@ -843,11 +843,14 @@ class Session(asyncio.Protocol):
         )
 
     async def _allowed_senders(self, identity: Identity) -> list[str]:
-        """What the user may send as, read once per session and off the event loop.
+        """What the user may send as, read once per session and off the event loop:
+        with the login or the certificate when the gateway has a sender store, else here.
 
         The identity cannot change within a session, so one query serves every
         message; an admin's change applies from the user's next connection.
         """
+        if self.allowed_senders is None and identity.senders is not None:
+            self.allowed_senders = list(identity.senders)  # read with the login
         if self.allowed_senders is None:
             senders = self.gw.senders or Senders(None)
             self.allowed_senders = await senders.allowed(identity.user)

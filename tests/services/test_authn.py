@@ -30,7 +30,7 @@ from submitgw.services.authn import (
     split_plain,
 )
 from submitgw.smtp.replies import line, render
-from submitgw.store import CredentialStore, Database, UserStore
+from submitgw.store import CredentialStore, Database, SenderStore, UserStore
 from submitgw.store.models import User
 from submitgw.types import Identity
 
@@ -107,6 +107,25 @@ def test_good_login_gives_the_identity_and_records_it(
 
     assert identity == Identity(user=ALICE, mechanism="LOGIN")
     assert users.get(ALICE).last_login_at is not None  # type: ignore[union-attr]
+
+
+def test_a_login_carries_what_the_user_may_send_as(users: UserStore, db: Database) -> None:
+    """Read in the login's trip to the database, cached login or not: MAIL needs no trip."""
+    senders = SenderStore(db)
+    senders.add(ALICE, "@example.net")
+    auth = PasswordAuthenticator(users, CHEAP, senders=senders)
+    try:
+        first = run(attempt(auth, ALICE, PASSWORD))
+        remembered = run(attempt(auth, ALICE, PASSWORD))
+    finally:
+        auth.close()
+    assert auth.cache.hits == 1
+    assert first.senders == remembered.senders == (ALICE, "@example.net")
+    without = PasswordAuthenticator(users, CHEAP)
+    try:
+        assert run(attempt(without, ALICE, PASSWORD)).senders is None
+    finally:
+        without.close()
 
 
 def test_last_login_is_written_once_a_minute(

@@ -16,8 +16,9 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 import pki
+from submitgw.rules.policy import certificate_identity
 from submitgw.services.authn import CertificateAuthenticator
-from submitgw.store import CertificateStore, Database, UserNetworkStore, UserStore
+from submitgw.store import CertificateStore, Database, SenderStore, UserNetworkStore, UserStore
 from submitgw.types import CERTIFICATE, CertificateFlaw, CertificateUser, CertificateVerdict
 
 ALICE = "alice@example.org"
@@ -74,6 +75,23 @@ def test_a_recorded_certificate_names_its_holder(
     )
     # The TLS layer hands over an x509 object rather than DER: the same verdict.
     assert asyncio.run(judge.judge(issued.cert, CLIENT)) == verdict
+
+
+def test_the_holder_carries_what_the_user_may_send_as(
+    ca: pki.CA, db: Database, inventory: CertificateStore, networks: UserNetworkStore
+) -> None:
+    """Read in the certificate's trip to the database, so MAIL needs none of its own."""
+    senders = SenderStore(db)
+    senders.add(ALICE, "@example.net")
+    issued = ca.issue_client_cert(ALICE)
+    inventory.add(ALICE, issued)
+    with_senders = CertificateAuthenticator(inventory, ca.cert, networks, senders=senders)
+
+    holder = verdict_of(with_senders, issued).holder
+
+    assert holder is not None and holder.senders == (ALICE, "@example.net")
+    assert holder.senders == tuple(senders.allowed(ALICE))
+    assert certificate_identity(holder, "EXTERNAL").senders == holder.senders
 
 
 def test_not_in_the_inventory(ca: pki.CA, judge: CertificateAuthenticator) -> None:
