@@ -573,6 +573,7 @@ def test_the_250_does_not_wait_for_the_count_and_stopping_writes_it(
     other = session(gw, "127.0.0.13", user=BOB)
     sent(other, sender=BOB)
     other.cmd("QUIT")
+    d.cmd("QUIT")
     assert gw.stop() == 0
     assert _messages_counted(path, user_key(BOB)) == 1
     assert len(smarthost.wait_for_messages(3)) == 3
