@@ -478,10 +478,23 @@ def gateway_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+# Fixtures whose teardown takes a database away (`tests.support.postgres`).
+DATABASE_FIXTURES = ("pg_url", "db_url")
+
+
 @pytest.fixture
 def gateway_factory(
-    gateway_template: Path, tmp_path: Path, smarthost: CaptureSmarthost
+    gateway_template: Path,
+    tmp_path: Path,
+    smarthost: CaptureSmarthost,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Any]:
+    # A database the test asks for is set up first, so it is dropped after the gateways
+    # stop, whatever the order of the test's arguments: dropped under a running gateway,
+    # its trail would retry the last write for the whole [audit] shutdown_timeout.
+    for name in DATABASE_FIXTURES:
+        if name in request.fixturenames:
+            request.getfixturevalue(name)
     started: list[_Gateway] = []
 
     def make(
