@@ -739,16 +739,18 @@ def prepare_setup(src: Path, base: Path, args: argparse.Namespace) -> Setup:
                 set_toml_keys(config.read_text(), section, {"client_certificates": "optional"})
             )
     settings = tomllib.loads(config.read_text())
-    password = secrets.token_urlsafe(16)
     cli = ("--config", str(config))
-    run_cli(*cli, "user", "add", USER, "--password-stdin", stdin=password, src=src)
     if args.certificate:
+        # A user of policy "certificate" from the start: no password, and a CLI start-up
+        # fewer (every build with `set-auth` also has `user add --auth`).
+        run_cli(*cli, "user", "add", USER, "--auth", "certificate", src=src)
         folder = base / "client"
         folder.mkdir()
         run_cli(*cli, "pki", "issue", USER, "--out", str(folder), src=src)
-        run_cli(*cli, "user", "set-auth", USER, "certificate", src=src)
         files = (folder / f"{USER}.crt", folder / f"{USER}.key")
         return Setup(setup, settings, None, files)
+    password = secrets.token_urlsafe(16)
+    run_cli(*cli, "user", "add", USER, "--password-stdin", stdin=password, src=src)
     if args.app_password:
         # The CLI prints the new app password alone on its last line.
         added = run_cli(*cli, "user", "app-password", "add", USER, "--label", "bench", src=src)

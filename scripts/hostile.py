@@ -810,6 +810,7 @@ class Setup:
     config: Path
     ca_file: Path
     per_ip_cap: int
+    workers: int  # [server] workers; 0: one per core
     argon2: dict[str, int]
     password_users: list[Account]
     cert_users: list[Account]
@@ -995,7 +996,10 @@ def prepare(base: Path, args: argparse.Namespace, phases: list[str]) -> Setup:
     limits = ("messages_per_user", "recipients_per_user", "messages_per_ip", "recipients_per_ip")
     text = set_toml_keys(text, "limits", dict.fromkeys(limits, SENDING_LIMIT))
     text = set_toml_keys(text, "submissions", {"client_certificates": "optional"})
-    text = set_toml_keys(text, "server", {"shutdown_grace": SHUTDOWN_GRACE})
+    server: dict[str, Any] = {"shutdown_grace": SHUTDOWN_GRACE}
+    if args.workers is not None:
+        server["workers"] = args.workers
+    text = set_toml_keys(text, "server", server)
     if args.argon2 == "test":
         # Before `user add`: the stored hashes use these parameters, so no rehash at login.
         text = set_toml_keys(text, "auth", CHEAP_ARGON2)
@@ -1052,6 +1056,7 @@ def prepare(base: Path, args: argparse.Namespace, phases: list[str]) -> Setup:
         config=config,
         ca_file=setup_dir / "ca" / "ca.crt",
         per_ip_cap=settings["limits"]["max_connections_per_ip"],
+        workers=settings["server"]["workers"],
         argon2={k: settings["auth"][k] for k in CHEAP_ARGON2},
         password_users=password_users,
         cert_users=cert_users,
@@ -1088,7 +1093,8 @@ def print_report(report: dict[str, Any]) -> None:
     m, s = report["machine"], report["settings"]
     print(
         f"submitgw hostile-network test: {s['seconds']:g} s per phase, {s['clients']} legitimate "
-        f"clients (pause {s['pause']:g} s), {s['attackers']} attackers; argon2 {s['argon2']} "
+        f"clients (pause {s['pause']:g} s), {s['attackers']} attackers; gateway workers "
+        f"{s['workers']} (0: one per core); argon2 {s['argon2']} "
         f"({s['argon2_params']}); {m['cpu_model']}, {m['usable_cores']} usable cores, "
         f"load average {m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end"
     )
@@ -1150,6 +1156,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--io-timeout", type=float, default=15.0, help="seconds per reply")
     p.add_argument(
+        "--workers",
+        type=int,
+        help="[server] workers of the gateway (default: the generated config's, one per core); "
+        "1 starts one process instead of a supervisor and its workers",
+    )
+    p.add_argument(
         "--json", type=Path, metavar="FILE", help="also write the whole report as JSON to FILE"
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
@@ -1171,6 +1183,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--attackers must be between 1 and {ROTATING_ADDRESSES}")
     if not 1 <= args.clients <= 64 or not 1 <= args.users <= 20:
         p.error("--clients must be between 1 and 64, --users between 1 and 20")
+    if args.workers is not None and args.workers < 0:
+        p.error("--workers must not be negative (0: one per core)")
     if args.pause < 0 or args.settle < 0 or args.io_timeout <= 0:
         p.error("--pause and --settle must not be negative, --io-timeout must be positive")
     return args
@@ -1203,6 +1217,7 @@ def main(argv: list[str] | None = None) -> int:
             "pause": args.pause,
             "attackers": args.attackers,
             "settle": args.settle,
+            "workers": setup.workers,
             "argon2": args.argon2,
             "argon2_params": ", ".join(f"{k}={v}" for k, v in setup.argon2.items()),
             "max_connections_per_ip": setup.per_ip_cap,

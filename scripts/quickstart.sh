@@ -94,9 +94,11 @@ demo_user_exists() {
 }
 
 ensure_setup() {
+    local created=false
     if [ ! -f "$CONFIG" ]; then
         say "creating the gateway setup in $SETUP"
         "$VENV/bin/submitgw" init --dir "$SETUP" --hostname localhost --smarthost "$SMARTHOST"
+        created=true
     else
         say "reusing the gateway setup in $SETUP"
     fi
@@ -130,7 +132,8 @@ PY
         chmod 600 "$PASSWORD_FILE"
         new_password=true
     fi
-    if ! demo_user_exists; then
+    # A setup made just now has no users: no need to start the CLI to ask.
+    if [ "$created" = true ] || ! demo_user_exists; then
         say "creating the demo user $DEMO_USER"
         "$VENV/bin/submitgw" --config "$CONFIG" user add "$DEMO_USER" --password-stdin \
             <"$PASSWORD_FILE"

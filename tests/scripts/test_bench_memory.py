@@ -11,7 +11,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "bench_memory.py"
-TINY = ["--size-mib", "0.2", "--connections", "5", "--settle", "0.3"]
+TINY = ["--size-mib", "0.2", "--connections", "5", "--settle", "0.1"]
 
 
 def test_prints_each_figure_for_a_small_message_and_a_few_connections() -> None:

@@ -16,16 +16,23 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "hostile.py"
+# One client of each kind: two password clients on the one password user would sometimes
+# log in at the same moment, and the account's share of pending logins may refuse one. One
+# gateway process: a supervisor starting a worker per core costs seconds and tests nothing here.
 BASE_ARGS = [
     "--seconds",
-    "2",
+    "1",
     "--attacks",
     "baseline",
     "--argon2",
     "test",
     "--settle",
-    "0.5",
+    "0.2",
     "--users",
+    "1",
+    "--clients",
+    "2",
+    "--workers",
     "1",
 ]
 

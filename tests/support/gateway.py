@@ -45,6 +45,9 @@ USER = "alice@example.org"
 PASSWORD = "correct horse battery staple"
 # Cheap argon2 for speed; the production defaults are exercised by the benchmark.
 TEST_AUTH = {"argon2_time_cost": 1, "argon2_memory_kib": 8192, "argon2_parallelism": 1}
+# Failed logins slow the next attempt down by 0.5 s, doubling, by default: tests of those
+# delays set their own.
+QUIET_AUTH = {"auth_delay": 0.01, "auth_max_delay": 0.02}
 
 
 def toml_value(value: Any) -> str:
@@ -473,15 +476,29 @@ def gateway_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "auth": TEST_AUTH,
         "server": {"workers": 1},
         "audit": {"shutdown_timeout": 2.0},
+        "limits": QUIET_AUTH,
     }
     config.write_text(set_options(config.read_text(), options))
     return target
 
 
+# Fixtures whose teardown takes a database away (`tests.support.postgres`).
+DATABASE_FIXTURES = ("pg_url", "db_url")
+
+
 @pytest.fixture
 def gateway_factory(
-    gateway_template: Path, tmp_path: Path, smarthost: CaptureSmarthost
+    gateway_template: Path,
+    tmp_path: Path,
+    smarthost: CaptureSmarthost,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Any]:
+    # A database the test asks for is set up first, so it is dropped after the gateways
+    # stop, whatever the order of the test's arguments: dropped under a running gateway,
+    # its trail would retry the last write for the whole [audit] shutdown_timeout.
+    for name in DATABASE_FIXTURES:
+        if name in request.fixturenames:
+            request.getfixturevalue(name)
     started: list[_Gateway] = []
 
     def make(
