@@ -722,10 +722,11 @@ def prepare_setup(src: Path, base: Path, args: argparse.Namespace) -> Setup:
         workers = args.workers
         config.write_text(set_toml_keys(config.read_text(), "server", {"workers": workers}))
     # Every session logs in as the same user from the same address: let --concurrency logins
-    # wait at once (the login limiter still runs).
+    # wait at once (the login limiter still runs), in any one worker (the caps are divided
+    # among them, and the kernel may hand one worker most of the connections).
     auth = tomllib.loads(config.read_text())["auth"]
     pending = {
-        key: max(auth[key], args.concurrency)
+        key: max(auth[key], args.concurrency * args.workers)
         for key in ("max_pending", "max_pending_per_ip", "max_pending_per_account")
     }
     config.write_text(set_toml_keys(config.read_text(), "auth", pending))
