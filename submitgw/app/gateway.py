@@ -100,9 +100,7 @@ def build_services(cfg: Config, db: Database, ca: x509.Certificate | None) -> Se
     )
     certificates = None
     if ca is not None:
-        certificates = CertificateAuthenticator(
-            stores.certificates, ca, stores.networks, senders=stores.senders
-        )
+        certificates = CertificateAuthenticator(stores.certificates, ca, senders=stores.senders)
     dns = ReverseDns(cfg.dns)
     return Services(
         cfg=cfg,
@@ -358,10 +356,7 @@ class App:
         if ready.files.ca is not None:
             if s.certificates is None:
                 s.certificates = CertificateAuthenticator(
-                    s.stores.certificates,
-                    ready.files.ca,
-                    s.stores.networks,
-                    senders=s.stores.senders,
+                    s.stores.certificates, ready.files.ca, senders=s.stores.senders
                 )
             else:
                 s.certificates.reconfigure(ready.files.ca)

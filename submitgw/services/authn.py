@@ -439,13 +439,11 @@ class CertificateAuthenticator:
         self,
         certificates: CertificateStore,
         ca_cert: x509.Certificate,
-        networks: UserNetworkStore | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         senders: SenderStore | None = None,
     ) -> None:
         self._certificates = certificates
         self._ca = ca_cert
-        self._networks = networks
         self._clock = clock
         # What the certificate's user may send as is read with the certificate: one trip.
         self._senders = senders
@@ -500,8 +498,7 @@ class CertificateAuthenticator:
             return known(flaw=CertificateFlaw.REVOKED, date=found.revoked_at)
         if not found.user_enabled:
             return known(flaw=CertificateFlaw.USER_DISABLED)
-        networks = list(found.networks) if self._networks is not None else []
-        if client_ip is not None and not source_allowed(networks, client_ip):
+        if client_ip is not None and not source_allowed(list(found.networks), client_ip):
             return known(flaw=CertificateFlaw.OUTSIDE_NETWORKS)
         holder = CertificateUser(
             found.email,

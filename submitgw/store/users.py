@@ -50,7 +50,7 @@ class UserRecord:
     credential_generation: int = 0
 
 
-def user_record(user: User) -> UserRecord:
+def _record(user: User) -> UserRecord:
     return UserRecord(
         id=user.id,
         email=user.email,
@@ -113,14 +113,14 @@ class UserStore:
             with self._db.session() as session:
                 session.add(user)
                 session.flush()
-                return user_record(user)
+                return _record(user)
         except IntegrityError as exc:
             raise UserExists(email) from exc
 
     def get(self, email: str) -> UserRecord | None:
         with self._db.reading() as session:
             user = session.scalars(select(User).where(User.email == normalise_email(email))).first()
-            return user_record(user) if user is not None else None
+            return _record(user) if user is not None else None
 
     def set_enabled(self, email: str, enabled: bool) -> None:
         self._update(email, enabled=enabled, updated_at=utcnow(), **NEXT_GENERATION)
@@ -159,7 +159,7 @@ class UserStore:
     def list(self) -> builtins.list[UserRecord]:
         """All users by email, sorted in Python so the order is the same on every backend."""
         with self._db.session() as session:
-            records = [user_record(user) for user in session.scalars(select(User))]
+            records = [_record(user) for user in session.scalars(select(User))]
         return sorted(records, key=lambda record: record.email)
 
 

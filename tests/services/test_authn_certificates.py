@@ -48,10 +48,8 @@ def networks(db: Database, users: UserStore) -> UserNetworkStore:
 
 
 @pytest.fixture
-def judge(
-    ca: pki.CA, inventory: CertificateStore, networks: UserNetworkStore
-) -> CertificateAuthenticator:
-    return CertificateAuthenticator(inventory, ca.cert, networks)
+def judge(ca: pki.CA, inventory: CertificateStore) -> CertificateAuthenticator:
+    return CertificateAuthenticator(inventory, ca.cert)
 
 
 def verdict_of(
@@ -78,14 +76,14 @@ def test_a_recorded_certificate_names_its_holder(
 
 
 def test_the_holder_carries_what_the_user_may_send_as(
-    ca: pki.CA, db: Database, inventory: CertificateStore, networks: UserNetworkStore
+    ca: pki.CA, db: Database, inventory: CertificateStore
 ) -> None:
     """Read in the certificate's trip to the database, so MAIL needs none of its own."""
     senders = SenderStore(db)
     senders.add(ALICE, "@example.net")
     issued = ca.issue_client_cert(ALICE)
     inventory.add(ALICE, issued)
-    with_senders = CertificateAuthenticator(inventory, ca.cert, networks, senders=senders)
+    with_senders = CertificateAuthenticator(inventory, ca.cert, senders=senders)
 
     holder = verdict_of(with_senders, issued).holder
 
