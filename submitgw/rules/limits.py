@@ -31,6 +31,10 @@ BUCKETS_PER_WINDOW = 60
 # Longer login names are hashed so that every key fits the 400-character column.
 MAX_NAME_IN_KEY = 320
 
+# A usage reading may be reused only while every limit has this much room left: at least
+# a tenth of it and at least MIN_ROOM (see `has_room`).
+MIN_ROOM = 10
+
 USER = "user"
 IP = "ip"
 MESSAGES = "messages"
@@ -165,6 +169,22 @@ class Quota:
                 if extra and used + extra > limit:
                     return Exceeded(counted, measure, limit, used + extra - limit)
         return None
+
+
+def has_room(current: Quota) -> bool:
+    """Whether a reading of the usage is far enough from every limit to be reused.
+
+    Another gateway's counts reach a reused reading only when it is read again;
+    near a limit every MAIL reads afresh, so those counts are not overlooked there.
+    """
+    for counted in current.counts:
+        for used, limit in (
+            (counted.messages, counted.max_messages),
+            (counted.recipients, counted.max_recipients),
+        ):
+            if limit - used < max(MIN_ROOM, limit // 10):
+                return False
+    return True
 
 
 def quota(

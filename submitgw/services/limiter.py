@@ -4,7 +4,11 @@ Sending: MAIL reads the user's and the client's usage in one query and keeps
 it for the transaction's RCPTs; a message is counted (an UPSERT per key) once
 the smarthost has accepted it, so refused or failed messages cost nothing.
 Messages accepted while a count is being written share the next write; the
-250 does not wait for it, the next MAIL in this process does.
+250 does not wait for it, the next MAIL in this process that reads does.
+A reading is reused by the next MAILs of the same user and client for up to
+`usage_reuse_seconds`, with this process's own counts since added to it, while
+every limit has room (`has_room`): far from a limit a persistent session then
+makes no trip to the database per message, near one every MAIL reads.
 
 Logins: the lockouts, failure and success counts of the account name and the
 client are read in one query *before* a password is checked, so a locked-out
@@ -30,6 +34,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import ParamSpec, TypeVar
 
@@ -49,6 +54,7 @@ from submitgw.rules.limits import (
     Window,
     account_key,
     format_time,
+    has_room,
     ip_key,
     keys_to_lock,
     limit_refusal,
@@ -63,6 +69,7 @@ from submitgw.rules.limits import (
 from submitgw.services import audit
 from submitgw.services.offload import offload
 from submitgw.store.counters import CounterStore
+from submitgw.types import Override
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,24 @@ T = TypeVar("T")
 
 # Old buckets and expired lockouts are deleted at most this often per process.
 PRUNE_INTERVAL = 60.0
+# Usage readings kept for reuse; beyond it the stale ones go, then all.
+MAX_READINGS = 4096
+
+
+@dataclass
+class _Reading:
+    """One key's usage as read from the database, and what this process counted for it
+    since the read began (some of which the read may already include: never too low)."""
+
+    taken: float
+    used: tuple[int, int] | None = None  # None until the read has come back
+    override: Override | None = None  # the user's own limits, on the user's key
+    messages: int = 0
+    recipients: int = 0
+
+    def total(self) -> tuple[int, int]:
+        assert self.used is not None
+        return self.used[0] + self.messages, self.used[1] + self.recipients
 
 
 class Limiter:
@@ -100,6 +125,7 @@ class Limiter:
         self._batch: asyncio.Future[None] | None = None
         self._in_flight: asyncio.Future[None] | None = None
         self._writer: asyncio.Future[None] | None = None
+        self._readings: dict[str, _Reading] = {}
 
     def reconfigure(self, cfg: LimitsConfig) -> None:
         """Live reload: every check from now on, in running sessions too, counts with `cfg`.
@@ -110,6 +136,7 @@ class Limiter:
         self.cfg = cfg
         self.rates = Window(cfg.rate_window)
         self.logins = Window(cfg.auth_window)
+        self._readings.clear()
 
     async def _off_loop(
         self, what: Need, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
@@ -120,15 +147,51 @@ class Limiter:
 
     async def check_message(self, user: str, client_ip: str, session: str) -> Quota:
         """At MAIL: refuse when one more message (with one recipient) would go over a limit."""
-        await self._settled()
         now = self._clock()
+        current = self._reuse(user, client_ip, now) or await self._read(user, client_ip, now)
+        await self.enforce(current, session, client_ip, messages=1, recipients=1)
+        return current
+
+    def _reuse(self, user: str, client_ip: str, now: float) -> Quota | None:
+        """The quota from recent readings of both keys, if they are fresh and far from
+        every limit."""
+        ukey, ikey = user_key(user), ip_key(client_ip)
+        mine, client = self._readings.get(ukey), self._readings.get(ikey)
+        if mine is None or client is None or mine.used is None or client.used is None:
+            return None
+        oldest = min(mine.taken, client.taken)
+        if not oldest <= now <= oldest + self.cfg.usage_reuse_seconds:
+            return None
+        used = {ukey: mine.total(), ikey: client.total()}
+        current = quota(self.cfg, user, client_ip, used, mine.override)
+        return current if has_room(current) else None
+
+    async def _read(self, user: str, client_ip: str, now: float) -> Quota:
+        """Read both keys' usage after every count of this process so far is committed.
+
+        The readings kept for reuse start counting before the wait, so a message
+        counted meanwhile is in them even if the read misses it.
+        """
         keys = [user_key(user), ip_key(client_ip)]
+        readings = [_Reading(now), _Reading(now)]
+        if self.cfg.usage_reuse_seconds > 0:
+            self._keep(dict(zip(keys, readings, strict=True)), now)
+        await self._settled()
         used, override = await self._off_loop(
             Need.LIMITS, self.store.usage, keys, self.rates.first_counted(now), user
         )
-        current = quota(self.cfg, user, client_ip, used, override)
-        await self.enforce(current, session, client_ip, messages=1, recipients=1)
-        return current
+        for key, reading in zip(keys, readings, strict=True):
+            reading.used = used.get(key, (0, 0))
+        readings[0].override = override
+        return quota(self.cfg, user, client_ip, used, override)
+
+    def _keep(self, readings: dict[str, _Reading], now: float) -> None:
+        if len(self._readings) >= MAX_READINGS:
+            fresh = now - self.cfg.usage_reuse_seconds
+            self._readings = {k: r for k, r in self._readings.items() if r.taken >= fresh}
+            if len(self._readings) >= MAX_READINGS:
+                self._readings.clear()
+        self._readings.update(readings)
 
     async def enforce(
         self,
@@ -175,8 +238,9 @@ class Limiter:
         """After the smarthost accepted a message: count it for the user and the client.
 
         Returns at once: the 250 does not wait for the database, the next MAIL
-        in this process does (`check_message`), so every session here sees every
-        message counted. Messages finishing while a write is under way are
+        in this process that reads does (`check_message`), and the kept readings
+        add it at once, so every session here sees every message counted.
+        Messages finishing while a write is under way are
         written together by the next one (group commit): under load, one
         transaction serves many messages instead of one each.
         """
@@ -184,6 +248,10 @@ class Limiter:
         for key in (user_key(user), ip_key(client_ip)):
             messages, rcpts = self._pending.get((key, bucket), (0, 0))
             self._pending[(key, bucket)] = (messages + 1, rcpts + recipients)
+            reading = self._readings.get(key)
+            if reading is not None:
+                reading.messages += 1
+                reading.recipients += recipients
         self._start_writing()
 
     def _start_writing(self) -> None:

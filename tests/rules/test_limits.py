@@ -14,6 +14,7 @@ from submitgw.rules.limits import (
     Window,
     account_key,
     client_key,
+    has_room,
     ip_key,
     keys_to_lock,
     limit_refusal,
@@ -219,3 +220,22 @@ def test_lockout_reply_is_454_and_does_not_say_whose_lock_it_is() -> None:
     assert (reply.code, reply.status) == (454, "4.7.0")
     assert "account" not in reply.text.lower() and "user" not in reply.text.lower()
     assert reply.line.isascii()
+
+
+@pytest.mark.parametrize(
+    ("limit", "used", "room"),
+    [(200, 180, True), (200, 181, False), (30, 20, True), (30, 21, False), (5, 0, False)],
+)
+def test_a_reading_has_room_while_a_tenth_and_at_least_10_are_left(
+    limit: int, used: int, room: bool
+) -> None:
+    cfg = LimitsConfig(messages_per_user=limit)
+    assert (
+        has_room(
+            quota(cfg, "a@example.org", "192.0.2.1", {user_key("a@example.org"): (used, 0)}, None)
+        )
+        is room
+    )
+    client = LimitsConfig(recipients_per_ip=limit)
+    used_by_client = {ip_key("192.0.2.1"): (0, used)}
+    assert has_room(quota(client, "a@example.org", "192.0.2.1", used_by_client, None)) is room
