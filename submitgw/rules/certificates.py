@@ -28,25 +28,46 @@ class Finding:
     date: datetime | None = None
 
 
-def judge(cert: x509.Certificate, ca: x509.Certificate, now: datetime) -> Finding | None:
-    """None if `cert` is a client certificate `ca` signed, valid at `now`; else its first flaw.
+@dataclass(frozen=True)
+class Facts:
+    """What a certificate is under one CA, whatever the time: the costly part of `judge`
+    (a signature check and the extensions), so it can be kept per certificate."""
 
-    The order is the order a person would check in: whose it is, when it is
-    valid, what it is for, whom it names.
-    """
+    ours: bool
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+    purpose: Finding | None = None
+
+
+def facts(cert: x509.Certificate, ca: x509.Certificate) -> Facts:
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return Finding(CertificateFlaw.NOT_OURS)
-    if now < cert.not_valid_before_utc:
-        return Finding(CertificateFlaw.NOT_YET_VALID, cert.not_valid_before_utc)
-    if now > cert.not_valid_after_utc:
-        return Finding(CertificateFlaw.EXPIRED, cert.not_valid_after_utc)
+        return Facts(ours=False)
     try:
-        return _purpose(cert)
+        purpose = _purpose(cert)
     except ValueError:
         # Signed by us yet with extensions x509 cannot parse: nothing we issued.
+        return Facts(ours=False)
+    return Facts(True, cert.not_valid_before_utc, cert.not_valid_after_utc, purpose)
+
+
+def judged(known: Facts, now: datetime) -> Finding | None:
+    """None if the certificate is a client certificate of ours, valid at `now`; else its
+    first flaw, in the order a person would check: whose it is, when it is valid, what
+    it is for, whom it names."""
+    if not known.ours or known.not_before is None or known.not_after is None:
         return Finding(CertificateFlaw.NOT_OURS)
+    if now < known.not_before:
+        return Finding(CertificateFlaw.NOT_YET_VALID, known.not_before)
+    if now > known.not_after:
+        return Finding(CertificateFlaw.EXPIRED, known.not_after)
+    return known.purpose
+
+
+def judge(cert: x509.Certificate, ca: x509.Certificate, now: datetime) -> Finding | None:
+    """None if `cert` is a client certificate `ca` signed, valid at `now`; else its first flaw."""
+    return judged(facts(cert, ca), now)
 
 
 def _purpose(cert: x509.Certificate) -> Finding | None:

@@ -40,7 +40,7 @@ from submitgw.config import AuthConfig, PasswordsConfig
 from submitgw.errors import AuthBusy, AuthFailed, Kind, Need, PasswordExpired, Refusal, Unavailable
 from submitgw.rules.access import source_allowed
 from submitgw.rules.address import normalise_login
-from submitgw.rules.certificates import judge
+from submitgw.rules.certificates import Facts, facts, judged
 from submitgw.rules.limits import account_key, client_key
 from submitgw.rules.passwords import app_password_form, is_expired
 from submitgw.rules.policy import password_allowed
@@ -107,6 +107,8 @@ class Hashing:
 
 # How stale an account's recorded last login may be before a login writes it again.
 LAST_LOGIN_RESOLUTION = timedelta(seconds=60)
+# Certificates whose facts (signature, extensions) a gateway keeps; then it starts over.
+MAX_FACTS = 1024
 
 
 def login_note_due(last_login: datetime | None, now: datetime) -> bool:
@@ -432,7 +434,8 @@ class CertificateAuthenticator:
     checks the certificate itself (issuer, validity, not a CA, clientAuth, a
     mailbox); this adds what only the database knows, asked on every session, so
     a revocation or a disabled user takes effect at the next connection on every
-    gateway.
+    gateway. What the certificate is under the CA (its signature, its extensions)
+    cannot change, so it is worked out once per certificate and kept (`MAX_FACTS`).
     """
 
     def __init__(
@@ -443,14 +446,16 @@ class CertificateAuthenticator:
         senders: SenderStore | None = None,
     ) -> None:
         self._certificates = certificates
-        self._ca = ca_cert
+        # The CA and what is known of certificates under it, (fingerprint, serial, facts) by
+        # fingerprint, swapped together in one step so no facts outlive their CA.
+        self._trust: tuple[x509.Certificate, dict[str, tuple[str, Facts]]] = (ca_cert, {})
         self._clock = clock
         # What the certificate's user may send as is read with the certificate: one trip.
         self._senders = senders
 
     def reconfigure(self, ca_cert: x509.Certificate) -> None:
         """Live reload: certificates judged from now on must come from `ca_cert`."""
-        self._ca = ca_cert
+        self._trust = (ca_cert, {})
 
     async def judge(
         self, cert: x509.Certificate | bytes, client_ip: str | None = None
@@ -478,28 +483,36 @@ class CertificateAuthenticator:
         self, cert_or_der: x509.Certificate | bytes, fingerprint: str, client_ip: str | None
     ) -> CertificateVerdict:
         """Runs in a worker thread: the database is asked only about a certificate we issued."""
-        try:
-            cert = (
-                cert_or_der
-                if isinstance(cert_or_der, x509.Certificate)
-                else x509.load_der_x509_certificate(cert_or_der)
-            )
-            serial = pki.format_serial(cert.serial_number)
-        except ValueError:
-            return CertificateVerdict(fingerprint, flaw=CertificateFlaw.NOT_OURS)
-        finding = judge(cert, self._ca, self._clock())
+        ca, kept = self._trust
+        known = kept.get(fingerprint)
+        if known is None:
+            try:
+                cert = (
+                    cert_or_der
+                    if isinstance(cert_or_der, x509.Certificate)
+                    else x509.load_der_x509_certificate(cert_or_der)
+                )
+                serial = pki.format_serial(cert.serial_number)
+            except ValueError:
+                return CertificateVerdict(fingerprint, flaw=CertificateFlaw.NOT_OURS)
+            known = serial, facts(cert, ca)
+            if len(kept) >= MAX_FACTS:
+                kept.clear()
+            kept[fingerprint] = known
+        serial, what = known
+        finding = judged(what, self._clock())
         if finding is not None:
             return CertificateVerdict(fingerprint, serial, flaw=finding.flaw, date=finding.date)
         found = self._certificates.lookup(fingerprint)
         if found is None:
             return CertificateVerdict(fingerprint, serial, flaw=CertificateFlaw.NOT_IN_INVENTORY)
-        known = functools.partial(CertificateVerdict, fingerprint, found.serial, found.email)
+        verdict = functools.partial(CertificateVerdict, fingerprint, found.serial, found.email)
         if found.revoked:
-            return known(flaw=CertificateFlaw.REVOKED, date=found.revoked_at)
+            return verdict(flaw=CertificateFlaw.REVOKED, date=found.revoked_at)
         if not found.user_enabled:
-            return known(flaw=CertificateFlaw.USER_DISABLED)
+            return verdict(flaw=CertificateFlaw.USER_DISABLED)
         if client_ip is not None and not source_allowed(list(found.networks), client_ip):
-            return known(flaw=CertificateFlaw.OUTSIDE_NETWORKS)
+            return verdict(flaw=CertificateFlaw.OUTSIDE_NETWORKS)
         holder = CertificateUser(
             found.email,
             found.serial,
@@ -507,4 +520,4 @@ class CertificateAuthenticator:
             found.auth_policy,
             senders=sender_list(self._senders, found.email),
         )
-        return known(holder=holder)
+        return verdict(holder=holder)

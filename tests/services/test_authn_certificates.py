@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 import pki
 from submitgw.rules.policy import certificate_identity
+from submitgw.services import authn
 from submitgw.services.authn import CertificateAuthenticator
 from submitgw.store import CertificateStore, Database, SenderStore, UserNetworkStore, UserStore
 from submitgw.types import CERTIFICATE, CertificateFlaw, CertificateUser, CertificateVerdict
@@ -198,3 +199,46 @@ def test_identify_keeps_its_short_answer(
     inventory.add(ALICE, issued)
     found, why = asyncio.run(judge.identify(der, CLIENT))
     assert why == "ok" and found is not None and found.user == ALICE
+
+
+def test_kept_facts_are_judged_at_every_connection_against_the_clock(
+    ca: pki.CA, inventory: CertificateStore
+) -> None:
+    """The signature and extensions are worked out once; the validity dates and the
+    inventory are looked at every time."""
+    issued = ca.issue_client_cert(ALICE, days=1)
+    inventory.add(ALICE, issued)
+    now = [issued.cert.not_valid_after_utc - timedelta(seconds=1)]
+    judge = CertificateAuthenticator(inventory, ca.cert, clock=lambda: now[0])
+    assert verdict_of(judge, issued).ok
+    now[0] += timedelta(seconds=2)
+    assert verdict_of(judge, issued).flaw is CertificateFlaw.EXPIRED
+    now[0] = issued.cert.not_valid_before_utc - timedelta(seconds=1)
+    assert verdict_of(judge, issued).flaw is CertificateFlaw.NOT_YET_VALID
+    now[0] = issued.cert.not_valid_before_utc + timedelta(seconds=1)
+    inventory.revoke(issued.serial, "keyCompromise")
+    assert verdict_of(judge, issued).flaw is CertificateFlaw.REVOKED
+
+
+def test_a_new_ca_forgets_what_was_known_under_the_old_one(
+    ca: pki.CA, inventory: CertificateStore, judge: CertificateAuthenticator
+) -> None:
+    issued = ca.issue_client_cert(ALICE)
+    inventory.add(ALICE, issued)
+    assert verdict_of(judge, issued).ok
+    judge.reconfigure(pki.CA.create("the next CA").cert)
+    assert verdict_of(judge, issued).flaw is CertificateFlaw.NOT_OURS
+    judge.reconfigure(ca.cert)
+    assert verdict_of(judge, issued).ok
+
+
+def test_the_facts_kept_are_bounded(ca: pki.CA, judge: CertificateAuthenticator) -> None:
+    """A client offering ever new certificates makes the gateway start over, not grow."""
+    stranger = pki.CA.create("Some other CA")
+    sizes = set()
+    for _ in range(authn.MAX_FACTS + 5):
+        assert verdict_of(judge, stranger.issue_client_cert(ALICE)).flaw is CertificateFlaw.NOT_OURS
+        sizes.add(len(judge._trust[1]))
+    assert max(sizes) == authn.MAX_FACTS and min(sizes) == 1
+    issued = ca.issue_client_cert(ALICE)
+    assert verdict_of(judge, issued).flaw is CertificateFlaw.NOT_IN_INVENTORY
