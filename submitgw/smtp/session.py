@@ -396,7 +396,9 @@ class Session(asyncio.Protocol):
         if timeout <= 0:
             await self._timeout(why)
         try:
-            line = await asyncio.wait_for(self.reader.readuntil(b"\n"), timeout)
+            # A timeout scope rather than wait_for: no task of its own for every line.
+            async with asyncio.timeout(timeout):
+                line = await self.reader.readuntil(b"\n")
         except TimeoutError:
             await self._timeout(Kind.IDLE_TIMEOUT if remaining > timeout else why)
         except asyncio.IncompleteReadError as exc:
@@ -420,7 +422,8 @@ class Session(asyncio.Protocol):
         await self.reader.readexactly(consumed)
         while True:
             try:
-                await asyncio.wait_for(self.reader.readuntil(b"\n"), self.cfg.limits.idle_timeout)
+                async with asyncio.timeout(self.cfg.limits.idle_timeout):
+                    await self.reader.readuntil(b"\n")
                 return
             except asyncio.LimitOverrunError as exc:
                 await self.reader.readexactly(exc.consumed)
