@@ -141,6 +141,17 @@ def recipient_key(address: str) -> str:
     return address.replace("\x00", "").strip().strip("<>").lower()[:320]
 
 
+_INSERT_EVENTS = insert(AuditEvent)
+# Statements of 100 rows: psycopg reparses every new statement text, and a page of 1000
+# rows of 17 values costs it more than the rows cost the server.
+_INSERT_MESSAGES = (
+    insert(AuditMessage)
+    .returning(AuditMessage.id, sort_by_parameter_order=True)
+    .execution_options(insertmanyvalues_page_size=100)
+)
+_INSERT_RECIPIENTS = insert(AuditRecipient)
+
+
 class AuditStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -148,32 +159,28 @@ class AuditStore:
     # --- writing ------------------------------------------------------------------------
 
     def write(self, events: Sequence[EventRow], messages: Sequence[MessageRow]) -> None:
-        """Every row in one transaction (executemany, no round trip per row)."""
-        with self._db.session() as session:
-            self.write_within(session, events, messages)
-
-    @staticmethod
-    def write_within(
-        session: Session, events: Sequence[EventRow], messages: Sequence[MessageRow]
-    ) -> None:
-        if events:
-            session.execute(insert(AuditEvent), [_event_values(e) for e in events])
-        if not messages:
-            return
-        # Statements of 100 rows: psycopg reparses every new statement text, and a page of
-        # 1000 rows of 17 values costs it more than the rows cost the server.
-        returning = insert(AuditMessage).returning(AuditMessage.id, sort_by_parameter_order=True)
-        ids = session.scalars(
-            returning.execution_options(insertmanyvalues_page_size=100),
-            [_message_values(m) for m in messages],
-        ).all()
-        recipients = [
-            {"message": message_id, "position": position, "address": recipient_key(a), "at": m.at}
-            for message_id, m in zip(ids, messages, strict=True)
-            for position, a in enumerate(m.recipients)
-        ]
-        if recipients:
-            session.execute(insert(AuditRecipient), recipients)
+        """Every row in one transaction (executemany, no round trip per row), through
+        statements built once on a plain connection: no ORM unit of work per batch."""
+        with self._db.engine.begin() as connection:
+            if events:
+                connection.execute(_INSERT_EVENTS, [_event_values(e) for e in events])
+            if not messages:
+                return
+            ids = connection.execute(
+                _INSERT_MESSAGES, [_message_values(m) for m in messages]
+            ).scalars()
+            recipients = [
+                {
+                    "message": message_id,
+                    "position": position,
+                    "address": recipient_key(a),
+                    "at": m.at,
+                }
+                for message_id, m in zip(ids, messages, strict=True)
+                for position, a in enumerate(m.recipients)
+            ]
+            if recipients:
+                connection.execute(_INSERT_RECIPIENTS, recipients)
 
     # --- searching ----------------------------------------------------------------------
 
